@@ -1,0 +1,244 @@
+"""VoCo pipeline speed at Vicuna-7B + CLIP-L/336 shapes (random weights), against naive transformers.
+
+    python benchmarks/voco_speed.py --out results.json        # on a GPU (the device tool)
+    python benchmarks/voco_speed.py --tiny                     # a CPU smoke run of the same code
+
+What it times, each in the same process and on the same weights:
+  compression   vidqa: uint8 frames -> preprocess -> CLIP (truncated at layer -2) -> projector -> LLM
+                stage 1 keeping only the VoCo K/V, batched.
+                naive: the official code's per-frame loop: CLIPVisionModel(output_hidden_states) ->
+                hidden_states[-2] -> projector -> a full LlamaForCausalLM forward with a full KV cache and
+                logits, one frame at a time; and the same naive forward batched (as REFERENCE.md's 17 ms).
+  decoding      vidqa: generate() over a 64-frame compressed context.
+                naive: transformers' generate() from the same context length, greedy.
+  floors        FLOPs / 800 TFLOP/s and bytes / 3 TB/s (H100 figures measured on the device machine).
+Random weights time the same as real ones. Numbers are medians over repeats, CUDA-event timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+PEAK_FLOPS = 800e12
+PEAK_BYTES = 3.0e12
+
+
+def timed(fn, repeats: int, warmup: int = 2) -> float:
+    """Median seconds of fn() (synchronised)."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build(tiny: bool, device, dtype, tokens_per_frame: int):
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+    from vidqa.checkpoint import load_tokenizer, quiet_transformers
+    from vidqa.pipeline import VideoQA
+    from vidqa.testing import write_vicuna_tokenizer
+    from vidqa.vision import Preprocess, VisionEncoder, build_projector
+    from vidqa.voco import VoCo
+
+    quiet_transformers()
+    if tiny:
+        llm_cfg = LlamaConfig(vocab_size=32001, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                              num_attention_heads=4, max_position_embeddings=4096)
+        clip_cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2,
+                                    image_size=336, patch_size=14)
+    else:  # lmsys/vicuna-7b-v1.5 (+ <voco>) and openai/clip-vit-large-patch14-336
+        llm_cfg = LlamaConfig(vocab_size=32001, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                              num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                              rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
+        clip_cfg = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                    num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
+                                    hidden_act="quick_gelu")
+    llm_cfg._attn_implementation = "sdpa"
+    clip_cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        llm = LlamaForCausalLM(llm_cfg).to(dtype).eval()
+        tower = CLIPVisionModel(clip_cfg).to(dtype).eval()
+        projector = build_projector("mlp2x_gelu", clip_cfg.hidden_size, llm_cfg.hidden_size).to(dtype).eval()
+    for p in list(llm.parameters()) + list(tower.parameters()) + list(projector.parameters()):
+        p.requires_grad_(False)
+    tokdir = Path(tempfile.mkdtemp()) / "tok"
+    write_vicuna_tokenizer(tokdir)
+    tok = load_tokenizer(tokdir)
+    naive_tower = tower  # the same weights; VisionEncoder just stops at layer -2
+    vision = VisionEncoder(tower, -2, "patch", Preprocess(size=336, aspect="pad"))
+    method = VoCo(llm, projector, tok, vision.num_patches, tokens_per_frame=tokens_per_frame)
+    qa = VideoQA(method, vision, tok, model_id="random", model_fingerprint="random")
+    return qa, naive_tower, llm_cfg, clip_cfg
+
+
+def param_count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", action="store_true", help="small shapes, for a CPU smoke run")
+    ap.add_argument("--frames", type=int, default=64)
+    ap.add_argument("--batch", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--tokens-per-frame", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=str, default=None)
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    qa, naive_tower, llm_cfg, clip_cfg = build(args.tiny, device, dtype, args.tokens_per_frame)
+    llm, m = qa.llm, qa.method
+    res: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                 "torch": torch.__version__, "dtype": str(dtype), "tiny": args.tiny,
+                 "tokens_per_frame": m.tokens_per_frame, "frames": args.frames}
+    import transformers
+
+    res["transformers"] = transformers.__version__
+
+    T = args.frames
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (T, 336, 336, 3), dtype=torch.uint8, generator=g).numpy()
+    import numpy as np
+
+    # decoded frames, as vidqa.video.Frames carries them (pixels and timestamps are all compress() reads)
+    frames = SimpleNamespace(pixels=pixels, timestamps=np.arange(T, dtype=np.float64))
+
+    # ---- FLOPs and bytes ------------------------------------------------------------------------
+    seq = m.p0 + m.tokens_per_frame
+    llm_params = param_count(llm.model) - llm.model.embed_tokens.weight.numel()
+    L, D = llm_cfg.num_hidden_layers, llm_cfg.hidden_size
+    llm_flops = 2 * llm_params * seq + 4 * L * D * seq * seq / 2  # matmuls + causal attention
+    clip_layers = clip_cfg.num_hidden_layers - 1
+    clip_params_used = param_count(qa.vision.layers)  # truncated
+    ntok = qa.vision.num_patches + 1
+    clip_flops = 2 * clip_params_used * ntok + 4 * clip_layers * clip_cfg.hidden_size * ntok * ntok
+    proj_flops = 2 * param_count(m.projector) * qa.vision.num_patches
+    flops = llm_flops + clip_flops + proj_flops
+    res["compress_flops_per_frame"] = flops
+    res["compress_floor_ms_per_frame"] = 1000 * flops / PEAK_FLOPS
+
+    # ---- vidqa compression, per batch size -------------------------------------------------------
+    torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+    res["vidqa_compress"] = {}
+    for bs in args.batch:
+        s = timed(lambda: qa.compress(frames, batch_size=bs), args.repeats, warmup=1)
+        res["vidqa_compress"][bs] = {"ms_per_frame": 1000 * s / T, "tflops": flops * T / s / 1e12}
+    if device.type == "cuda":
+        res["vidqa_compress_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    best_bs = min(res["vidqa_compress"], key=lambda b: res["vidqa_compress"][b]["ms_per_frame"])
+    cache = qa.compress(frames, batch_size=best_bs)
+    res["kv_bytes_per_frame"] = cache.bytes_per_frame
+
+    # ---- naive compression: the official code's shape of work ------------------------------------
+    from vidqa.vision import preprocess
+
+    def naive(batch: int):
+        for i in range(0, T, batch):
+            px = preprocess(torch.from_numpy(pixels[i:i + batch]).to(device), qa.vision.spec, dtype)
+            hs = naive_tower(pixel_values=px, output_hidden_states=True).hidden_states[-2][:, 1:]
+            embeds = m.frame_embeds(hs)  # [BOS, image, "\n", VoCo] via the projector
+            out = llm(inputs_embeds=embeds, use_cache=True)  # full cache + full logits, as transformers does
+            kv = out.past_key_values
+            _ = [(layer.keys[:, :, m.p0:seq], layer.values[:, :, m.p0:seq]) for layer in kv.layers]
+
+    with torch.inference_mode():
+        torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+        s1 = timed(lambda: naive(1), args.repeats, warmup=1)
+        res["naive_compress_b1_ms_per_frame"] = 1000 * s1 / T
+        sb = timed(lambda: naive(32 if not args.tiny else 8), args.repeats, warmup=1)
+        res["naive_compress_b32_ms_per_frame"] = 1000 * sb / T
+        if device.type == "cuda":
+            res["naive_compress_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+
+        # ---- agreement: vidqa's VoCo K/V vs the naive full forward's, same frames ----------------
+        px = preprocess(torch.from_numpy(pixels[:4]).to(device), qa.vision.spec, dtype)
+        hs = naive_tower(pixel_values=px, output_hidden_states=True).hidden_states[-2][:, 1:]
+        out = llm(inputs_embeds=m.frame_embeds(hs), use_cache=True)
+        ref = torch.stack([layer.keys[:, :, m.p0:seq] for layer in out.past_key_values.layers], 1).float()
+        got = cache.tensors["keys"][:4].float()
+        res["kv_rel_err_vs_naive"] = float((got - ref).norm() / ref.norm())
+
+    # ---- decoding -------------------------------------------------------------------------------
+    from vidqa.generate import DecodeStats, GenerationConfig, generate
+
+    question = "what happens after the door opens?"
+    gen = GenerationConfig(max_new_tokens=args.new_tokens)
+    no_stop: set[int] = set()
+
+    def vidqa_decode():
+        stats = DecodeStats()
+        for _ in generate(llm, m.prefill(cache, question), gen, no_stop, stats):
+            pass
+        return stats
+
+    vidqa_decode()
+    runs = [vidqa_decode() for _ in range(args.repeats)]
+    res["vidqa_ms_per_token"] = statistics.median(r.ms_per_token for r in runs)
+    res["vidqa_ttft_ms"] = statistics.median(1000 * r.prefill_s for r in runs)
+    ctx_len = T * m.tokens_per_frame + len(m.prompt_ids(question))
+    res["context_tokens"] = ctx_len
+
+    ids = torch.randint(3, 400, (1, ctx_len), device=device)
+
+    def naive_decode():
+        with torch.inference_mode():
+            return llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
+                                min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+
+    naive_decode()
+    t_gen = timed(naive_decode, args.repeats, warmup=0)
+    one = timed(lambda: llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
+                                     min_new_tokens=1, do_sample=False, pad_token_id=0), args.repeats, warmup=1)
+    res["naive_ms_per_token"] = 1000 * (t_gen - one) / (args.new_tokens - 1)
+    weight_bytes = sum(p.numel() * p.element_size() for p in llm.parameters()) - \
+        llm.model.embed_tokens.weight.numel() * llm.model.embed_tokens.weight.element_size()
+    res["decode_floor_ms_per_token"] = 1000 * weight_bytes / PEAK_BYTES
+    if device.type == "cuda":
+        res["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+
+    # ---- report ---------------------------------------------------------------------------------
+    b = res["vidqa_compress"][best_bs]
+    lines = [
+        f"device {res['device']}  torch {res['torch']}  transformers {res['transformers']}  {dtype}",
+        f"compression ms/frame: vidqa {b['ms_per_frame']:.2f} (batch {best_bs}, {b['tflops']:.0f} TFLOP/s) | "
+        f"naive per-frame {res['naive_compress_b1_ms_per_frame']:.2f} | naive batched "
+        f"{res['naive_compress_b32_ms_per_frame']:.2f} | floor {res['compress_floor_ms_per_frame']:.2f}",
+        f"  ratios: naive-b1/vidqa {res['naive_compress_b1_ms_per_frame'] / b['ms_per_frame']:.2f}x, "
+        f"vidqa/floor {b['ms_per_frame'] / res['compress_floor_ms_per_frame']:.2f}x",
+        f"  per batch: " + ", ".join(f"b{k}: {v['ms_per_frame']:.2f}" for k, v in res["vidqa_compress"].items()),
+        f"decoding ms/token ({ctx_len}-token context): vidqa {res['vidqa_ms_per_token']:.2f} | naive generate "
+        f"{res['naive_ms_per_token']:.2f} | floor {res['decode_floor_ms_per_token']:.2f}",
+        f"vidqa time to first token ({T} frames): {res['vidqa_ttft_ms']:.1f} ms",
+        f"KV bytes per frame: {res['kv_bytes_per_frame']:,}; VoCo K rel. err vs naive: {res['kv_rel_err_vs_naive']:.2e}",
+    ]
+    if device.type == "cuda":
+        lines.append(f"peak GiB: vidqa compress {res['vidqa_compress_peak_gib']:.1f}, naive compress "
+                     f"{res['naive_compress_peak_gib']:.1f}, overall {res['peak_gib']:.1f}")
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/media.py
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def voco_dir(tmp_path_factory) -> Path:
+    from vidqa.testing import make_voco_checkpoint
+
+    return make_voco_checkpoint(tmp_path_factory.mktemp("models") / "voco")
+
+
+@pytest.fixture(scope="session")
+def voco_qa(voco_dir):
+    from vidqa.pipeline import VideoQA
+
+    return VideoQA.from_pretrained(str(voco_dir), device="cpu", dtype="float32")

@@ -1,0 +1,144 @@
+"""`vidqa ask` end to end on a tiny random checkpoint on disk: output, --json, and every bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import media
+from vidqa.cli import main
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return media.make_video(tmp_path_factory.mktemp("v") / "clip.mp4", num_frames=40, fps=10)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_ask_json(capsys, clip, voco_dir):
+    code, out, err = run(capsys, "ask", str(clip), "what moves?", "--model", str(voco_dir), "--json",
+                         "--max-new-tokens", "6", "--fps", "2", "--device", "cpu")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["method"] == "voco" and report["tokens_per_frame"] == 2
+    assert [f["index"] for f in report["frames"]] == [2, 7, 12, 17, 22, 27, 32, 37]  # 2 fps, segment midpoints
+    assert report["frames"][0]["time"] == pytest.approx(0.2)
+    assert report["timings"]["answer_tokens"] <= 6
+    assert report["kv_bytes_per_frame"] == 2 * 2 * 2 * 2 * 16 * 4  # K,V x layers x kv heads x N x head_dim x fp32
+
+
+def test_ask_streams_plain_text_to_a_pipe(capsys, clip, voco_dir):
+    code, out, err = run(capsys, "ask", str(clip), "what moves?", "--model", str(voco_dir), "--max-new-tokens", "4",
+                         "--num-frames", "3")
+    assert code == 0, err
+    assert out.endswith("\n") and "frames x 2 tokens" in err
+
+
+def test_sampling_is_repeatable_with_a_seed(capsys, clip, voco_dir):
+    args = ["ask", str(clip), "q?", "--model", str(voco_dir), "--json", "--max-new-tokens", "8", "--num-frames", "2",
+            "--temperature", "1.0", "--top-p", "0.9", "--seed", "7"]
+    a = json.loads(run(capsys, *args)[1])["answer"]
+    b = json.loads(run(capsys, *args)[1])["answer"]
+    assert a == b
+
+
+def test_frames_are_thinned_to_fit_the_context(capsys, tmp_path, voco_dir):
+    from vidqa.testing import make_voco_checkpoint
+
+    small = make_voco_checkpoint(tmp_path / "small", max_positions=160)  # p0 = 19: room for few frames
+    video = media.make_video(tmp_path / "long.mp4", num_frames=60, fps=10)
+    code, out, err = run(capsys, "ask", str(video), "what?", "--model", str(small), "--json", "--fps", "10",
+                         "--max-new-tokens", "8")
+    assert code == 0, err
+    assert "do not fit the context" in err
+    frames = json.loads(out)["frames"]
+    assert 1 <= len(frames) < 60
+
+
+def one_line_error(code, err, *needles):
+    assert code != 0
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("maker,needle", [
+    (None, "no such file"),
+    (media.make_garbage, ""),
+    (media.make_text, ""),
+    (media.make_audio_only, "no video stream"),
+    (media.make_zero_length, ""),
+])
+def test_bad_videos(capsys, tmp_path, voco_dir, maker, needle):
+    suffix = ".m4a" if maker is media.make_audio_only else ".mp4"
+    path = tmp_path / f"bad{suffix}"
+    if maker:
+        maker(path)
+    code, out, err = run(capsys, "ask", str(path), "what?", "--model", str(voco_dir))
+    one_line_error(code, err, needle)
+
+
+def test_missing_model(capsys, clip, tmp_path):
+    code, _, err = run(capsys, "ask", str(clip), "what?", "--model", str(tmp_path / "nope"))
+    one_line_error(code, err, "not found")
+
+
+def test_model_of_unknown_kind(capsys, clip, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    code, _, err = run(capsys, "ask", str(clip), "what?", "--model", str(tmp_path / "m"))
+    one_line_error(code, err, "unknown model kind")
+
+
+def test_model_without_weights(capsys, clip, tmp_path, voco_dir):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(voco_dir, broken)
+    (broken / "model.safetensors").unlink()
+    code, _, err = run(capsys, "ask", str(clip), "what?", "--model", str(broken))
+    one_line_error(code, err, "no weights")
+
+
+def test_no_model_given(capsys, clip, monkeypatch):
+    monkeypatch.delenv("VIDQA_MODEL", raising=False)
+    code, _, err = run(capsys, "ask", str(clip), "what?")
+    one_line_error(code, err, "--model")
+
+
+def test_question_too_long_for_the_context(capsys, clip, voco_dir):
+    code, _, err = run(capsys, "ask", str(clip), "why " * 600, "--model", str(voco_dir))
+    one_line_error(code, err, "context")
+
+
+def test_index_and_bench_say_not_built(capsys):
+    for cmd in ("index", "bench"):
+        code, _, err = run(capsys, cmd)
+        assert code == 2
+        one_line_error(code, err, "not built yet")
+
+
+def test_help_teaches(capsys):
+    code, out, _ = run(capsys, "ask", "--help")
+    assert code == 0
+    for flag in ("--fps", "--max-frames", "--json", "--temperature", "--decoder", "--device"):
+        assert flag in out
+
+
+def test_real_process_exit_code_and_stderr(tmp_path):
+    """The console entry point as a real process: exit 1, one line, no traceback."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "vidqa", "ask", str(tmp_path / "missing.mp4"), "q", "--model", "x/y"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.strip().startswith("error:") and len(p.stderr.strip().splitlines()) == 1

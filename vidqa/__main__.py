@@ -1,0 +1,5 @@
+import sys
+
+from vidqa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,202 @@
+"""The whole path in one object: load a checkpoint, compress frames, answer questions.
+
+    qa = VideoQA.from_pretrained("path/or/hub-id")
+    frames = load_frames("movie.mp4", Sampling(fps=1, max_frames=qa.max_frames(question)))
+    cache = qa.compress(frames)              # question-independent: store it, reuse it
+    for text in qa.answer(cache, question):  # streamed text deltas
+        print(text, end="")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import torch
+
+from vidqa import checkpoint
+from vidqa.compress import FrameCache
+from vidqa.errors import ModelError
+from vidqa.generate import DecodeStats, Detokenizer, GenerationConfig, generate
+if TYPE_CHECKING:
+    from vidqa.video import Frames
+from vidqa.vision import CLIP_MEAN, CLIP_STD, Preprocess, VisionEncoder, build_projector, load_vision_tower
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r} (use cpu, cuda or cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU")
+    return dev
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r} (use {', '.join(sorted(set(DTYPES)))})")
+    return DTYPES[dtype]
+
+
+def fingerprint(path: Path, cfg: dict) -> str:
+    """Identity of a checkpoint: its config and the names, sizes and times of its weight files."""
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    for f in checkpoint.weight_files(path):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Timings:
+    vision_s: float = 0.0
+    compress_s: float = 0.0
+    frames: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class VideoQA:
+    def __init__(self, method, vision: VisionEncoder, tokenizer, *, model_id: str = "", model_fingerprint: str = ""):
+        self.method, self.vision, self.tokenizer = method, vision, tokenizer
+        self.model_id, self.model_fingerprint = model_id, model_fingerprint
+        self.device = vision.device
+
+    @property
+    def llm(self):
+        return self.method.llm
+
+    # ---- loading -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model: str, *, device: str | None = None, dtype: str | None = None,
+                        method: str | None = None, vision_tower: str | None = None,
+                        tokens_per_frame: int | None = None) -> "VideoQA":
+        checkpoint.quiet_transformers()
+        dev = pick_device(device)
+        dt = pick_dtype(dtype, dev)
+        path = checkpoint.resolve(model)
+        cfg = checkpoint.read_config(path)
+        kind = method or checkpoint.detect_method(cfg)
+        if kind not in ("voco", "mini"):
+            raise ModelError(f"unknown method {kind!r} (use voco or mini)")
+        if kind == "mini":
+            from vidqa.mini import load_mini  # noqa: PLC0415 (the Mini path pulls in more code)
+
+            qa_method, vision = load_mini(path, cfg, dev, dt, vision_tower=vision_tower)
+            tok = qa_method.tokenizer
+        else:
+            tok = checkpoint.load_tokenizer(path)
+            llm = load_llm(path, cfg, dev, dt)
+            vision = load_vision(path, cfg, dev, dt, vision_tower)
+            projector = load_projector(path, cfg, llm.config.hidden_size).to(dev, dt)
+            from vidqa.voco import VoCo
+
+            n = tokens_per_frame or int(cfg.get("voco_num", 2))
+            qa_method = VoCo(llm, projector, tok, vision.num_patches, tokens_per_frame=n)
+        return cls(qa_method, vision, tok, model_id=str(model), model_fingerprint=fingerprint(path, cfg))
+
+    # ---- the two halves --------------------------------------------------------------------------
+    def max_frames(self, question: str, max_new_tokens: int = 256) -> int:
+        return self.method.max_frames(question, max_new_tokens)
+
+    def cache_meta(self) -> dict:
+        return {**self.method.cache_meta(), "model": self.model_fingerprint, "dtype": str(self.vision.dtype)}
+
+    @torch.inference_mode()
+    def compress(self, frames: Frames, batch_size: int | None = None, timings: Timings | None = None,
+                 progress: Callable[[int], None] | None = None) -> FrameCache:
+        """Frames to their question-independent cache, in batches (vision tower, then the method)."""
+        batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
+        timings = timings if timings is not None else Timings()
+        parts: dict[str, list[torch.Tensor]] = {}
+        pixels = torch.from_numpy(frames.pixels)
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        for i in range(0, len(pixels), batch_size):
+            t0 = time.perf_counter()
+            feats = self.vision.encode(pixels[i:i + batch_size], batch_size=batch_size)
+            self._sync()
+            t1 = time.perf_counter()
+            for k, v in self.method.compress(feats).items():
+                parts.setdefault(k, []).append(v)
+            self._sync()
+            timings.vision_s += t1 - t0
+            timings.compress_s += time.perf_counter() - t1
+            timings.frames += feats.shape[0]
+            if progress:
+                progress(feats.shape[0])
+        tensors = {k: torch.cat(v) for k, v in parts.items()}
+        return FrameCache(self.method.name, tensors, [float(t) for t in frames.timestamps],
+                          self.method.tokens_per_frame, self.cache_meta())
+
+    def answer(self, cache: FrameCache, question: str, gen: GenerationConfig = GenerationConfig(),
+               stats: DecodeStats | None = None) -> Iterator[str]:
+        """Stream the answer's text, delta by delta."""
+        if cache.meta.get("model") not in (None, self.model_fingerprint):
+            raise ModelError("this frame cache was made by another model; recompute it")
+        prefill = self.method.prefill(cache.to(self.device), question)
+        detok = Detokenizer(self.tokenizer)
+        for token in generate(self.llm, prefill, gen, self.method.stop_ids, stats):
+            delta = detok.push(token)
+            if delta:
+                yield delta
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def load_llm(path: Path, cfg: dict, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    config = checkpoint.llm_config(cfg)
+    checkpoint.weight_files(path)  # a clear error for a directory with no or partial weights
+    try:
+        llm, info = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype,
+                                                         output_loading_info=True)
+    except Exception as e:
+        raise ModelError(f"cannot load the LLM from {path}: {type(e).__name__}: {str(e).splitlines()[0]}")
+    missing = [k for k in info.get("missing_keys", []) if "rotary_emb" not in k]
+    if missing:
+        raise ModelError(f"{path} lacks LLM weights ({len(missing)} keys, e.g. {missing[0]})")
+    return llm.to(device).eval()
+
+
+def load_projector(path: Path, cfg: dict, hidden: int):
+    projector = build_projector(cfg.get("mm_projector_type", "linear"), int(cfg["mm_hidden_size"]), hidden)
+    state = checkpoint.load_tensors(path, "model.mm_projector.")
+    try:
+        projector.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"{path}: model.mm_projector does not match {cfg.get('mm_projector_type')}: "
+                         f"{str(e).splitlines()[0]}")
+    return projector.eval()
+
+
+def load_vision(path: Path, cfg: dict, device, dtype, override: str | None = None) -> VisionEncoder:
+    name = override or cfg.get("mm_vision_tower")
+    if not name:
+        raise ModelError(f"{path}/config.json names no mm_vision_tower; pass --vision-tower")
+    local = (path / name)
+    if not override and not Path(name).is_absolute() and local.is_dir():
+        name = str(local)  # a tower shipped inside the model directory
+    tower = load_vision_tower(name, dtype, device)
+    mean, std = CLIP_MEAN, CLIP_STD
+    pp = Path(name) / "preprocessor_config.json"
+    if pp.is_file():
+        data = json.loads(pp.read_text())
+        mean, std = data.get("image_mean", mean), data.get("image_std", std)
+    spec = Preprocess.from_config(cfg, tower.config.image_size, mean, std)
+    return VisionEncoder(tower, int(cfg.get("mm_vision_select_layer", -2)),
+                         cfg.get("mm_vision_select_feature", "patch"), spec)

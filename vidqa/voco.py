@@ -1,0 +1,149 @@
+"""VoCo-LLaMA: the LLM distils each frame into N VoCo tokens, and their per-layer K/V is the frame's cache.
+
+The trained layout of one image (VoCo-LLaMA's public code, ``voco_conv_vicuna_v1``)::
+
+    [BOS] [576 image tokens] "\\n" [<voco> x N] "\\n" "A chat between ... USER: {question} ASSISTANT:"
+
+with an attention mask under which the text after the last VoCo token sees only the VoCo span and
+the text. Compression is therefore two stages that together equal that one masked pass:
+
+1. ``compress``: run ``[BOS, image, "\\n", VoCo x N]`` causally and keep the K/V at the VoCo
+   positions only (``p0 .. p0 + N - 1``).
+2. ``prefill``: run the text against those K/V, at the positions it has in the long sequence.
+
+The public code's decode-time bugs do not apply here: no custom mask is built at decode time (the
+cache holds only VoCo tokens and text, all of which the text may see), and positions are explicit,
+so the VoCo span never drifts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicLayer
+
+from vidqa.compress import FrameCache, Prefill
+from vidqa.context import check_rerotatable, voco_context
+from vidqa.errors import ContextError, ModelError
+
+VOCO_TOKEN = "<voco>"
+SYSTEM = ("A chat between a curious user and an artificial intelligence assistant of the image. "
+          "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+
+def vicuna_prompt(question: str, history: list[tuple[str, str]] = ()) -> str:
+    """The voco Vicuna v1 conversation as the training code flattens it (newlines removed)."""
+    text = SYSTEM + " "
+    for q, a in history:
+        text += f"USER: {q} ASSISTANT: {a}</s>"
+    text += f"USER: {question} ASSISTANT:"
+    return text.replace("\n", " ")
+
+
+class _KeepSpan(DynamicLayer):
+    """A cache layer that hands attention the full K/V but keeps only a span of positions.
+
+    Stage 1 needs the K/V of N VoCo tokens out of ~580 positions: keeping all of them would hold
+    ~300 MB per frame at 7B in bf16 for nothing, and a batch of 16 frames would spend 5 GB on it.
+    """
+
+    def __init__(self, span: slice):
+        super().__init__()
+        self.span = span
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys = key_states[:, :, self.span].clone()
+        self.values = value_states[:, :, self.span].clone()
+        return key_states, value_states
+
+
+class VoCo(nn.Module):
+    name = "voco"
+
+    def __init__(self, llm: nn.Module, projector: nn.Module, tokenizer, num_patches: int, tokens_per_frame: int = 2,
+                 max_context: int | None = None):
+        super().__init__()
+        self.llm, self.projector, self.tokenizer = llm, projector, tokenizer
+        self.num_patches = num_patches
+        self.tokens_per_frame = tokens_per_frame
+        self.voco_id = tokenizer.convert_tokens_to_ids(VOCO_TOKEN)
+        if self.voco_id is None or self.voco_id == tokenizer.unk_token_id:
+            raise ModelError("the tokenizer has no <voco> token: this checkpoint was not trained for VoCo")
+        if self.voco_id >= llm.get_input_embeddings().num_embeddings:
+            raise ModelError("the <voco> token id is outside the LLM's embedding table")
+        cfg = llm.config
+        self.max_context = max_context or getattr(cfg, "max_position_embeddings", 4096)
+        self.rotary_emb = llm.model.rotary_emb
+        check_rerotatable(self.rotary_emb)
+        self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 1
+        # Question-independent token ids between the image and the first VoCo token ("\n"),
+        # found by tokenizing a whole prompt exactly as training did and cutting at the VoCo span.
+        ids = self._chunk_ids("")
+        first = ids.index(self.voco_id)
+        self.pre_voco_ids = ids[:first]
+        self.p0 = 1 + num_patches + len(self.pre_voco_ids)  # position of the first VoCo token
+
+    # ---- prompts ---------------------------------------------------------------------------
+    def _chunk_ids(self, question: str, history=()) -> list[int]:
+        text = "\n" + VOCO_TOKEN * self.tokens_per_frame + "\n" + vicuna_prompt(question, history)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def prompt_ids(self, question: str, history=()) -> list[int]:
+        ids = self._chunk_ids(question, history)
+        last = len(ids) - 1 - ids[::-1].index(self.voco_id)
+        if ids[: last + 1 - self.tokens_per_frame] != self.pre_voco_ids:
+            raise ModelError("the tokenizer splits the prompt differently around <voco>; cannot separate the stages")
+        return ids[last + 1 :]
+
+    @property
+    def stop_ids(self) -> set[int]:
+        return {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+
+    def cache_meta(self) -> dict[str, Any]:
+        return {"method": self.name, "tokens_per_frame": self.tokens_per_frame, "p0": self.p0,
+                "pre_voco_ids": list(self.pre_voco_ids)}
+
+    def max_frames(self, question: str, max_new_tokens: int, history=()) -> int:
+        text = len(self.prompt_ids(question, history))
+        room = self.max_context - self.p0 - text - max_new_tokens
+        if room < self.tokens_per_frame:
+            need = self.p0 + self.tokens_per_frame + text + max_new_tokens
+            raise ContextError(f"the question takes {text} tokens: with one frame and {max_new_tokens} new tokens it "
+                               f"needs {need} positions, over the model's context of {self.max_context}")
+        return room // self.tokens_per_frame
+
+    # ---- stage 1: frames to VoCo K/V ---------------------------------------------------------
+    def frame_embeds(self, features: torch.Tensor) -> torch.Tensor:
+        """``[BOS, projected image, pre-VoCo text, VoCo x N]`` embeddings for a batch of frames."""
+        B = features.shape[0]
+        embed = self.llm.get_input_embeddings()
+        image = self.projector(features.to(embed.weight.dtype))
+        ids = torch.tensor(self.pre_voco_ids + [self.voco_id] * self.tokens_per_frame, device=image.device)
+        text = embed(ids)
+        bos = embed(torch.tensor([self.bos_id], device=image.device))
+        return torch.cat([bos.expand(B, 1, -1), image, text.expand(B, -1, -1)], dim=1)
+
+    @torch.inference_mode()
+    def compress(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        embeds = self.frame_embeds(features)
+        span = slice(self.p0, self.p0 + self.tokens_per_frame)
+        n_layers = self.llm.config.num_hidden_layers
+        cache = Cache(layers=[_KeepSpan(span) for _ in range(n_layers)])
+        self.llm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        keys = torch.stack([layer.keys for layer in cache.layers], dim=1)  # B, L, H, N, D
+        values = torch.stack([layer.values for layer in cache.layers], dim=1)
+        return {"keys": keys, "values": values}
+
+    # ---- stage 2: the question against the temporal context -------------------------------------
+    def prefill(self, cache: FrameCache, question: str, history=()) -> Prefill:
+        if cache.meta.get("p0") != self.p0 or cache.tokens_per_frame != self.tokens_per_frame:
+            raise ModelError("this frame cache was made with other VoCo settings; recompute it")
+        kv = voco_context(cache.tensors["keys"], cache.tensors["values"], self.rotary_emb)
+        ids = torch.tensor([self.prompt_ids(question, history)], device=cache.tensors["keys"].device)
+        start = self.p0 + cache.num_frames * self.tokens_per_frame
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device).unsqueeze(0)
+        return Prefill(past_key_values=kv, position_ids=pos, input_ids=ids)
