@@ -178,6 +178,8 @@ def main():
         ref = torch.stack([layer.keys[:, :, m.p0:seq] for layer in out.past_key_values.layers], 1).float()
         got = cache.tensors["keys"][:4].float()
         res["kv_rel_err_vs_naive"] = float((got - ref).norm() / ref.norm())
+        same = qa.compress(SimpleNamespace(pixels=pixels[:4], timestamps=np.arange(4.0)), batch_size=4)
+        res["kv_rel_err_vs_naive_same_batch"] = float((same.tensors["keys"].float() - ref).norm() / ref.norm())
 
     # ---- decoding -------------------------------------------------------------------------------
     from vidqa.generate import DecodeStats, GenerationConfig, generate
@@ -186,17 +188,34 @@ def main():
     gen = GenerationConfig(max_new_tokens=args.new_tokens)
     no_stop: set[int] = set()
 
-    def vidqa_decode():
+    ctx_len = T * m.tokens_per_frame + len(m.prompt_ids(question))
+
+    def vidqa_decode(decoder):
         stats = DecodeStats()
-        for _ in generate(llm, m.prefill(cache, question), gen, no_stop, stats):
+        for _ in generate(llm, m.prefill(cache, question), gen, no_stop, stats, decoder=decoder):
             pass
         return stats
 
-    vidqa_decode()
-    runs = [vidqa_decode() for _ in range(args.repeats)]
-    res["vidqa_ms_per_token"] = statistics.median(r.ms_per_token for r in runs)
-    res["vidqa_ttft_ms"] = statistics.median(1000 * r.prefill_s for r in runs)
-    ctx_len = T * m.tokens_per_frame + len(m.prompt_ids(question))
+    for name, decoder in (("hf", None), ("graph", qa.decoder(ctx_len + args.new_tokens))):
+        if name == "graph" and decoder is None:
+            continue  # CPU: no CUDA graph
+        vidqa_decode(decoder)
+        runs = [vidqa_decode(decoder) for _ in range(args.repeats)]
+        res[f"vidqa_{name}_ms_per_token"] = statistics.median(r.ms_per_token for r in runs)
+        res[f"vidqa_{name}_ttft_ms"] = statistics.median(1000 * r.prefill_s for r in runs)
+    if "vidqa_graph_ms_per_token" in res:
+        with torch.inference_mode():
+            pre = m.prefill(cache, question)
+            out = llm(input_ids=pre.input_ids, position_ids=pre.position_ids, past_key_values=pre.past_key_values)
+            dec = qa.decoder(ctx_len + args.new_tokens)
+            dec.load(out.past_key_values)
+            tok, pos = int(out.logits[0, -1].argmax()), int(pre.position_ids[0, -1]) + 1
+            a = dec.step(tok, pos).float()
+            b = llm(input_ids=torch.tensor([[tok]], device=device), position_ids=torch.tensor([[pos]], device=device),
+                    past_key_values=out.past_key_values).logits[0, -1].float()
+            res["graph_vs_hf_logits_rel_err"] = float((a - b).norm() / b.norm())
+    res["vidqa_ms_per_token"] = res.get("vidqa_graph_ms_per_token", res["vidqa_hf_ms_per_token"])
+    res["vidqa_ttft_ms"] = res["vidqa_hf_ttft_ms"]
     res["context_tokens"] = ctx_len
 
     ids = torch.randint(3, 400, (1, ctx_len), device=device)
@@ -227,11 +246,15 @@ def main():
         f"  ratios: naive-b1/vidqa {res['naive_compress_b1_ms_per_frame'] / b['ms_per_frame']:.2f}x, "
         f"vidqa/floor {b['ms_per_frame'] / res['compress_floor_ms_per_frame']:.2f}x",
         f"  per batch: " + ", ".join(f"b{k}: {v['ms_per_frame']:.2f}" for k, v in res["vidqa_compress"].items()),
-        f"decoding ms/token ({ctx_len}-token context): vidqa {res['vidqa_ms_per_token']:.2f} | naive generate "
+        f"decoding ms/token ({ctx_len}-token context): vidqa static+graph {res.get('vidqa_graph_ms_per_token', float('nan')):.2f}"
+        f" | vidqa transformers path {res['vidqa_hf_ms_per_token']:.2f} | naive generate "
         f"{res['naive_ms_per_token']:.2f} | floor {res['decode_floor_ms_per_token']:.2f}",
         f"vidqa time to first token ({T} frames): {res['vidqa_ttft_ms']:.1f} ms",
-        f"KV bytes per frame: {res['kv_bytes_per_frame']:,}; VoCo K rel. err vs naive: {res['kv_rel_err_vs_naive']:.2e}",
+        f"KV bytes per frame: {res['kv_bytes_per_frame']:,}; VoCo K rel. err vs naive: {res['kv_rel_err_vs_naive']:.2e}"
+        f" (batch {best_bs} vs 4), {res['kv_rel_err_vs_naive_same_batch']:.2e} (same batch)",
     ]
+    if "graph_vs_hf_logits_rel_err" in res:
+        lines.append(f"static+graph step logits vs transformers step: rel. err {res['graph_vs_hf_logits_rel_err']:.2e}")
     if device.type == "cuda":
         lines.append(f"peak GiB: vidqa compress {res['vidqa_compress_peak_gib']:.1f}, naive compress "
                      f"{res['naive_compress_peak_gib']:.1f}, overall {res['peak_gib']:.1f}")

@@ -147,10 +147,12 @@ def make_audio_only(path: str | Path, seconds: float = 1.0) -> Path:
     return path
 
 
-def make_image(path: str | Path, index: int = 0, size: tuple[int, int] = (64, 48)) -> Path:
-    """A still image showing :func:`frame_pixels(index)`; the format comes from the extension."""
+def make_image(
+    path: str | Path, index: int = 0, size: tuple[int, int] = (64, 48), format: str | None = None
+) -> Path:
+    """A still image showing :func:`frame_pixels(index)`; the format (e.g. "PNG") defaults to the extension's."""
     path = Path(path)
-    Image.fromarray(frame_pixels(index, size)).save(path)
+    Image.fromarray(frame_pixels(index, size)).save(path, format=format)
     return path
 
 

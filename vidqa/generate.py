@@ -59,8 +59,12 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def generate(llm, prefill: Prefill, cfg: GenerationConfig, stop_ids: set[int],
-             stats: DecodeStats | None = None) -> Iterator[int]:
-    """Yield answer token ids one at a time (stop tokens are not yielded)."""
+             stats: DecodeStats | None = None, decoder=None) -> Iterator[int]:
+    """Yield answer token ids one at a time (stop tokens are not yielded).
+
+    ``decoder``: a ``vidqa.fast.StaticDecoder`` to run the decode steps (CUDA graph); the prefill
+    always runs through transformers and its cache is copied in.
+    """
     stats = stats if stats is not None else DecodeStats()
     pos = prefill.position_ids
     device = pos.device
@@ -73,6 +77,8 @@ def generate(llm, prefill: Prefill, cfg: GenerationConfig, stop_ids: set[int],
     out = llm(input_ids=prefill.input_ids, inputs_embeds=prefill.inputs_embeds, position_ids=pos,
               past_key_values=cache, use_cache=True, logits_to_keep=1)
     next_pos = int(pos[0, -1]) + 1
+    if decoder is not None:
+        decoder.load(out.past_key_values)
     stats.stopped = "length"
     for step in range(cfg.max_new_tokens):
         token = sample(out.logits[0, -1], cfg, generator)  # .item() inside: the step is synchronised
@@ -92,9 +98,12 @@ def generate(llm, prefill: Prefill, cfg: GenerationConfig, stop_ids: set[int],
         if step + 1 == cfg.max_new_tokens:
             break
         t_last = time.perf_counter()  # time spent by the consumer (rendering) is not decoding time
-        out = llm(input_ids=torch.tensor([[token]], device=device),
-                  position_ids=torch.tensor([[next_pos]], device=device),
-                  past_key_values=out.past_key_values, use_cache=True)
+        if decoder is not None:
+            out.logits = decoder.step(token, next_pos).view(1, 1, -1)
+        else:
+            out = llm(input_ids=torch.tensor([[token]], device=device),
+                      position_ids=torch.tensor([[next_pos]], device=device),
+                      past_key_values=out.past_key_values, use_cache=True)
         next_pos += 1
 
 

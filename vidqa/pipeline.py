@@ -72,6 +72,11 @@ class VideoQA:
         self.method, self.vision, self.tokenizer = method, vision, tokenizer
         self.model_id, self.model_fingerprint = model_id, model_fingerprint
         self.device = vision.device
+        from vidqa import fast
+
+        # CUDA-graph decoding where it applies; the transformers path everywhere else
+        self.fast = self.device.type == "cuda" and fast.supports(method.llm)
+        self._decoder = None
 
     @property
     def llm(self):
@@ -146,11 +151,29 @@ class VideoQA:
         if cache.meta.get("model") not in (None, self.model_fingerprint):
             raise ModelError("this frame cache was made by another model; recompute it")
         prefill = self.method.prefill(cache.to(self.device), question)
+        past = prefill.past_key_values.get_seq_length() if prefill.past_key_values is not None else 0
+        decoder = self.decoder(past + prefill.position_ids.shape[1] + gen.max_new_tokens)
         detok = Detokenizer(self.tokenizer)
-        for token in generate(self.llm, prefill, gen, self.method.stop_ids, stats):
+        for token in generate(self.llm, prefill, gen, self.method.stop_ids, stats, decoder=decoder):
             delta = detok.push(token)
             if delta:
                 yield delta
+
+    def decoder(self, needed: int):
+        """A static-cache CUDA-graph decoder with room for ``needed`` tokens, reused across questions.
+
+        Its capacity is rounded up to 256 and rebuilt when too small or more than 4x too large (every
+        step reads the whole capacity's K/V, so an oversized one costs bandwidth).
+        """
+        if not self.fast:
+            return None
+        from vidqa.fast import StaticDecoder
+
+        d = self._decoder
+        if d is None or d.capacity < needed or d.capacity > 4 * max(needed, 256):
+            self._decoder = None
+            self._decoder = StaticDecoder(self.llm, 256 * -(-needed // 256))
+        return self._decoder
 
     def _sync(self):
         if self.device.type == "cuda":

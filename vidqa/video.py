@@ -31,7 +31,9 @@ Decoders
 ``"av"`` (PyAV) seeks to the keyframe before each wanted frame and decodes forward,
 or keeps decoding when the next wanted frame is closer than a keyframe interval, and
 identifies frames by their timestamps. ``"decord"`` uses decord's ``get_batch``.
-Both give the same frames for the same indices (pixel-identical for 8-bit video).
+Both give the same frames for the same indices: pixel-identical for 8-bit video; for
+10-bit video the two FFmpeg builds convert to RGB differently (up to 13 levels apart,
+about 1.3 on average).
 
 ``"auto"`` uses decord where it is reliable and PyAV everywhere else. decord 0.6.0 is
 unmaintained and, in our tests or its issue tracker: returns wrong frames, silently,
@@ -158,7 +160,8 @@ def probe(path: str | Path) -> VideoInfo:
     file = _existing_file(path)
     size = _still_image_size(file)
     if size is not None:
-        return VideoInfo(str(file), num_frames=1, fps=0.0, duration=0.0, width=size[0], height=size[1], is_image=True)
+        width, height = size
+        return VideoInfo(str(file), num_frames=1, fps=0.0, duration=0.0, width=width, height=height, is_image=True)
     with _open_av(file) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0)
@@ -286,8 +289,10 @@ def plan(info: VideoInfo, sampling: Sampling) -> np.ndarray:
         n = max(1, math.floor(window * sampling.fps + 0.5))
     if sampling.max_frames is not None and n > sampling.max_frames:
         n = sampling.max_frames
-    times = start + (np.arange(n) + 0.5) * (window / n)
-    indices = np.clip(np.floor(times * info.fps), 0, info.num_frames - 1).astype(np.int64)
+    # t_i * fps, in frames; a midpoint that falls on a frame boundary belongs to the frame
+    # starting there, and the epsilon keeps float error (2.7 * 10 = 26.999...) from moving it back.
+    positions = start * info.fps + (2 * np.arange(n) + 1) * (window * info.fps) / (2 * n)
+    indices = np.clip(np.floor(positions + 1e-9), 0, info.num_frames - 1).astype(np.int64)
     return np.unique(indices)
 
 
@@ -369,7 +374,8 @@ def _decode(info: VideoInfo, wanted: np.ndarray, decoder: str) -> tuple[str, _De
             raise VideoError("decord is not installed: pip install decord, or use the av decoder")
         risk = _decord_risk(info)
         if risk:
-            warnings.warn(f"{info.path}: decord may return wrong frames here ({risk})", VideoWarning, stacklevel=3)
+            message = f"{info.path}: decord may return wrong frames here ({risk})"
+            warnings.warn(message, VideoWarning, stacklevel=3)
         try:
             return "decord", _decode_decord(decord, info, wanted)
         except _DecordFault as fault:
@@ -461,7 +467,9 @@ def _decode_decord(decord: ModuleType, info: VideoInfo, wanted: np.ndarray) -> _
     off = np.abs(times * info.fps - wanted)
     if off.max() > 0.5:
         bad = int(wanted[off.argmax()])
-        raise _DecordFault(f"puts frame {bad} at {times[off.argmax()]:.3f} s, not {bad / info.fps:.3f} s (variable frame rate)")
+        raise _DecordFault(
+            f"puts frame {bad} at {times[off.argmax()]:.3f} s, not {bad / info.fps:.3f} s (variable frame rate)"
+        )
     timeout = DECORD_TIMEOUT_S + DECORD_TIMEOUT_PER_FRAME_S * len(wanted)
     batch = _call_with_timeout(lambda: reader.get_batch(wanted), timeout)
     # decord's bridge is process-wide state: another module may have set it to torch.
@@ -525,7 +533,8 @@ def _decode_av(info: VideoInfo, wanted: np.ndarray) -> _Decoded:
             found = reader.frame_at(target)
             if found is None:
                 raise _ShortVideo(reader.last_index + 1)
-            if not picked or picked[-1][0] != found[0]:  # a gap in the file can give one frame twice
+            # Where the file skips frames, neighbouring targets can get the same frame: keep it once.
+            if not picked or found[0] > picked[-1][0]:
                 picked.append(found)
         if reader.damaged:
             warnings.warn(f"{info.path}: skipped {reader.damaged} damaged packets", VideoWarning, stacklevel=4)
@@ -547,7 +556,13 @@ class _AvReader:
     without timestamps (raw .h264) are read from the start and their frames counted.
     """
 
-    def __init__(self, container: av.container.InputContainer, stream: av.video.VideoStream, fps: float, ffmpeg_error: type[Exception]):
+    def __init__(
+        self,
+        container: av.container.InputContainer,
+        stream: av.video.VideoStream,
+        fps: float,
+        ffmpeg_error: type[Exception],
+    ):
         self.container = container
         self.stream = stream
         self.fps = fps
@@ -581,9 +596,10 @@ class _AvReader:
             self._advance()
         if self.head is None:
             return None
-        if self.head[0] > target and self.previous is not None and target - self.previous[0] < self.head[0] - target:
-            return self.previous
-        return self.head
+        before, after = self.previous, self.head
+        if after[0] > target and before is not None and target - before[0] < after[0] - target:
+            return before
+        return after
 
     def seconds(self, index: int, frame: av.VideoFrame) -> float:
         if frame.pts is None:
