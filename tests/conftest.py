@@ -23,3 +23,17 @@ def voco_qa(voco_dir):
     from vidqa.pipeline import VideoQA
 
     return VideoQA.from_pretrained(str(voco_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def mini_dir(tmp_path_factory) -> Path:
+    from vidqa.mini import write_tiny_official_checkpoint
+
+    return write_tiny_official_checkpoint(tmp_path_factory.mktemp("models") / "mini", clip_image_size=56)
+
+
+@pytest.fixture(scope="session")
+def mini_qa(mini_dir):
+    from vidqa.pipeline import VideoQA
+
+    return VideoQA.from_pretrained(str(mini_dir), device="cpu", dtype="float32")

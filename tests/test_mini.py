@@ -367,7 +367,14 @@ def test_checkpoint_files_are_official_layout(ckpt):
     assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast" and "chat_template" in tok_cfg
     clip_dir = Path(cfg["mm_vision_tower"])
     with safe_open(str(clip_dir / "model.safetensors"), framework="pt") as f:
-        assert all(k.startswith("vision_model.") for k in f.keys())
+        assert all(k.startswith("vision_model.") for k in f.keys())  # as the hub CLIP stores them
+        q_key = "vision_model.encoder.layers.1.self_attn.q_proj.weight"
+        q_proj = f.get_tensor(q_key)
+    from transformers import CLIPVisionModel
+
+    tower, info = CLIPVisionModel.from_pretrained(str(clip_dir), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(tower.state_dict()[q_key.removeprefix("vision_model.")], q_proj)
 
 
 def test_checkpoint_round_trip(ckpt, model):

@@ -104,7 +104,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidqa.errors import ModelError, VidqaError
+from vidqa.errors import ContextError, ModelError, VidqaError
+from vidqa.vision import build_projector  # noqa: F401 (part of this module's API)
 
 # ----------------------------------------------------------------------------------------------------
 # Constants
@@ -217,24 +218,10 @@ class Compressor(nn.Module):
         pos_k = resize_pos_embed(self.pos_embed, length).to(x.dtype)
         kv = self.ln_kv(x)
         q = (self.ln_q(self.query) + self.pos_embed.to(x.dtype)).unsqueeze(0).expand(batch, -1, -1)
-        out, _ = self.attn(q, kv + pos_k.unsqueeze(0), kv, need_weights=False)
+        # need_weights=True keeps PyTorch on the same (non-SDPA) kernel path as the official call, which
+        # makes bf16 outputs bit-identical to it; with C*C queries the extra weights cost nothing.
+        out, _ = self.attn(q, kv + pos_k.unsqueeze(0), kv, need_weights=True)
         return out
-
-
-def build_projector(projector_type: str, in_dim: int, out_dim: int) -> nn.Module:
-    """The LLaVA ``mm_projector``: ``linear`` or ``mlp{N}x_gelu`` (Linear, then N-1 x [GELU, Linear]).
-
-    ``mlp2x_gelu`` gives state-dict keys ``0.*`` and ``2.*``, as in ``model.mm_projector.{0,2}``.
-    """
-    if projector_type == "linear":
-        return nn.Linear(in_dim, out_dim)
-    match = re.fullmatch(r"mlp(\d+)x_gelu", projector_type)
-    if match is None:
-        raise ModelError(f"unsupported mm_projector_type {projector_type!r}; expected 'linear' or 'mlpNx_gelu'")
-    modules: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
-    for _ in range(1, int(match.group(1))):
-        modules += [nn.GELU(), nn.Linear(out_dim, out_dim)]
-    return nn.Sequential(*modules)
 
 
 def build_prefusion_layers(config: Any, num_layers: int) -> nn.ModuleList:
@@ -416,7 +403,7 @@ class PrefusionKV:
     keys: tuple[Tensor, ...]
     values: tuple[Tensor, ...]
     vision_tokens: Tensor
-    num_prefix: int = field(default=0)
+    num_prefix: int
 
     @property
     def num_frames(self) -> int:
@@ -864,7 +851,12 @@ def write_tiny_official_checkpoint(
     clip_config = CLIPVisionConfig(hidden_size=clip_hidden_size, intermediate_size=2 * clip_hidden_size,
                                    num_hidden_layers=clip_layers, num_attention_heads=clip_heads,
                                    image_size=clip_image_size, patch_size=clip_patch_size, projection_dim=clip_hidden_size)
-    CLIPVisionModel(clip_config).save_pretrained(str(clip_dir))
+    # transformers 5 names the tower's tensors without the "vision_model." prefix that the hub file
+    # (written by transformers 4) carries; write them with the prefix, as the hub has them.
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    clip_config.to_json_file(str(clip_dir / "config.json"))
+    tower_state = {f"vision_model.{k}": v.contiguous() for k, v in CLIPVisionModel(clip_config).state_dict().items()}
+    save_file(tower_state, str(clip_dir / "model.safetensors"), metadata={"format": "pt"})
     (clip_dir / "preprocessor_config.json").write_text(json.dumps({
         "crop_size": {"height": clip_image_size, "width": clip_image_size}, "do_center_crop": True, "do_convert_rgb": True,
         "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
@@ -927,3 +919,105 @@ def write_tiny_official_checkpoint(
     total = sum(t.numel() * t.element_size() for t in state.values())
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     return directory
+
+
+# ----------------------------------------------------------------------------------------------------
+# 6. The method behind vidqa's protocol (vidqa.compress.Method)
+# ----------------------------------------------------------------------------------------------------
+
+
+class Mini(nn.Module):
+    """LLaVA-Mini behind vidqa's compression protocol.
+
+    A frame's cache is *cache (b)*: the pre-fusion layers' K/V over its ``576 + C*C`` vision positions
+    plus its fused compressed token(s). Both are question independent (causal attention), so a second
+    question never runs CLIP, the compressor or the vision half of the pre-fusion again: it runs only
+    its prompt tokens through the pre-fusion against each frame's K/V. It stores about twice the bytes
+    of the projected features (cache a) and saves ~6x the per-question compute at 8B shapes.
+
+    Frames go through the pre-fusion in chunks of ``chunk_frames`` while the fused text is summed in
+    float32, so a long video's caches may stay on the CPU and stream to the GPU chunk by chunk.
+    """
+
+    name = "mini"
+
+    def __init__(self, modules: LlavaMiniModules, tokenizer, chunk_frames: int = 64):
+        super().__init__()
+        self.llm = modules.llm
+        self.projector, self.compressor, self.prefusion = modules.projector, modules.compressor, modules.prefusion_layers
+        self.options = modules.options
+        self.tokenizer = tokenizer
+        self.tokens_per_frame = modules.options.tokens_per_frame
+        self.resolution_ratio = modules.options.resolution_ratio
+        self.chunk_frames = chunk_frames
+        self.max_context = int(getattr(self.llm.config, "max_position_embeddings", 131072))
+        self._stop = set(stop_token_ids(tokenizer))
+        eos = tokenizer.eos_token_id
+        if isinstance(eos, int):
+            self._stop.add(eos)
+
+    @property
+    def stop_ids(self) -> set[int]:
+        return self._stop
+
+    def prompt_ids(self, question: str, history=()) -> list[int]:
+        return build_prompt_ids(self.tokenizer, question).ids
+
+    def cache_meta(self) -> dict[str, Any]:
+        return {"method": self.name, "tokens_per_frame": self.tokens_per_frame,
+                "resolution_ratio": self.resolution_ratio, "prefusion_layers": len(self.prefusion)}
+
+    def max_frames(self, question: str, max_new_tokens: int, history=()) -> int:
+        text = len(self.prompt_ids(question)) - 1  # the placeholder's slot is replaced by the frames
+        room = self.max_context - text - max_new_tokens
+        if room < self.tokens_per_frame:
+            raise ContextError(f"the question takes {text} tokens: with one frame and {max_new_tokens} new tokens "
+                               f"it does not fit the model's context of {self.max_context}")
+        return room // self.tokens_per_frame
+
+    @torch.inference_mode()
+    def compress(self, features: Tensor) -> dict[str, Tensor]:
+        dtype = self.projector[0].weight.dtype if isinstance(self.projector, nn.Sequential) else self.projector.weight.dtype
+        frames = encode_frames(features.to(dtype), self.compressor, self.projector, self.resolution_ratio)
+        kv = prefusion_prefix_kv(self.prefusion, self.llm.model.rotary_emb, frames)
+        return {"keys": torch.stack(kv.keys, dim=1), "values": torch.stack(kv.values, dim=1),
+                "vision_tokens": kv.vision_tokens}
+
+    @torch.inference_mode()
+    def prefill(self, cache, question: str, history=()):
+        from transformers import DynamicCache
+
+        from vidqa.compress import Prefill
+
+        if cache.meta.get("method") != self.name or cache.meta.get("resolution_ratio") != self.resolution_ratio:
+            raise ModelError("this frame cache was made with other LLaVA-Mini settings; recompute it")
+        device = self.llm.get_input_embeddings().weight.device
+        ids = torch.tensor(self.prompt_ids(question), device=device)
+        embeds, visible = prompt_embeddings(self.llm.get_input_embeddings(), ids)
+        keys, values, vision = cache.tensors["keys"], cache.tensors["values"], cache.tensors["vision_tokens"]
+        total = None
+        for i in range(0, cache.num_frames, self.chunk_frames):
+            part = slice(i, i + self.chunk_frames)
+            kv = PrefusionKV(tuple(keys[part, l].to(device) for l in range(keys.shape[1])),
+                             tuple(values[part, l].to(device) for l in range(values.shape[1])),
+                             vision[part].to(device), keys.shape[3])
+            text = prefusion_text_from_kv(self.prefusion, self.llm.model.rotary_emb, kv, embeds, visible)
+            chunk_sum = text.float().sum(0)
+            total = chunk_sum if total is None else total + chunk_sum
+        fused_text = (total / cache.num_frames).to(embeds.dtype)  # mean over frames, in float32, as the official code
+        frames_tokens = vision.reshape(-1, vision.shape[-1]).to(device)
+        inputs = assemble_llm_inputs(fused_text, ids, frames_tokens)[None]
+        pos = torch.arange(inputs.shape[1], device=device)[None]
+        return Prefill(past_key_values=DynamicCache(), position_ids=pos, inputs_embeds=inputs)
+
+
+def load_mini(path: Path, cfg: dict[str, Any], device: torch.device, dtype: torch.dtype, vision_tower: str | None = None):
+    """The LLaVA-Mini method and its vision encoder from a checkpoint in the official layout."""
+    from vidqa import checkpoint
+    from vidqa.pipeline import load_vision
+
+    modules = load_llava_mini_state(path, dtype=dtype, device=device)
+    tokenizer = checkpoint.load_tokenizer(path)
+    # The official video path squashes every frame to the tower's square size (its image path crops).
+    vision = load_vision(path, {**cfg, "image_aspect_ratio": "squash"}, device, dtype, vision_tower)
+    return Mini(modules, tokenizer), vision

@@ -125,12 +125,13 @@ class VideoQA:
         batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
         timings = timings if timings is not None else Timings()
         parts: dict[str, list[torch.Tensor]] = {}
-        pixels = torch.from_numpy(frames.pixels)
+        arr = frames.pixels if frames.pixels.flags.writeable else frames.pixels.copy()  # image decoders hand out read-only arrays
+        pixels = torch.from_numpy(arr)
         if self.device.type == "cuda":
             pixels = pixels.pin_memory()
         for i in range(0, len(pixels), batch_size):
             t0 = time.perf_counter()
-            feats = self.vision.encode(pixels[i:i + batch_size], batch_size=batch_size)
+            feats = self.features(pixels[i:i + batch_size], batch_size)
             self._sync()
             t1 = time.perf_counter()
             for k, v in self.method.compress(feats).items():
@@ -145,12 +146,25 @@ class VideoQA:
         return FrameCache(self.method.name, tensors, [float(t) for t in frames.timestamps],
                           self.method.tokens_per_frame, self.cache_meta())
 
+    def features(self, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Vision features of uint8 frames: ``[T, P, C]``, or ``[T, r*r + 1, P, C]`` in LLaVA-Mini HD mode
+        (r*r crops in row-major order, then the whole frame, each through CLIP on its own)."""
+        r = getattr(self.method, "resolution_ratio", 1)
+        if r == 1:
+            return self.vision.encode(pixels, batch_size=batch_size)
+        from vidqa.mini import hd_crop_boxes
+
+        T, H, W, _ = pixels.shape
+        parts = [pixels[:, top:bottom, left:right] for left, top, right, bottom in hd_crop_boxes(W, H, r)]
+        feats = [self.vision.encode(p.contiguous(), batch_size=batch_size) for p in parts]
+        return torch.stack(feats, dim=1)
+
     def answer(self, cache: FrameCache, question: str, gen: GenerationConfig = GenerationConfig(),
                stats: DecodeStats | None = None) -> Iterator[str]:
         """Stream the answer's text, delta by delta."""
         if cache.meta.get("model") not in (None, self.model_fingerprint):
             raise ModelError("this frame cache was made by another model; recompute it")
-        prefill = self.method.prefill(cache.to(self.device), question)
+        prefill = self.method.prefill(cache, question)  # moves what it needs to the device
         past = prefill.past_key_values.get_seq_length() if prefill.past_key_values is not None else 0
         decoder = self.decoder(past + prefill.position_ids.shape[1] + gen.max_new_tokens)
         detok = Detokenizer(self.tokenizer)

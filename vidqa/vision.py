@@ -129,10 +129,11 @@ def load_vision_tower(name: str, dtype: torch.dtype, device: torch.device | str)
     return tower.to(device).eval()
 
 
-def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Sequential:
-    """LLaVA's projector types: ``linear`` and ``mlp{N}x_gelu`` (keys 0, 2, 4, ... for the Linears)."""
+def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+    """The LLaVA ``mm_projector``: ``linear`` (an ``nn.Linear``, keys ``weight``/``bias``) or
+    ``mlp{N}x_gelu`` (Linear, then N-1 x [GELU, Linear]: keys ``0.*``, ``2.*``, ...)."""
     if kind == "linear":
-        return nn.Sequential(nn.Linear(in_dim, out_dim))
+        return nn.Linear(in_dim, out_dim)
     m = re.fullmatch(r"mlp(\d+)x_gelu", kind or "")
     if not m:
         raise ModelError(f"unknown mm_projector_type {kind!r} (vidqa reads linear and mlpNx_gelu)")

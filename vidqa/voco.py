@@ -142,8 +142,9 @@ class VoCo(nn.Module):
     def prefill(self, cache: FrameCache, question: str, history=()) -> Prefill:
         if cache.meta.get("p0") != self.p0 or cache.tokens_per_frame != self.tokens_per_frame:
             raise ModelError("this frame cache was made with other VoCo settings; recompute it")
-        kv = voco_context(cache.tensors["keys"], cache.tensors["values"], self.rotary_emb)
-        ids = torch.tensor([self.prompt_ids(question, history)], device=cache.tensors["keys"].device)
+        device = self.llm.get_input_embeddings().weight.device
+        kv = voco_context(cache.tensors["keys"].to(device), cache.tensors["values"].to(device), self.rotary_emb)
+        ids = torch.tensor([self.prompt_ids(question, history)], device=device)
         start = self.p0 + cache.num_frames * self.tokens_per_frame
         pos = torch.arange(start, start + ids.shape[1], device=ids.device).unsqueeze(0)
         return Prefill(past_key_values=kv, position_ids=pos, input_ids=ids)

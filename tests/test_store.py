@@ -1,0 +1,547 @@
+"""vidqa.store: round trips, keys, the hash memo, crash safety, corruption, locks across processes.
+
+The crash tests use real child processes killed with SIGKILL (no cleanup handlers run), because
+that is what a killed ``vidqa ask`` or an OOM kill does; the children import this module for the
+same ``make_cache``/``settings`` helpers as the parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import vidqa
+from vidqa.compress import FrameCache
+from vidqa.errors import VideoError, VidqaError
+from vidqa.store import CacheError, CacheLocked, CacheWarning, Store, default_root
+import vidqa.store as store_mod
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+OLD = time.time() - 3600  # mtimes in the past: the memo does not trust files modified "just now"
+
+
+# ---- helpers (also used by the child processes) ------------------------------------------------
+
+
+def settings(**over) -> dict:
+    s = {"model_fingerprint": "f" * 16, "method": "voco", "tokens_per_frame": 2, "dtype": "bfloat16",
+         "sampling": {"fps": 1.0, "num_frames": None, "max_frames": 64, "start": None, "end": None}}
+    s.update(over)
+    return s
+
+
+def make_cache(seed: int = 0, frames: int = 3, tpf: int = 2) -> FrameCache:
+    g = torch.Generator().manual_seed(seed)
+    kv = torch.randn(frames, 2, 4, tpf, 8, generator=g)  # K and V as views of one buffer, like a model's
+    tensors = {"k": kv[:, 0],  # float32, not contiguous, shares storage with kv
+               "v": kv[:, 1].to(torch.bfloat16),
+               "emb": torch.randn(frames, tpf, 16, generator=g),
+               "ids": torch.arange(frames, dtype=torch.int64)}
+    return FrameCache("voco", tensors, [0.5 + i for i in range(frames)], tpf,
+                      {"method": "voco", "tokens_per_frame": tpf, "p0": 35, "pre_voco_ids": [1, 319]})
+
+
+def make_video(path: Path, data: bytes | None = None, mtime: float = OLD) -> Path:
+    path.write_bytes(data if data is not None else os.urandom(300_000))
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def same(a: FrameCache, b: FrameCache) -> bool:
+    return (a.method, a.timestamps, a.tokens_per_frame, a.meta) == (b.method, b.timestamps, b.tokens_per_frame, b.meta) \
+        and a.tensors.keys() == b.tensors.keys() \
+        and all(a.tensors[k].dtype == b.tensors[k].dtype and torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def put(store: Store, video: Path, cache: FrameCache | None = None, **over) -> str:
+    s = settings(**over)
+    key = store.key(video, s)
+    cache = cache or make_cache(tpf=s["tokens_per_frame"])
+    store.put(key, cache, {"source": video, "settings": s, "model_id": "tiny/voco",
+                           "frame_indices": list(range(0, 3 * cache.num_frames, 3))})
+    return key
+
+
+def files(store: Store) -> list[str]:
+    return sorted(p.name for p in (store.root / "entries").rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "cache")
+
+
+@pytest.fixture
+def video(tmp_path) -> Path:
+    return make_video(tmp_path / "clip.mp4")
+
+
+# ---- round trip ---------------------------------------------------------------------------------
+
+
+def test_round_trip_float32_bfloat16_and_metadata(store, video):
+    cache = make_cache()
+    key = put(store, video, cache)
+    got = store.get(key, settings())
+    assert got is not None and same(got, cache)
+    assert got.tensors["v"].dtype == torch.bfloat16 and got.tensors["k"].dtype == torch.float32
+
+    meta = json.loads((store.root / "entries" / key[:2] / f"{key}.json").read_text())
+    assert meta["source"]["path"] == str(video.absolute()) and os.path.isabs(meta["source"]["path"])
+    assert meta["source"]["sha256"] == hashlib.sha256(video.read_bytes()).hexdigest()
+    assert meta["source"]["size"] == video.stat().st_size and meta["source"]["mtime_ns"] == video.stat().st_mtime_ns
+    assert meta["sampling"] == {"fps": 1, "num_frames": None, "max_frames": 64, "start": None, "end": None}
+    assert meta["timestamps"] == [0.5, 1.5, 2.5] and meta["frame_indices"] == [0, 3, 6]
+    assert meta["model"] == {"fingerprint": "f" * 16, "id": "tiny/voco"}
+    assert (meta["method"], meta["tokens_per_frame"], meta["dtype"]) == ("voco", 2, "bfloat16")
+    assert meta["vidqa_version"] == vidqa.__version__ and abs(meta["created"] - time.time()) < 60
+    tensor_file = store.root / "entries" / key[:2] / meta["tensors"]["file"]
+    assert meta["tensors"]["sha256"] == hashlib.sha256(tensor_file.read_bytes()).hexdigest()
+    assert store.get("0" * 64) is None  # absent: None, silently
+
+
+def test_root_from_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("VIDQA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_root() == tmp_path / "xdg" / "vidqa"
+    monkeypatch.setenv("VIDQA_CACHE_DIR", str(tmp_path / "mine"))
+    assert Store().root == tmp_path / "mine"
+    assert Store(tmp_path / "arg").root == tmp_path / "arg"  # --cache-dir wins
+    monkeypatch.delenv("VIDQA_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_root() == Path.home() / ".cache" / "vidqa"
+
+
+# ---- keys and the hash memo ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [
+    {"model_fingerprint": "e" * 16}, {"method": "mini"}, {"tokens_per_frame": 4}, {"dtype": "float16"},
+    {"sampling": {"fps": 2.0, "num_frames": None, "max_frames": 64, "start": None, "end": None}},
+    {"sampling": {"fps": 1.0, "num_frames": None, "max_frames": 64, "start": 5.0, "end": None}},
+    {"p0": 36},  # anything extra the caller puts in the settings is covered too
+])
+def test_key_changes_with_every_setting(store, video, change):
+    assert store.key(video, settings(**change)) != store.key(video, settings())
+
+
+def test_key_follows_content_not_name(store, video, tmp_path):
+    key = store.key(video, settings())
+    assert len(key) == 64 and store.key(video, settings()) == key
+    copy = make_video(tmp_path / "renamed copy.mp4", video.read_bytes())
+    assert store.key(copy, settings()) == key  # same bytes, same entry
+    other = make_video(tmp_path / "other.mp4", video.read_bytes()[:-1] + b"\0")
+    assert store.key(other, settings()) != key
+    # equal values in another spelling give the same key: fps 1 == 1.0, a Sampling dataclass == its dict
+    from vidqa.video import Sampling
+
+    assert store.key(video, settings(sampling=Sampling(fps=1, max_frames=64))) == key
+    with pytest.raises(CacheError, match="lack dtype"):
+        store.key(video, {k: v for k, v in settings().items() if k != "dtype"})
+    with pytest.raises(CacheError, match="not JSON-able"):
+        store.key(video, settings(extra=object()))
+    with pytest.raises(VideoError, match="no such file"):
+        store.key(tmp_path / "missing.mp4", settings())
+
+
+def test_unchanged_file_is_hashed_once(store, video, monkeypatch):
+    calls = []
+    real = store_mod._sha256_file
+    monkeypatch.setattr(store_mod, "_sha256_file", lambda f: calls.append(1) or real(f))
+    monkeypatch.setattr(store_mod, "HASH_CHUNK", 4096)  # streamed in many chunks; same digest
+    truth = hashlib.sha256(video.read_bytes()).hexdigest()
+
+    assert store.content_hash(video) == truth and len(calls) == 1
+    assert store.content_hash(video) == truth and len(calls) == 1
+    assert Store(store.root).content_hash(str(video)) == truth and len(calls) == 1  # the memo is on disk
+
+    # touched, same bytes: hashed again (mtime differs), same hash
+    os.utime(video, (OLD + 10, OLD + 10))
+    assert store.content_hash(video) == truth and len(calls) == 2
+    assert store.content_hash(video) == truth and len(calls) == 2
+
+    # same size and a restored mtime but new bytes written in place: the inode is the same, so only
+    # size/mtime can tell -- a changed mtime does
+    data = bytearray(video.read_bytes())
+    data[1000] ^= 0xFF
+    video.write_bytes(bytes(data))
+    os.utime(video, (OLD + 20, OLD + 20))
+    assert store.content_hash(video) == hashlib.sha256(bytes(data)).hexdigest() != truth and len(calls) == 3
+
+    # a file modified "just now" may still change within the same mtime tick: never memoised
+    fresh = make_video(video.parent / "fresh.mp4", b"x" * 1000, mtime=time.time())
+    store.content_hash(fresh)
+    store.content_hash(fresh)
+    assert len(calls) == 5
+
+
+def test_memo_survives_damage(store, video):
+    truth = store.content_hash(video)
+    for memo in (store.root / "hashes").rglob("*.json"):
+        memo.write_text("{not json")
+    assert store.content_hash(video) == truth
+
+
+# ---- atomicity ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failing_replace", [1, 2])  # 1: the tensor file's rename, 2: the JSON's
+def test_crash_mid_put_leaves_no_entry(store, video, monkeypatch, failing_replace):
+    key = store.key(video, settings())
+    real, n = os.replace, []
+
+    def replace(src, dst):
+        n.append(1)
+        if len(n) == failing_replace:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(store_mod.os, "replace", replace)
+    with pytest.raises(CacheError, match="No space left on device"):
+        store.put(key, make_cache(), {"source": video, "settings": settings()})
+    monkeypatch.setattr(store_mod.os, "replace", real)
+
+    assert store.get(key) is None and store.entries() == []
+    assert not any(f.endswith(".json") for f in files(store))
+    left = files(store)
+    if failing_replace == 2:  # the tensor file made it to its final name, the JSON did not
+        assert len(left) == 1 and left[0].endswith(".safetensors")
+        assert store.verify() == [(key, f"orphan tensor file {left[0]} (removed)")]
+    else:  # the failing writer removed its own temp file
+        assert left == [] and store.verify() == []
+    assert files(store) == [] and store.verify() == []
+
+
+def test_killed_writer_temp_file_is_invisible_and_swept(store, video):
+    key = put(store, video)
+    d = store.root / "entries" / key[:2]
+    orphan = d / f".{key}.99999.deadbeef.tmp"  # what a SIGKILLed writer leaves: half a tensor file
+    orphan.write_bytes(b"\x00" * 100)
+    other_key = store.key(video, settings(tokens_per_frame=4))
+    (d.parent / other_key[:2]).mkdir(exist_ok=True)
+    (d.parent / other_key[:2] / f".{other_key}.99999.cafebabe.tmp").write_bytes(b"{")
+
+    assert store.get(other_key) is None
+    assert [e.key for e in store.entries()] == [key]
+    # a temp file whose writer is alive (it holds the flock) is left alone
+    live = d / f".{key}.{os.getpid()}.0badf00d.tmp"
+    live.write_bytes(b"")
+    fd = os.open(live, os.O_RDWR)
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        problems = store.verify()
+        assert sorted(problems) == sorted([(key, f"orphan temp file {orphan.name} (removed)"),
+                                           (other_key, f"orphan temp file .{other_key}.99999.cafebabe.tmp (removed)")])
+        assert not orphan.exists() and live.exists()
+    finally:
+        os.close(fd)
+    assert store.verify() == [(key, f"orphan temp file {live.name} (removed)")]  # its writer is gone now
+    assert store.verify() == [] and store.get(key) is not None
+
+
+def test_next_put_of_a_key_sweeps_its_orphans(store, video):
+    key = put(store, video)
+    orphan = store.root / "entries" / key[:2] / f".{key}.99999.deadbeef.tmp"
+    orphan.write_bytes(b"junk")
+    put(store, video, make_cache(seed=1))
+    assert not orphan.exists()
+    assert sorted(files(store)) == sorted([f"{key}.json", json.loads(
+        (store.root / "entries" / key[:2] / f"{key}.json").read_text())["tensors"]["file"]])
+
+
+def test_overwrite_replaces_the_entry_and_its_tensor_file(store, video):
+    key = put(store, video, make_cache(seed=0))
+    put(store, video, make_cache(seed=1))
+    assert same(store.get(key), make_cache(seed=1))
+    assert len(files(store)) == 2  # the old tensor file is gone
+
+
+# ---- corruption and defence in depth -----------------------------------------------------------
+
+
+def _tensor_file(store: Store, key: str) -> Path:
+    meta = json.loads((store.root / "entries" / key[:2] / f"{key}.json").read_text())
+    return store.root / "entries" / key[:2] / meta["tensors"]["file"]
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("flip", "checksum mismatch"), ("truncate", "truncated tensor file"), ("delete", "missing tensor file"),
+])
+def test_corrupt_tensor_file_is_detected(store, video, damage, problem):
+    key = put(store, video)
+    path = _tensor_file(store, key)
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    elif damage == "truncate":
+        path.write_bytes(bytes(data[: len(data) - 7]))
+    else:
+        path.unlink()
+
+    [(bad_key, found)] = store.verify(repair=False)
+    assert bad_key == key and found.startswith(problem)
+    assert store.verify(repair=False) == [(bad_key, found)]  # repair=False: still there
+    with pytest.warns(CacheWarning, match=f"{key[:12]} is unusable .{problem}.*removed it"):
+        assert store.get(key) is None
+    assert store.entries() == [] and files(store) == [] and store.verify() == []
+    put(store, video)  # the caller recomputes and stores again
+    assert store.get(key) is not None
+
+
+def test_bad_metadata_is_listed_by_verify(store, video, tmp_path):
+    k1 = put(store, video)
+    k2 = put(store, video, tokens_per_frame=4)
+    k3 = put(store, video, dtype="float32")
+    j = lambda k: store.root / "entries" / k[:2] / f"{k}.json"  # noqa: E731
+    j(k1).write_text(j(k1).read_text()[:50])  # truncated JSON
+    edited = json.loads(j(k2).read_text())
+    edited["settings"]["dtype"] = "float16"  # a hand-edited setting: must not pass for the old key
+    j(k2).write_text(json.dumps(edited))
+    j(k3).write_text(j(k3).read_text().replace(k3, "1" * 64))  # wrong key inside
+
+    problems = dict(store.verify())
+    assert problems[k1].startswith("unreadable metadata")
+    assert problems[k2] == "metadata does not belong to this key"
+    assert problems[k3] == "metadata does not belong to this key"
+    assert store.entries() == [] and store.verify() == [] and files(store) == []
+
+
+def test_get_refuses_other_settings(store, video, tmp_path):
+    key = put(store, video)
+    assert store.get(key, settings()) is not None
+    with pytest.warns(CacheWarning, match="other settings"):
+        assert store.get(key, settings(model_fingerprint="other")) is None
+    assert store.get(key, settings()) is not None  # a valid entry is not deleted for that
+    # a valid entry copied under another key's name is caught by the key check, not returned
+    other = store.key(video, settings(method="mini"))
+    d = store.root / "entries" / key[:2]
+    (d.parent / other[:2]).mkdir(exist_ok=True)
+    (d.parent / other[:2] / f"{other}.json").write_text((d / f"{key}.json").read_text())
+    with pytest.warns(CacheWarning, match="does not belong"):
+        assert store.get(other) is None
+    assert store.get(key) is not None
+
+
+def test_put_refuses_inconsistent_input(store, video, tmp_path):
+    key = store.key(video, settings())
+    with pytest.raises(CacheError, match="does not match"):
+        store.put(key, make_cache(tpf=4), {"source": video, "settings": settings()})
+    with pytest.raises(CacheError, match="does not match"):  # the video changed since its key was made
+        make_video(video, os.urandom(1000), mtime=OLD + 5)
+        store.put(key, make_cache(), {"source": video, "settings": settings()})
+    bad = make_cache()
+    bad.tensors["k"] = bad.tensors["k"][:2]
+    with pytest.raises(CacheError, match="frames first"):
+        store.put(store.key(video, settings()), bad, {"source": video, "settings": settings()})
+    with pytest.raises(CacheError, match="not a cache key"):
+        store.get("../../etc/passwd")
+    assert issubclass(CacheError, VidqaError) and files(store) == []
+
+
+# ---- entries, remove ----------------------------------------------------------------------------
+
+
+def test_entries_and_remove(store, tmp_path):
+    a = make_video(tmp_path / "a.mp4")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    b = make_video(sub / "b.mp4")
+    ka1 = put(store, a)
+    ka2 = put(store, a, tokens_per_frame=4)
+    kb1 = put(store, b)
+    kb2 = put(store, b, dtype="float32")
+
+    info = {e.key: e for e in store.entries()}
+    assert set(info) == {ka1, ka2, kb1, kb2}
+    e = info[ka2]
+    assert (e.source, e.frames, e.method, e.model, e.tokens_per_frame, e.dtype) == \
+        (str(a), 3, "voco", "tiny/voco", 4, "bfloat16")
+    assert e.bytes == sum(p.stat().st_size for p in (store.root / "entries").rglob(f"{ka2}*"))
+    assert abs(e.created - time.time()) < 60
+
+    with pytest.raises(CacheError):
+        store.remove()
+    with pytest.raises(CacheError):
+        store.remove(ka1, all=True)
+    assert store.remove(ka1[:10]) == 1 and store.get(ka1) is None
+    assert store.remove(ka1) == 0
+    assert store.remove(source=a) == 1 and {e.key for e in store.entries()} == {kb1, kb2}
+    assert store.remove(older_than=3600) == 0
+    assert store.remove(source=sub, older_than=0) == 2  # a directory: everything under it
+    assert store.entries() == []
+    put(store, a)
+    put(store, b)
+    assert store.remove(all=True) == 2 and store.entries() == [] and files(store) == []
+    assert list((store.root / "hashes").rglob("*.json")) == []
+
+
+def test_remove_ambiguous_prefix(store, video):
+    keys = [put(store, video, tokens_per_frame=n) for n in range(1, 40)]
+    first = [k[0] for k in keys]
+    shared = next(c for c in first if first.count(c) > 1)
+    with pytest.raises(CacheError, match="ambiguous"):
+        store.remove(shared)
+
+
+# ---- locks and crashes in real processes --------------------------------------------------------
+
+
+def _child(code: str, *args: str) -> subprocess.Popen:
+    """A Python child that imports this test module's helpers; it talks to us line by line on stdout."""
+    prelude = f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]\nimport test_store as T\n"
+    return subprocess.Popen([sys.executable, "-c", prelude + textwrap.dedent(code), *args],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def _expect(proc: subprocess.Popen, word: str) -> None:
+    line = proc.stdout.readline().strip()
+    assert line == word, f"child said {line!r} (exit {proc.poll()})"
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    proc.stdout.close()
+
+
+def test_lock_held_by_another_process_until_it_is_killed(store, video):
+    key = store.key(video, settings())
+    with store.lock(key):  # in-process: a second open file of the same lock conflicts too
+        put(store, video)  # put itself takes no entry lock: fine while we hold it
+        with pytest.raises(CacheLocked) as held:
+            with store.lock(key):
+                pass
+        assert held.value.pid == os.getpid()
+
+    child = _child("""
+        import time
+        from vidqa.store import Store
+        with Store(sys.argv[1]).lock(sys.argv[2]):
+            print("locked", flush=True)
+            time.sleep(120)
+    """, str(store.root), key)
+    try:
+        _expect(child, "locked")
+        with pytest.raises(CacheLocked, match=f"{key[:12]} is being computed by process {child.pid}"):
+            with store.lock(key):
+                pass
+        # a blocking waiter gets the lock as soon as the holder dies (flock is released by the kernel)
+        killer = threading.Timer(0.3, _kill, [child])
+        killer.start()
+        t0 = time.monotonic()
+        with store.lock(key, blocking=True):
+            assert time.monotonic() - t0 >= 0.25
+        killer.join()
+    finally:
+        if child.poll() is None:
+            _kill(child)
+    with store.lock(key):  # free again, non-blocking
+        pass
+
+
+# The child puts three entries, then overwrites the first one with new tensors and hangs at
+# ``stage`` inside that put, until we SIGKILL it.
+_HANG_CHILD = """
+    import os, time
+    import vidqa.store as S
+    root, video, stage = sys.argv[1:4]
+    store = S.Store(root)
+    writes, commits = [], []  # counted from the fourth put on: 1 = its tensor file, 2 = its JSON
+    armed = False
+    real_write, real_commit = S._LockedTemp.write, S._LockedTemp.commit
+
+    def hang():
+        print("hung", flush=True)
+        time.sleep(120)
+
+    def write(self, data):
+        writes.extend([1] if armed else [])
+        n = len(writes)
+        if (stage, n) in (("partial-tensor", 1), ("partial-json", 2)):
+            os.write(self.fd, bytes(data)[: len(data) // 2])
+            hang()
+        real_write(self, data)
+        if (stage, n) in (("after-tensor-write", 1), ("after-json-write", 2)):
+            hang()
+
+    def commit(self, final):
+        commits.extend([1] if armed else [])
+        real_commit(self, final)
+        if (stage, len(commits)) == ("after-tensor-commit", 1):
+            hang()
+
+    S._LockedTemp.write, S._LockedTemp.commit = write, commit
+    from pathlib import Path
+    for tpf in (1, 2, 3):
+        T.put(store, Path(video), T.make_cache(seed=tpf, tpf=tpf), tokens_per_frame=tpf)
+    print("three", flush=True)
+    armed = True
+    T.put(store, Path(video), T.make_cache(seed=99, tpf=1), tokens_per_frame=1)
+    print("finished", flush=True)
+"""
+
+
+@pytest.mark.parametrize("stage, orphans", [
+    ("partial-tensor", ["orphan temp file"]),
+    ("after-tensor-write", ["orphan temp file"]),
+    ("after-tensor-commit", ["orphan tensor file"]),
+    ("partial-json", ["orphan temp file", "orphan tensor file"]),
+    ("after-json-write", ["orphan temp file", "orphan tensor file"]),
+])
+def test_writer_killed_in_put_leaves_only_complete_entries(store, video, stage, orphans):
+    child = _child(_HANG_CHILD, str(store.root), str(video), stage)
+    try:
+        _expect(child, "three")
+        _expect(child, "hung")
+        # while the writer is alive its half-written files are its own: verify leaves them alone
+        assert store.verify() == []
+    finally:
+        _kill(child)
+
+    keys = {tpf: store.key(video, settings(tokens_per_frame=tpf)) for tpf in (1, 2, 3)}
+    assert {e.key for e in store.entries()} == set(keys.values())
+    for tpf, key in keys.items():  # the interrupted overwrite of tpf=1 left the old entry intact
+        assert same(store.get(key, settings(tokens_per_frame=tpf)), make_cache(seed=tpf, tpf=tpf))
+    problems = store.verify()
+    assert sorted(p.rsplit(" ", 2)[0] for _, p in problems) == orphans  # "orphan temp file <name> (removed)"
+    assert all(k == keys[1] and p.endswith("(removed)") for k, p in problems)
+    assert store.verify() == [] and len(files(store)) == 6
+
+
+def test_writer_killed_at_random_in_a_loop_of_puts(store, video):
+    child = _child("""
+        from pathlib import Path
+        from vidqa.store import Store
+        store = Store(sys.argv[1])
+        for i in range(10_000):
+            T.put(store, Path(sys.argv[2]), T.make_cache(seed=i, frames=8), extra_setting=i)
+            print(i, flush=True)
+    """, str(store.root), str(video))
+    try:
+        for i in range(5):
+            assert child.stdout.readline().strip() == str(i)
+        time.sleep(0.013)  # somewhere in a later put
+    finally:
+        _kill(child)
+    done = store.entries()
+    assert len(done) >= 5
+    for e in done:
+        i = next(i for i in range(10_000) if store.key(video, settings(extra_setting=i)) == e.key)
+        assert same(store.get(e.key, settings(extra_setting=i)), make_cache(seed=i, frames=8))
+    assert all("orphan" in p for _, p in store.verify())
+    assert store.verify() == [] and len(files(store)) == 2 * len(done)
