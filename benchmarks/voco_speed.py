@@ -104,9 +104,12 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=str, default=None)
+    ap.add_argument("--dtype", default=None, help="float32 for an agreement check without bf16 noise")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.dtype:
+        dtype = getattr(torch, args.dtype)
     qa, naive_tower, llm_cfg, clip_cfg = build(args.tiny, device, dtype, args.tokens_per_frame)
     llm, m = qa.llm, qa.method
     res: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

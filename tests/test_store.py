@@ -7,6 +7,7 @@ same ``make_cache``/``settings`` helpers as the parent.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -50,7 +51,7 @@ def make_cache(seed: int = 0, frames: int = 3, tpf: int = 2) -> FrameCache:
                "emb": torch.randn(frames, tpf, 16, generator=g),
                "ids": torch.arange(frames, dtype=torch.int64)}
     return FrameCache("voco", tensors, [0.5 + i for i in range(frames)], tpf,
-                      {"method": "voco", "tokens_per_frame": tpf, "p0": 35, "pre_voco_ids": [1, 319]})
+                      {"method": "voco", "tokens_per_frame": tpf, "p0": 35, "pre_voco_ids": [1, 319], "scale": 1.0})
 
 
 def make_video(path: Path, data: bytes | None = None, mtime: float = OLD) -> Path:
@@ -60,9 +61,10 @@ def make_video(path: Path, data: bytes | None = None, mtime: float = OLD) -> Pat
 
 
 def same(a: FrameCache, b: FrameCache) -> bool:
-    return (a.method, a.timestamps, a.tokens_per_frame, a.meta) == (b.method, b.timestamps, b.tokens_per_frame, b.meta) \
-        and a.tensors.keys() == b.tensors.keys() \
-        and all(a.tensors[k].dtype == b.tensors[k].dtype and torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    """Bit-identical: same fields, same tensor names, dtypes and values."""
+    fields = lambda c: (c.method, c.timestamps, c.tokens_per_frame, c.meta, sorted(c.tensors))  # noqa: E731
+    return fields(a) == fields(b) and all(
+        a.tensors[k].dtype == b.tensors[k].dtype and torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
 
 
 def put(store: Store, video: Path, cache: FrameCache | None = None, **over) -> str:
@@ -97,6 +99,7 @@ def test_round_trip_float32_bfloat16_and_metadata(store, video):
     got = store.get(key, settings())
     assert got is not None and same(got, cache)
     assert got.tensors["v"].dtype == torch.bfloat16 and got.tensors["k"].dtype == torch.float32
+    assert type(got.meta["scale"]) is float and type(got.timestamps[0]) is float
 
     meta = json.loads((store.root / "entries" / key[:2] / f"{key}.json").read_text())
     assert meta["source"]["path"] == str(video.absolute()) and os.path.isabs(meta["source"]["path"])
@@ -239,8 +242,6 @@ def test_killed_writer_temp_file_is_invisible_and_swept(store, video):
     live = d / f".{key}.{os.getpid()}.0badf00d.tmp"
     live.write_bytes(b"")
     fd = os.open(live, os.O_RDWR)
-    import fcntl
-
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         problems = store.verify()

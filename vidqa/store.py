@@ -115,12 +115,13 @@ def default_root() -> Path:
     return Path.home() / ".cache" / "vidqa"
 
 
-def _canonical(value: Any, where: str = "settings") -> Any:
+def _canonical(value: Any, where: str = "settings", fold: bool = True) -> Any:
     """A JSON-able copy in one canonical form, so equal settings always hash to the same key.
 
-    Integral floats become ints (``fps=1`` and ``fps=1.0`` are the same sampling), tuples become
-    lists, dataclasses dicts, numpy scalars and torch dtypes plain values; anything else is refused
-    rather than hashed through a ``repr`` that may change between runs.
+    With ``fold``, integral floats become ints (``fps=1`` and ``fps=1.0`` are the same sampling);
+    stored data (the cache's meta) keeps its floats. Tuples become lists, dataclasses dicts, numpy
+    scalars and torch dtypes plain values; anything else is refused rather than hashed through a
+    ``repr`` that may change between runs.
     """
     if isinstance(value, torch.dtype):
         return str(value).removeprefix("torch.")
@@ -135,7 +136,7 @@ def _canonical(value: Any, where: str = "settings") -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise CacheError(f"{where} holds a non-finite number ({value})")
-        return int(value) if value.is_integer() else value
+        return int(value) if fold and value.is_integer() else float(value)
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, dict):
@@ -143,10 +144,10 @@ def _canonical(value: Any, where: str = "settings") -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise CacheError(f"{where} has a non-string key {k!r}")
-            out[k] = _canonical(v, where)
+            out[k] = _canonical(v, where, fold)
         return out
     if isinstance(value, (list, tuple)):
-        return [_canonical(v, where) for v in value]
+        return [_canonical(v, where, fold) for v in value]
     raise CacheError(f"{where} holds a value that is not JSON-able: {type(value).__name__}")
 
 
@@ -430,7 +431,7 @@ class Store:
                                 ("tensors", dict)):
                 if not isinstance(record.get(field), kind):
                     raise ValueError(f"no valid {field!r}")
-            if not isinstance(record["source"].get("sha256"), str) or not isinstance(record["tensors"].get("file"), str):
+            if not (isinstance(record["source"].get("sha256"), str) and isinstance(record["tensors"].get("file"), str)):
                 raise ValueError("no tensor file or content hash")
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise _Bad(f"unreadable metadata: {_first_line(e)}", st) from None
@@ -524,9 +525,7 @@ class Store:
                    for k, v in cache.tensors.items()}
         data = st_save(tensors, metadata={"vidqa_key": key, "vidqa_store_format": str(STORE_FORMAT)})
         checksum = hashlib.sha256(data).hexdigest()
-        timestamps = [float(t) for t in cache.timestamps]  # as given: _canonical would make 2.0 an int
-        if not all(math.isfinite(t) for t in timestamps):
-            raise CacheError("cache timestamps must be finite numbers")
+        timestamps = _canonical([float(t) for t in cache.timestamps], "cache timestamps", fold=False)
         now = time.time()
         record = {
             "format": STORE_FORMAT,
@@ -541,8 +540,8 @@ class Store:
             "sampling": settings["sampling"],
             "timestamps": timestamps,
             "frame_indices": indices,
-            "cache_meta": _canonical(cache.meta, "cache meta"),
-            "extra": _canonical(meta.get("extra"), "extra metadata"),
+            "cache_meta": _canonical(cache.meta, "cache meta", fold=False),
+            "extra": _canonical(meta.get("extra"), "extra metadata", fold=False),
             "tensors": {"file": f"{key}.{checksum[:16]}.safetensors", "sha256": checksum, "bytes": len(data),
                         "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()},
                         "shapes": {k: list(v.shape) for k, v in tensors.items()}},
