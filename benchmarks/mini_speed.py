@@ -80,7 +80,7 @@ def build(tiny: bool, device, dtype):
         compressor = mini.Compressor(1, clip_cfg.hidden_size, num_heads=8 if not tiny else 2).to(dtype).eval()
         prefusion = mini.build_prefusion_layers(llm.config, 4).to(dtype).eval()
     for mod in (llm, tower, projector, compressor, prefusion):
-        mod.requires_grad_(False)
+        mod.to(device).requires_grad_(False)  # the sin-cos table is built from numpy, on the CPU
     tokdir = Path(tempfile.mkdtemp()) / "tok"
     mini.write_tiny_tokenizer(tokdir)
     tok = load_tokenizer(tokdir)

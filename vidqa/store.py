@@ -20,6 +20,17 @@ Every file is written as a temp file on which its writer holds an flock until th
 The kernel drops that lock when the writer dies, so "temp file whose lock can be taken" means exactly
 "left behind by a dead (or finished) writer" -- no guessing with ages.
 
+Typical use (the lock only avoids computing the same entry twice; correctness never depends on it)::
+
+    store = Store(cache_dir)                   # None: $VIDQA_CACHE_DIR, $XDG_CACHE_HOME/vidqa, ~/.cache/vidqa
+    key = store.key(video, settings)           # settings: model_fingerprint, method, tokens_per_frame, dtype, sampling
+    with store.lock(key, blocking=True):
+        cache = store.get(key, settings)       # None if absent or corrupt (CacheWarning, entry removed)
+        if cache is None:
+            cache = compute()
+            store.put(key, cache, {"source": video, "settings": settings, "model_id": model_id,
+                                   "frame_indices": frames.indices.tolist()})
+
 Not for Windows (fcntl); fine on local filesystems, best effort on NFS (flock is emulated there).
 """
 
