@@ -37,3 +37,9 @@ def mini_qa(mini_dir):
     from vidqa.pipeline import VideoQA
 
     return VideoQA.from_pretrained(str(mini_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_store(tmp_path, monkeypatch):
+    """Every test gets its own cache store; none writes to the user's ~/.cache."""
+    monkeypatch.setenv("VIDQA_CACHE_DIR", str(tmp_path / "vidqa-cache"))

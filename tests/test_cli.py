@@ -121,8 +121,8 @@ def test_question_too_long_for_the_context(capsys, clip, voco_dir):
     one_line_error(code, err, "context")
 
 
-def test_index_and_bench_say_not_built(capsys):
-    for cmd in ("index", "bench"):
+def test_bench_says_not_built(capsys):
+    for cmd in ("bench",):
         code, _, err = run(capsys, cmd)
         assert code == 2
         one_line_error(code, err, "not built yet")

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -55,77 +56,128 @@ def main_options(version: bool = typer.Option(False, "--version", callback=_vers
     """
 
 
+# Options shared by the commands that load a model and sample frames.
+MODEL = typer.Option(None, "--model", "-m", envvar="VIDQA_MODEL", help=MODEL_HELP)
+METHOD = typer.Option(None, help="voco or mini. Default: what the checkpoint's config says.")
+VISION_TOWER = typer.Option(None, help="Override the config's mm_vision_tower (dir or hub id).")
+TOKENS = typer.Option(None, help="VoCo tokens per frame. Default: config voco_num, or 2.")
+FPS = typer.Option(1.0, help="Frames per second to sample (segment midpoints).")
+NUM_FRAMES = typer.Option(None, help="Sample exactly this many frames, uniformly (overrides --fps).")
+MAX_FRAMES = typer.Option(None, help="Cap on frames; more are thinned out uniformly.")
+START = typer.Option(None, help="Start of the window, in seconds.")
+END = typer.Option(None, help="End of the window, in seconds.")
+DECODER = typer.Option("auto", help="auto (decord, PyAV on failure), decord or av.")
+DEVICE = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
+DTYPE = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")
+BATCH = typer.Option(None, min=1, help="Frames compressed per batch (16 on GPU, 4 on CPU).")
+CACHE_DIR = typer.Option(None, envvar="VIDQA_CACHE_DIR",
+                         help="Cache store (default: $XDG_CACHE_HOME/vidqa or ~/.cache/vidqa).")
+NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the cache store.")
+MAX_NEW = typer.Option(256, min=1, help="Longest answer, in tokens.")
+TEMPERATURE = typer.Option(0.0, min=0.0, help="0 decodes greedily; above 0 samples.")
+TOP_P = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0).")
+SEED = typer.Option(None, help="Seed for sampling, for repeatable answers.")
+
+
+def _load(model, device, dtype, method, vision_tower, tokens_per_frame, quiet: bool):
+    from vidqa.pipeline import VideoQA
+
+    if not model:
+        raise VidqaError("no model given: pass --model DIR_OR_HUB_ID or set VIDQA_MODEL")
+    with err.status("loading model", spinner="dots") if not quiet else _nullcontext():
+        return VideoQA.from_pretrained(model, device=device, dtype=dtype, method=method, vision_tower=vision_tower,
+                                       tokens_per_frame=tokens_per_frame)
+
+
+def _video_cache(qa, video, sampling, info, budget, *, store, decoder, batch_size, timings):
+    """The video's frame cache, from the store if it has it, thinned to ``budget`` frames if needed."""
+    import dataclasses
+
+    from vidqa.library import load_or_compress, thin
+    from vidqa.video import plan
+
+    planned = len(plan(info, sampling))
+    if planned > budget:
+        err.print(f"note: {planned} frames do not fit the context with this question; using {budget}, "
+                  "sampled uniformly", soft_wrap=True)
+        if store is not None:  # an indexed cache of the full sampling serves, thinned
+            from vidqa.library import cache_settings
+
+            settings = cache_settings(qa, sampling)
+            full = store.get(store.key(video, settings), settings)
+            if full is not None:
+                return thin(full, budget), True
+        sampling = dataclasses.replace(sampling, max_frames=budget)
+    cache, _, hit = load_or_compress(qa, video, sampling, store=store, decoder=decoder, batch_size=batch_size,
+                                     timings=timings)
+    return thin(cache, budget), hit
+
+
+def _store(cache_dir, no_cache):
+    if no_cache:
+        return None
+    from vidqa.store import Store
+
+    return Store(cache_dir)
+
+
+def _stream(pieces_source, as_json: bool) -> str:
+    """Render an answer as it is generated: rich live view on a terminal, plain text into a pipe."""
+    pieces: list[str] = []
+    if as_json:
+        pieces = list(pieces_source)
+    elif not sys.stdout.isatty():  # a pipe: plain streamed text, no terminal control codes
+        for piece in pieces_source:
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        with Live(Text(""), console=Console(), refresh_per_second=20, transient=False) as live:
+            for piece in pieces_source:
+                pieces.append(piece)
+                live.update(Text("".join(pieces)))
+    return "".join(pieces).strip()
+
+
 @app.command()
 def ask(
     video: str = typer.Argument(..., help="Video file (mp4, mkv, webm, avi, ...) or an image."),
     question: str = typer.Argument(..., help="The question, in quotes."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", envvar="VIDQA_MODEL", help=MODEL_HELP),
-    method: Optional[str] = typer.Option(None, help="voco or mini. Default: what the checkpoint's config says."),
-    vision_tower: Optional[str] = typer.Option(None, help="Override the config's mm_vision_tower (dir or hub id)."),
-    tokens_per_frame: Optional[int] = typer.Option(None, help="VoCo tokens per frame. Default: config voco_num, or 2."),
-    fps: float = typer.Option(1.0, help="Frames per second to sample (segment midpoints)."),
-    num_frames: Optional[int] = typer.Option(None, help="Sample exactly this many frames, uniformly (overrides --fps)."),
-    max_frames: Optional[int] = typer.Option(None, help="Cap on frames; more are thinned out uniformly."),
-    start: Optional[float] = typer.Option(None, help="Start of the window, in seconds."),
-    end: Optional[float] = typer.Option(None, help="End of the window, in seconds."),
-    decoder: str = typer.Option("auto", help="auto (decord, PyAV on failure), decord or av."),
-    max_new_tokens: int = typer.Option(256, min=1, help="Longest answer, in tokens."),
-    temperature: float = typer.Option(0.0, min=0.0, help="0 decodes greedily; above 0 samples."),
-    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0)."),
-    seed: Optional[int] = typer.Option(None, help="Seed for sampling, for repeatable answers."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Frames compressed per batch (16 on GPU, 4 on CPU)."),
+    model: Optional[str] = MODEL, method: Optional[str] = METHOD, vision_tower: Optional[str] = VISION_TOWER,
+    tokens_per_frame: Optional[int] = TOKENS, fps: float = FPS, num_frames: Optional[int] = NUM_FRAMES,
+    max_frames: Optional[int] = MAX_FRAMES, start: Optional[float] = START, end: Optional[float] = END,
+    decoder: str = DECODER, max_new_tokens: int = MAX_NEW, temperature: float = TEMPERATURE,
+    top_p: float = TOP_P, seed: Optional[int] = SEED, device: str = DEVICE, dtype: str = DTYPE,
+    batch_size: Optional[int] = BATCH, cache_dir: Optional[str] = CACHE_DIR, no_cache: bool = NO_CACHE,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answer, frames, timings) instead."),
 ):
     """Stream an answer about VIDEO to the terminal.
 
     Frames are sampled (default 1 per second), compressed to a few tokens each, concatenated in time
-    order, and the model answers from that. If the frames do not fit the model's context with the
-    question, fewer frames are sampled uniformly and a note says so on stderr.
+    order, and the model answers from that. A video indexed with `vidqa index` (same model and
+    sampling) is answered from its stored caches without running the vision tower. If the frames do
+    not fit the model's context with the question, fewer frames are used, uniformly, with a note on
+    stderr.
     """
     from vidqa.generate import DecodeStats, GenerationConfig
-    from vidqa.pipeline import Timings, VideoQA
-    from vidqa.video import Sampling, load_frames, plan, probe
+    from vidqa.pipeline import Timings
+    from vidqa.video import Sampling, probe
 
     t_start = time.perf_counter()
     info = probe(video)  # fail on a bad file before the model is loaded
     sampling = Sampling(fps=fps, num_frames=num_frames, max_frames=max_frames, start=start, end=end)
-    indices = plan(info, sampling)
-    if not model:
-        raise VidqaError("no model given: pass --model DIR_OR_HUB_ID or set VIDQA_MODEL")
-    with err.status("loading model", spinner="dots") if not as_json else _nullcontext():
-        qa = VideoQA.from_pretrained(model, device=device, dtype=dtype, method=method, vision_tower=vision_tower,
-                                     tokens_per_frame=tokens_per_frame)
+    qa = _load(model, device, dtype, method, vision_tower, tokens_per_frame, as_json)
     budget = qa.max_frames(question, max_new_tokens)
-    if len(indices) > budget:
-        err.print(f"note: {len(indices)} frames do not fit the context with this question; "
-                  f"sampling {budget} uniformly instead")
-        indices = plan(info, Sampling(fps=fps, num_frames=num_frames, max_frames=budget, start=start, end=end))
-    t0 = time.perf_counter()
-    frames = load_frames(video, indices=indices, decoder=decoder)
-    decode_s = time.perf_counter() - t0
     timings = Timings()
-    cache = qa.compress(frames, batch_size=batch_size, timings=timings)
+    t0 = time.perf_counter()
+    cache, hit = _video_cache(qa, video, sampling, info, budget, store=_store(cache_dir, no_cache),
+                              decoder=decoder, batch_size=batch_size, timings=timings)
+    cache_s = time.perf_counter() - t0
     stats = DecodeStats()
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    pieces: list[str] = []
-    if as_json:
-        pieces = list(qa.answer(cache, question, gen, stats))
-    else:
-        if not sys.stdout.isatty():  # a pipe: plain streamed text, no terminal control codes
-            for piece in qa.answer(cache, question, gen, stats):
-                pieces.append(piece)
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-        else:
-            out = Console()
-            with Live(Text(""), console=out, refresh_per_second=20, transient=False) as live:
-                for piece in qa.answer(cache, question, gen, stats):
-                    pieces.append(piece)
-                    live.update(Text("".join(pieces)))
-    answer = "".join(pieces).strip()
+    answer = _stream(qa.answer(cache, question, gen, stats), as_json)
+    indices = cache.meta.get("frame_indices") or [None] * cache.num_frames
     report = {
         "answer": answer,
         "video": video,
@@ -133,17 +185,18 @@ def ask(
         "model": qa.model_id,
         "method": qa.method.name,
         "tokens_per_frame": qa.method.tokens_per_frame,
-        "frames": [{"index": int(i), "time": round(float(t), 3)} for i, t in zip(frames.indices, frames.timestamps)],
-        "decoder": frames.decoder,
+        "frames": [{"index": i, "time": round(float(t), 3)} for i, t in zip(indices, cache.timestamps)],
+        "decoder": "image" if info.is_image else None,
+        "from_cache": hit,
         "kv_bytes_per_frame": cache.bytes_per_frame,
         "device": str(qa.device),
         "dtype": str(qa.vision.dtype).replace("torch.", ""),
         "stopped": stats.stopped,
         "timings": {
-            "decode_video_s": round(decode_s, 4),
+            "frames_s": round(cache_s, 4),
             "vision_s": round(timings.vision_s, 4),
             "compress_s": round(timings.compress_s, 4),
-            "compress_ms_per_frame": round(1000 * (timings.vision_s + timings.compress_s) / max(1, len(frames.indices)), 3),
+            "compress_ms_per_frame": round(1000 * (timings.vision_s + timings.compress_s) / max(1, timings.frames), 3),
             "time_to_first_token_s": round(stats.prefill_s, 4),
             "ms_per_token": round(stats.ms_per_token, 3),
             "answer_tokens": stats.tokens,
@@ -153,16 +206,211 @@ def ask(
     if as_json:
         print(json.dumps(report))
     else:
-        t = report["timings"]
-        err.print(f"[dim]{len(frames.indices)} frames x {qa.method.tokens_per_frame} tokens ({qa.method.name}), "
-                  f"compress {t['compress_ms_per_frame']:.1f} ms/frame, first token {1000 * stats.prefill_s:.0f} ms, "
-                  f"{stats.ms_per_token:.1f} ms/token[/dim]", soft_wrap=True)
+        source = "from the cache store" if hit else f"compressed at {report['timings']['compress_ms_per_frame']:.1f} ms/frame"
+        err.print(f"[dim]{cache.num_frames} frames x {qa.method.tokens_per_frame} tokens ({qa.method.name}), {source}, "
+                  f"first token {1000 * stats.prefill_s:.0f} ms, {stats.ms_per_token:.1f} ms/token[/dim]", soft_wrap=True)
 
 
 @app.command()
-def index():
-    """Precompute and store per-frame caches for a library of videos (not built yet)."""
-    raise VidqaError("`vidqa index` is not built yet", exit_code=EXIT_NOT_BUILT)
+def chat(
+    video: str = typer.Argument(..., help="Video file or image to talk about."),
+    model: Optional[str] = MODEL, method: Optional[str] = METHOD, vision_tower: Optional[str] = VISION_TOWER,
+    tokens_per_frame: Optional[int] = TOKENS, fps: float = FPS, num_frames: Optional[int] = NUM_FRAMES,
+    max_frames: Optional[int] = MAX_FRAMES, start: Optional[float] = START, end: Optional[float] = END,
+    decoder: str = DECODER, max_new_tokens: int = MAX_NEW, temperature: float = TEMPERATURE,
+    top_p: float = TOP_P, seed: Optional[int] = SEED, device: str = DEVICE, dtype: str = DTYPE,
+    batch_size: Optional[int] = BATCH, cache_dir: Optional[str] = CACHE_DIR, no_cache: bool = NO_CACHE,
+):
+    """Ask several questions in a row about one video, compressed once.
+
+    Questions are read one per line (type them, or pipe a file); an empty line, `exit` or Ctrl-D
+    ends the chat. Earlier turns are kept in the prompt as the model's chat template expects; when
+    they no longer fit the context, the oldest turns are dropped, with a note.
+    """
+    from vidqa.generate import GenerationConfig
+    from vidqa.video import Sampling, probe
+
+    info = probe(video)
+    sampling = Sampling(fps=fps, num_frames=num_frames, max_frames=max_frames, start=start, end=end)
+    qa = _load(model, device, dtype, method, vision_tower, tokens_per_frame, False)
+    store = _store(cache_dir, no_cache)
+    budget = qa.max_frames("", max_new_tokens)
+    cache, hit = _video_cache(qa, video, sampling, info, budget, store=store, decoder=decoder,
+                              batch_size=batch_size, timings=None)
+    err.print(f"[dim]{cache.num_frames} frames ready{' (from the cache store)' if hit else ''}; "
+              "ask away (empty line to end)[/dim]", soft_wrap=True)
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    history: list[tuple[str, str]] = []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            err.print("[bold]you>[/bold] ", end="")
+        line = sys.stdin.readline()
+        question = line.strip()
+        if not line or not question or question in ("exit", "quit"):
+            break
+        while history:  # drop the oldest turns until the frames and the conversation fit
+            try:
+                if qa.max_frames(question, max_new_tokens, history) >= cache.num_frames:
+                    break
+            except VidqaError:
+                pass
+            history.pop(0)
+            err.print("[dim]note: the oldest turn was dropped to fit the context[/dim]")
+        if qa.max_frames(question, max_new_tokens, history) < cache.num_frames:
+            from vidqa.library import thin
+
+            turn_cache = thin(cache, qa.max_frames(question, max_new_tokens, history))
+        else:
+            turn_cache = cache
+        answer = _stream(qa.answer(turn_cache, question, gen, history=history), False)
+        history.append((question, answer))
+
+
+index_help = """Precompute and store the per-frame caches of videos, so questions on them are instant.
+
+PATHS are video files or folders (searched recursively for video files). Each video is decoded,
+compressed and stored for this model, method and sampling; finished videos are skipped on a rerun,
+and an interrupted run loses no finished video. Unreadable videos are listed at the end and make the
+exit code 1. Several processes may index the same folder at once: a per-video lock keeps them from
+doing the same work. On several GPUs: `vidqa index --gpus 2 ...`, or
+`torchrun --nproc-per-node 2 -m vidqa index ...` (each rank takes its share of the videos).
+"""
+
+
+@app.command(help=index_help)
+def index(
+    paths: list[str] = typer.Argument(..., help="Video files and folders."),
+    model: Optional[str] = MODEL, method: Optional[str] = METHOD, vision_tower: Optional[str] = VISION_TOWER,
+    tokens_per_frame: Optional[int] = TOKENS, fps: float = FPS, num_frames: Optional[int] = NUM_FRAMES,
+    max_frames: Optional[int] = MAX_FRAMES, start: Optional[float] = START, end: Optional[float] = END,
+    decoder: str = DECODER, device: str = DEVICE, dtype: str = DTYPE, batch_size: Optional[int] = BATCH,
+    cache_dir: Optional[str] = CACHE_DIR,
+    gpus: int = typer.Option(1, min=1, help="Run on this many GPUs (launches torchrun)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON report instead of progress."),
+):
+    from vidqa.library import find_videos, index_videos
+    from vidqa.store import Store
+    from vidqa.video import Sampling
+
+    if gpus > 1 and "LOCAL_RANK" not in os.environ:
+        import subprocess
+
+        args = [a for a in sys.argv[1:]]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "-m", "vidqa",
+               *_without_gpus(args)]
+        return_code = subprocess.call(cmd)
+        raise typer.Exit(return_code)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and device == "auto":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    videos = find_videos(paths)[rank::world]
+    sampling = Sampling(fps=fps, num_frames=num_frames, max_frames=max_frames, start=start, end=end)
+    quiet = as_json or rank > 0
+    qa = _load(model, device, dtype, method, vision_tower, tokens_per_frame, quiet)
+    store = Store(cache_dir)
+    if quiet:
+        report = index_videos(qa, store, videos, sampling, decoder=decoder, batch_size=batch_size)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err) as progress:
+            vids = progress.add_task("videos", total=len(videos))
+            frames = progress.add_task("frames", total=None)
+            report = index_videos(
+                qa, store, videos, sampling, decoder=decoder, batch_size=batch_size,
+                on_start=lambda v, n: progress.reset(frames, total=n, description=f"frames of {Path(v).name}"),
+                on_frames=lambda n: progress.advance(frames, n),
+                on_done=lambda v, what: progress.advance(vids, 1))
+    summary = report.as_dict()
+    summary["rank"], summary["world_size"] = rank, world
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        idle = report.decode_wait_s / report.seconds if report.seconds else 0.0
+        err.print(f"indexed {len(report.indexed)}, already cached {len(report.skipped)}, failed {len(report.failed)}; "
+                  f"{report.frames} frames at {report.frames_per_second:.1f} frames/s; "
+                  f"waited {100 * idle:.0f}% of the time for decoding; store: {store.root}", soft_wrap=True)
+        for video_path, message in report.failed:
+            err.print(f"[red]failed:[/red] {video_path}: {message}", soft_wrap=True)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _without_gpus(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--gpus":
+            skip = True
+            continue
+        if a.startswith("--gpus="):
+            continue
+        out.append(a)
+    return out
+
+
+cache_app = typer.Typer(help="Show, prune and check the cache store (see `vidqa index`).", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: Optional[str] = CACHE_DIR,
+             as_json: bool = typer.Option(False, "--json", help="One JSON list instead of a table.")):
+    """List stored entries: video, frames, size, method, model."""
+    import dataclasses
+
+    from rich.table import Table
+
+    from vidqa.store import Store
+
+    store = Store(cache_dir)
+    entries = store.entries()
+    if as_json:
+        print(json.dumps([dataclasses.asdict(e) for e in entries], default=str))
+        return
+    table = Table(title=f"{len(entries)} entries in {store.root}")
+    for col in ("key", "video", "frames", "MB", "method", "model", "created"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e.key[:12], str(e.source), str(e.frames), f"{e.bytes / 1e6:.1f}", e.method, str(e.model)[:12],
+                      str(e.created)[:19])
+    Console().print(table)
+
+
+@cache_app.command("rm")
+def cache_rm(key: Optional[str] = typer.Argument(None, help="An entry's key (a unique prefix is enough)."),
+             source: Optional[str] = typer.Option(None, help="Remove the entries of this video, or of every video under this folder."),
+             older_than: Optional[float] = typer.Option(None, help="Remove entries older than this many days."),
+             all_entries: bool = typer.Option(False, "--all", help="Remove everything."),
+             cache_dir: Optional[str] = CACHE_DIR):
+    """Remove entries by key, by video, by age, or all of them."""
+    from datetime import timedelta
+
+    from vidqa.store import Store
+
+    if not (key or source or older_than is not None or all_entries):
+        raise VidqaError("say what to remove: a KEY, --source PATH, --older-than DAYS or --all", exit_code=2)
+    n = Store(cache_dir).remove(key, source=source, all=all_entries,
+                                older_than=timedelta(days=older_than) if older_than is not None else None)
+    err.print(f"removed {n} entr{'y' if n == 1 else 'ies'}")
+
+
+@cache_app.command("verify")
+def cache_verify(cache_dir: Optional[str] = CACHE_DIR,
+                 repair: bool = typer.Option(True, help="Remove what is broken (--no-repair only lists it).")):
+    """Check every entry's checksum and files; exit 1 if anything was wrong."""
+    from vidqa.store import Store
+
+    problems = Store(cache_dir).verify(repair=repair)
+    for key, problem in problems:
+        err.print(f"{key[:12]}: {problem}", soft_wrap=True)
+    err.print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''}{' (repaired)' if problems and repair else ''}")
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -182,7 +430,9 @@ class _nullcontext:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one line on stderr and a non-zero exit for every expected failure."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
+        if isinstance(rc, int):
+            return rc
     except VidqaError as e:
         err.print(f"[bold red]error:[/bold red] {e}", soft_wrap=True)
         return e.exit_code

@@ -40,16 +40,23 @@ class FrameCache:
 
     def select(self, idx: Sequence[int]) -> "FrameCache":
         """A cache of a subset of frames, in the given order."""
-        ix = torch.as_tensor(list(idx), dtype=torch.long)
+        idx = list(idx)
+        ix = torch.as_tensor(idx, dtype=torch.long)
         tensors = {k: v.index_select(0, ix.to(v.device)) for k, v in self.tensors.items()}
-        return FrameCache(self.method, tensors, [self.timestamps[i] for i in idx], self.tokens_per_frame, dict(self.meta))
+        meta = dict(self.meta)
+        if "frame_indices" in meta:  # the one per-frame entry of meta
+            meta["frame_indices"] = [meta["frame_indices"][i] for i in idx]
+        return FrameCache(self.method, tensors, [self.timestamps[i] for i in idx], self.tokens_per_frame, meta)
 
     @staticmethod
     def cat(caches: Sequence["FrameCache"]) -> "FrameCache":
         first = caches[0]
         tensors = {k: torch.cat([c.tensors[k] for c in caches]) for k in first.tensors}
         stamps = [t for c in caches for t in c.timestamps]
-        return FrameCache(first.method, tensors, stamps, first.tokens_per_frame, dict(first.meta))
+        meta = dict(first.meta)
+        if all("frame_indices" in c.meta for c in caches):
+            meta["frame_indices"] = [i for c in caches for i in c.meta["frame_indices"]]
+        return FrameCache(first.method, tensors, stamps, first.tokens_per_frame, meta)
 
     def to(self, device: torch.device | str) -> "FrameCache":
         return FrameCache(self.method, {k: v.to(device) for k, v in self.tensors.items()},

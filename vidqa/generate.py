@@ -115,15 +115,24 @@ class Detokenizer:
     only the new, complete suffix is emitted.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, drop_prefix: str | None = None):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.text = ""
+        self.drop_prefix = drop_prefix  # e.g. a role header the model writes before its answer
+        self.skip = 0
 
     def push(self, token: int) -> str:
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the next token
             return ""
+        if self.drop_prefix:
+            if self.drop_prefix.startswith(text.lstrip()):
+                return ""  # may still become the prefix: hold it back
+            if text.lstrip().startswith(self.drop_prefix):
+                self.skip = len(text) - len(text.lstrip()) + len(self.drop_prefix)
+            self.drop_prefix = None
+        text = text[self.skip:]
         delta, self.text = text[len(self.text):], text
         return delta

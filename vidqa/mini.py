@@ -600,18 +600,23 @@ class PromptIds:
         return [*self.before, IMAGE_TOKEN_INDEX, *self.after]
 
 
-def build_prompt_ids(tokenizer: Any, question: str, system: str | None = LLAVA_MINI_SYSTEM_PROMPT) -> PromptIds:
+def build_prompt_ids(tokenizer: Any, question: str, system: str | None = LLAVA_MINI_SYSTEM_PROMPT,
+                     history: Sequence[tuple[str, str]] = ()) -> PromptIds:
     """Token ids of the official inference prompt around the ``<image>`` placeholder.
 
     Messages ``[system, user "<image>\\n{question}"]`` through the checkpoint's chat template without
     the generation prompt; the text is split at ``<image>``; each chunk is tokenized with special
     tokens; the first keeps its BOS (hence a double BOS) and the second loses its first id.
+    ``history``: earlier (question, answer) turns; the image sits in the first user turn.
     """
-    if IMAGE_TOKEN in question:
+    if IMAGE_TOKEN in question or any(IMAGE_TOKEN in q + a for q, a in history):
         raise VidqaError(f"the question may not contain the literal {IMAGE_TOKEN} placeholder")
-    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-        {"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}
-    ]
+    turns = [*history, (question, None)]
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    for i, (q, a) in enumerate(turns):
+        messages.append({"role": "user", "content": f"{IMAGE_TOKEN}\n{q}" if i == 0 else q})
+        if a is not None:
+            messages.append({"role": "assistant", "content": a})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     chunks = text.split(IMAGE_TOKEN)
     if len(chunks) != 2:
@@ -960,15 +965,19 @@ class Mini(nn.Module):
     def stop_ids(self) -> set[int]:
         return self._stop
 
+    # The official prompt ends at the user's <|eot_id|> with no assistant header, so the model writes
+    # the header itself; it is not part of the answer.
+    answer_prefix = "assistant\n\n"
+
     def prompt_ids(self, question: str, history=()) -> list[int]:
-        return build_prompt_ids(self.tokenizer, question).ids
+        return build_prompt_ids(self.tokenizer, question, history=history).ids
 
     def cache_meta(self) -> dict[str, Any]:
         return {"method": self.name, "tokens_per_frame": self.tokens_per_frame,
                 "resolution_ratio": self.resolution_ratio, "prefusion_layers": len(self.prefusion)}
 
     def max_frames(self, question: str, max_new_tokens: int, history=()) -> int:
-        text = len(self.prompt_ids(question)) - 1  # the placeholder's slot is replaced by the frames
+        text = len(self.prompt_ids(question, history)) - 1  # the placeholder's slot is replaced by the frames
         room = self.max_context - text - max_new_tokens
         if room < self.tokens_per_frame:
             raise ContextError(f"the question takes {text} tokens: with one frame and {max_new_tokens} new tokens "
@@ -992,7 +1001,7 @@ class Mini(nn.Module):
         if cache.meta.get("method") != self.name or cache.meta.get("resolution_ratio") != self.resolution_ratio:
             raise ModelError("this frame cache was made with other LLaVA-Mini settings; recompute it")
         device = self.llm.get_input_embeddings().weight.device
-        ids = torch.tensor(self.prompt_ids(question), device=device)
+        ids = torch.tensor(self.prompt_ids(question, history), device=device)
         embeds, visible = prompt_embeddings(self.llm.get_input_embeddings(), ids)
         keys, values, vision = cache.tensors["keys"], cache.tensors["values"], cache.tensors["vision_tokens"]
         total = None

@@ -112,8 +112,8 @@ class VideoQA:
         return cls(qa_method, vision, tok, model_id=str(model), model_fingerprint=fingerprint(path, cfg))
 
     # ---- the two halves --------------------------------------------------------------------------
-    def max_frames(self, question: str, max_new_tokens: int = 256) -> int:
-        return self.method.max_frames(question, max_new_tokens)
+    def max_frames(self, question: str, max_new_tokens: int = 256, history=()) -> int:
+        return self.method.max_frames(question, max_new_tokens, history)
 
     def cache_meta(self) -> dict:
         return {**self.method.cache_meta(), "model": self.model_fingerprint, "dtype": str(self.vision.dtype)}
@@ -143,8 +143,9 @@ class VideoQA:
             if progress:
                 progress(feats.shape[0])
         tensors = {k: torch.cat(v) for k, v in parts.items()}
+        meta = {**self.cache_meta(), "frame_indices": [int(i) for i in getattr(frames, "indices", range(len(pixels)))]}
         return FrameCache(self.method.name, tensors, [float(t) for t in frames.timestamps],
-                          self.method.tokens_per_frame, self.cache_meta())
+                          self.method.tokens_per_frame, meta)
 
     def features(self, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Vision features of uint8 frames: ``[T, P, C]``, or ``[T, r*r + 1, P, C]`` in LLaVA-Mini HD mode
@@ -160,14 +161,14 @@ class VideoQA:
         return torch.stack(feats, dim=1)
 
     def answer(self, cache: FrameCache, question: str, gen: GenerationConfig = GenerationConfig(),
-               stats: DecodeStats | None = None) -> Iterator[str]:
-        """Stream the answer's text, delta by delta."""
+               stats: DecodeStats | None = None, history: list[tuple[str, str]] = ()) -> Iterator[str]:
+        """Stream the answer's text, delta by delta. ``history``: earlier (question, answer) turns."""
         if cache.meta.get("model") not in (None, self.model_fingerprint):
             raise ModelError("this frame cache was made by another model; recompute it")
-        prefill = self.method.prefill(cache, question)  # moves what it needs to the device
+        prefill = self.method.prefill(cache, question, history)  # moves what it needs to the device
         past = prefill.past_key_values.get_seq_length() if prefill.past_key_values is not None else 0
         decoder = self.decoder(past + prefill.position_ids.shape[1] + gen.max_new_tokens)
-        detok = Detokenizer(self.tokenizer)
+        detok = Detokenizer(self.tokenizer, getattr(self.method, "answer_prefix", None))
         for token in generate(self.llm, prefill, gen, self.method.stop_ids, stats, decoder=decoder):
             delta = detok.push(token)
             if delta:

@@ -1,0 +1,209 @@
+"""A library of videos with stored per-frame caches: find videos, index them, load or compute a cache.
+
+``index_videos`` decodes the next video on a CPU thread while the GPU compresses the current one,
+takes a per-entry lock so that concurrent ``vidqa index`` processes (or torchrun ranks) never compute
+the same entry twice, stores each finished video atomically, and lists the videos it could not read
+without stopping for them. A rerun finds finished entries and skips them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from vidqa.compress import FrameCache
+from vidqa.errors import VideoError, VidqaError
+from vidqa.store import CacheLocked, Store
+from vidqa.video import Sampling, load_frames, plan, probe
+
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
+                    ".3gp", ".ogv", ".gif"}
+
+
+def find_videos(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, and folders searched recursively for video extensions; sorted, no repeats."""
+    found: dict[Path, None] = {}
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS and not f.name.startswith("."):
+                    found[f.resolve()] = None
+        elif p.exists():
+            found[p.resolve()] = None
+        else:
+            raise VideoError(f"no such file or folder: {p}")
+    return list(found)
+
+
+def cache_settings(qa, sampling: Sampling) -> dict:
+    """Everything a stored cache must agree on with the run that reads it."""
+    return {"model_fingerprint": qa.model_fingerprint, "method": qa.method.name,
+            "tokens_per_frame": qa.method.tokens_per_frame, "dtype": str(qa.vision.dtype).replace("torch.", ""),
+            "sampling": dataclasses.asdict(sampling), "method_meta": qa.method.cache_meta()}
+
+
+def thin(cache: FrameCache, limit: int) -> FrameCache:
+    """At most ``limit`` frames of a cache, chosen uniformly (as sampling fewer frames would)."""
+    if cache.num_frames <= limit:
+        return cache
+    pick = np.unique(np.linspace(0, cache.num_frames - 1, limit).round().astype(int))
+    return cache.select(pick.tolist())
+
+
+def put(store: Store, key: str, video: Path, settings: dict, cache: FrameCache, frames, model_id: str) -> None:
+    store.put(key, cache, {"source": str(video), "settings": settings, "model_id": model_id,
+                           "frame_indices": [int(i) for i in frames.indices]})
+
+
+def load_or_compress(qa, video: str | Path, sampling: Sampling, *, store: Store | None, decoder: str = "auto",
+                     batch_size: int | None = None, timings=None) -> tuple[FrameCache, object | None, bool]:
+    """The video's cache: from the store when a matching entry exists, else computed (and stored).
+
+    Returns ``(cache, frames or None, hit)``. A hit runs neither the decoder, the vision tower nor the
+    compression.
+    """
+    video = Path(video)
+    settings = cache_settings(qa, sampling)
+    key = None
+    if store is not None:
+        key = store.key(video, settings)
+        cache = store.get(key, settings)
+        if cache is not None:
+            return cache, None, True
+    frames = load_frames(video, sampling, decoder=decoder)
+    cache = qa.compress(frames, batch_size=batch_size, timings=timings)
+    if store is not None:
+        put(store, key, video, settings, cache, frames, qa.model_id)
+    return cache, frames, False
+
+
+@dataclass
+class IndexReport:
+    indexed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already in the store
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (video, one-line reason)
+    frames: int = 0
+    seconds: float = 0.0
+    compress_s: float = 0.0
+    decode_wait_s: float = 0.0  # time the GPU side waited for decoded frames
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {"indexed": self.indexed, "skipped": self.skipped,
+                "failed": [{"video": v, "error": e} for v, e in self.failed], "frames": self.frames,
+                "seconds": round(self.seconds, 3), "frames_per_second": round(self.frames_per_second, 2),
+                "compress_s": round(self.compress_s, 3), "gpu_wait_for_decode_s": round(self.decode_wait_s, 3)}
+
+
+@dataclass
+class _Job:
+    video: Path
+    key: str
+    lock: object  # the entered lock context
+    frames: Future
+
+
+def index_videos(qa, store: Store, videos: list[Path], sampling: Sampling, *, decoder: str = "auto",
+                 batch_size: int | None = None, prefetch: int = 2,
+                 on_start: Callable[[Path, int], None] | None = None,
+                 on_frames: Callable[[int], None] | None = None,
+                 on_done: Callable[[Path, str], None] | None = None) -> IndexReport:
+    """Compress and store every video not yet in the store; never stops for an unreadable one."""
+    from vidqa.pipeline import Timings
+
+    report = IndexReport()
+    settings = cache_settings(qa, sampling)
+    t_start = time.perf_counter()
+    todo = deque(videos)
+    deferred: list[Path] = []  # entries another process is computing right now
+    jobs: deque[_Job] = deque()
+    pool = ThreadPoolExecutor(max_workers=max(1, prefetch), thread_name_prefix="vidqa-decode")
+
+    def fail(video: Path, e: Exception) -> None:
+        report.failed.append((str(video), str(e)))
+        if on_done:
+            on_done(video, "failed")
+
+    def claim(video: Path, blocking: bool) -> _Job | None:
+        """Lock the video's entry and start decoding it; None if it is done, busy or unreadable."""
+        try:
+            key = store.key(video, settings)
+            if store.get(key, settings) is not None:
+                report.skipped.append(str(video))
+                if on_done:
+                    on_done(video, "skipped")
+                return None
+            lock = store.lock(key, blocking=blocking)
+            try:
+                lock.__enter__()
+            except CacheLocked:
+                deferred.append(video)
+                return None
+            if store.get(key, settings) is not None:  # finished by another process meanwhile
+                lock.__exit__(None, None, None)
+                report.skipped.append(str(video))
+                if on_done:
+                    on_done(video, "skipped")
+                return None
+        except VidqaError as e:
+            fail(video, e)
+            return None
+        return _Job(video, key, lock, pool.submit(load_frames, video, sampling, decoder))
+
+    def refill(blocking: bool = False) -> None:
+        while len(jobs) < prefetch and todo:
+            job = claim(todo.popleft(), blocking)
+            if job:
+                jobs.append(job)
+
+    try:
+        for pass_blocking in (False, True):
+            refill(pass_blocking)
+            while jobs:
+                job = jobs.popleft()
+                try:
+                    t0 = time.perf_counter()
+                    frames = job.frames.result()
+                    report.decode_wait_s += time.perf_counter() - t0
+                    refill(pass_blocking)  # the next video decodes while this one is compressed
+                    if on_start:
+                        on_start(job.video, len(frames.indices))
+                    timings = Timings()
+                    cache = qa.compress(frames, batch_size=batch_size, timings=timings, progress=on_frames)
+                    report.compress_s += timings.vision_s + timings.compress_s
+                    put(store, job.key, job.video, settings, cache, frames, qa.model_id)
+                    report.indexed.append(str(job.video))
+                    report.frames += cache.num_frames
+                    if on_done:
+                        on_done(job.video, "indexed")
+                except VidqaError as e:
+                    fail(job.video, e)
+                finally:
+                    job.lock.__exit__(None, None, None)
+                refill(pass_blocking)
+            # second pass: wait for the entries other processes held, then take what they left
+            todo.extend(deferred)
+            deferred.clear()
+    finally:
+        for job in jobs:  # interrupted: release what was claimed but not finished
+            job.frames.cancel()
+            job.lock.__exit__(None, None, None)
+        pool.shutdown(wait=False, cancel_futures=True)
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def planned_frames(video: Path, sampling: Sampling) -> int:
+    """How many frames a sampling takes from a video (cheap: probes, decodes nothing)."""
+    return len(plan(probe(video), sampling))
