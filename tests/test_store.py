@@ -474,7 +474,8 @@ _HANG_CHILD = """
         writes.extend([1] if armed else [])
         n = len(writes)
         if (stage, n) in (("partial-tensor", 1), ("partial-json", 2)):
-            os.write(self.fd, bytes(data)[: len(data) // 2])
+            blob = b"".join(bytes(c) for c in data) if isinstance(data, list) else bytes(data)
+            os.write(self.fd, blob[: len(blob) // 2])
             hang()
         real_write(self, data)
         if (stage, n) in (("after-tensor-write", 1), ("after-json-write", 2)):
@@ -546,3 +547,20 @@ def test_writer_killed_at_random_in_a_loop_of_puts(store, video):
         assert same(store.get(e.key, settings(extra_setting=i)), make_cache(seed=i, frames=8))
     assert all("orphan" in p for _, p in store.verify())
     assert store.verify() == [] and len(files(store)) == 2 * len(done)
+
+
+def test_entries_are_plain_safetensors_files(tmp_path):
+    """vidqa writes the bytes itself (no serialisation copy); any safetensors reader must agree."""
+    import torch
+    from safetensors.torch import load_file
+
+    from vidqa.store import _st_decode, _st_encode
+
+    tensors = {"keys": torch.randn(3, 2, 5).bfloat16(), "values": torch.randn(3, 4).float(),
+               "ids": torch.arange(6).view(3, 2), "empty": torch.zeros(3, 0), "flags": torch.tensor([True, False, True])}
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"".join(bytes(c) for c in _st_encode(tensors, {"a": "b"})))
+    for loaded in (load_file(str(path)), _st_decode(bytearray(path.read_bytes()))):
+        assert set(loaded) == set(tensors)
+        for k, v in tensors.items():
+            assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v)

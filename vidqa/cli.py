@@ -413,10 +413,167 @@ def cache_verify(cache_dir: Optional[str] = CACHE_DIR,
         raise typer.Exit(1)
 
 
-@app.command()
-def bench():
-    """Accuracy and efficiency on MSRVTT-QA and friends (not built yet)."""
-    raise VidqaError("`vidqa bench` is not built yet", exit_code=EXIT_NOT_BUILT)
+bench_help = """Accuracy and efficiency on MSRVTT-QA, MSVD-QA, ActivityNet-QA or a synthetic set.
+
+DATASET is msrvtt, msvd, activitynet or synthetic; --data is its folder. The annotation format is
+detected (test_qa.json; test_q.json + test_a.json; a CSV with video_name, question, answer,
+question_id) and videos are found under their naming variants (video7010 or 7010, v_ prefix, any
+extension, in videos/, videos/all/, YouTubeClips/ ...). Each video is compressed once (or taken from
+the cache store, e.g. after `vidqa index` with the same sampling) and answers all its questions,
+greedily. Missing videos are counted, not fatal.
+
+Predictions go to OUT/predictions.jsonl, one line per question; a rerun continues where the last one
+stopped. Metrics: normalised exact match and gold-contained-in-prediction, per category where the data
+has one, plus, with --judge-model, the Video-ChatGPT GPT-judge protocol (verdicts cached on disk).
+Efficiency: tokens and KV bytes per frame, compression frames/s, ms to first token, ms per token,
+peak GPU memory. OUT/report.json holds the report; a table closes the run.
+
+Scale: --limit N, --shard I/N (then --merge combines the parts), or several GPUs: `--gpus 2`, or
+`torchrun --nproc-per-node 2 -m vidqa bench ...` (one part per rank; rank 0 prints the merged report).
+
+[bold]Examples[/bold]
+
+  vidqa bench msrvtt --data ~/data/MSRVTT-QA --model DIR --fps 1 --limit 500
+  vidqa bench msrvtt --data ~/data/MSRVTT-QA --model DIR --shard 0/4 --out runs/a   (and 1/4, 2/4, 3/4)
+  vidqa bench msrvtt --data ~/data/MSRVTT-QA --out runs/a --merge --judge-model gpt-3.5-turbo-0125
+"""
+
+
+@app.command(help=bench_help)
+def bench(
+    dataset: str = typer.Argument(..., help="msrvtt, msvd, activitynet or synthetic."),
+    data: Optional[str] = typer.Option(None, "--data", help="The dataset folder (annotations and videos)."),
+    split: str = typer.Option("test", help="test or val (where the dataset has it)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o",
+                                      help="Results folder (default: vidqa-bench/DATASET-SPLIT-MODELNAME)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N questions, in annotation order."),
+    shard: Optional[str] = typer.Option(None, help="I/N: answer shard I of N only (split by video); --merge combines."),
+    merge: bool = typer.Option(False, "--merge", help="Answer nothing: combine the prediction files in --out "
+                                                      "into one report (judging them with --judge-model)."),
+    prompt: Optional[str] = typer.Option(None, help="Template around each question; {question} is replaced. "
+                                                    "Default: the question, a newline and 'Answer the question "
+                                                    "using a single word or phrase.'; '{question}' asks it bare."),
+    max_new_tokens: int = typer.Option(32, min=1, help="Longest answer, in tokens (greedy decoding)."),
+    judge_model: Optional[str] = typer.Option(None, help="Also score with the Video-ChatGPT GPT-judge protocol, "
+                                                         "with this model (recorded in the report)."),
+    judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (default "
+                                                       "https://api.openai.com/v1); the key comes from "
+                                                       "VIDQA_JUDGE_KEY or OPENAI_API_KEY."),
+    judge_workers: int = typer.Option(8, min=1, help="Judge requests in flight at once."),
+    model: Optional[str] = MODEL, method: Optional[str] = METHOD, vision_tower: Optional[str] = VISION_TOWER,
+    tokens_per_frame: Optional[int] = TOKENS, fps: float = FPS, num_frames: Optional[int] = NUM_FRAMES,
+    max_frames: Optional[int] = MAX_FRAMES, decoder: str = DECODER, device: str = DEVICE, dtype: str = DTYPE,
+    batch_size: Optional[int] = BATCH, cache_dir: Optional[str] = CACHE_DIR, no_cache: bool = NO_CACHE,
+    gpus: int = typer.Option(1, min=1, help="Run on this many GPUs (launches torchrun)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final report as one JSON object."),
+):
+    from vidqa import bench as B
+
+    if gpus > 1 and "LOCAL_RANK" not in os.environ:
+        import subprocess
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "-m", "vidqa",
+               *_without_gpus(sys.argv[1:])]
+        raise typer.Exit(subprocess.call(cmd))
+    if dataset not in B.DATASETS:
+        raise VidqaError(f"unknown dataset {dataset!r} (use {', '.join(B.DATASETS)})", exit_code=2)
+    if not data:
+        raise VidqaError("pass --data DIR: the dataset folder (annotations and videos)", exit_code=2)
+    if judge_url and not judge_model:
+        raise VidqaError("--judge-url needs --judge-model", exit_code=2)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    shard_t = B.parse_shard(shard)
+    if world > 1:
+        if shard_t:
+            raise VidqaError("--shard and torchrun ranks do not mix: each rank takes its own shard", exit_code=2)
+        if not merge:
+            shard_t = (rank, world)
+        if device == "auto":
+            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    template = B.check_prompt(prompt)
+    ds = B.load_dataset(dataset, data, split)  # a missing dataset fails before the model loads
+    out_dir = Path(out) if out else B.default_out(dataset, split, model)
+    quiet = as_json or rank > 0
+    selection = B.select(ds.items, limit)
+    judge = None
+    if judge_model:
+        from vidqa.store import default_root
+
+        judge = B.Judge(judge_model, judge_url, cache_dir=(Path(cache_dir) if cache_dir else default_root()) / "judge")
+
+    def finish(report: dict) -> None:
+        if as_json:
+            print(json.dumps(report))
+            return
+        Console().print(B.render_table(report))
+        if (out_dir / "report.json").exists() and report.get("predictions") and not shard_t:
+            err.print(f"[dim]report: {out_dir / 'report.json'}[/dim]", soft_wrap=True)
+
+    def judged_report(items, **kw) -> dict:
+        if judge is None or quiet:
+            return B.report_for(ds, items, out_dir, judge=judge, judge_workers=judge_workers, **kw)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(TextColumn("judge"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("judge", total=None)
+            return B.report_for(ds, items, out_dir, judge=judge, judge_workers=judge_workers,
+                                on_judged=lambda: bar.advance(task), **kw)
+
+    if merge:
+        if rank > 0:
+            return
+        if not any(out_dir.glob("predictions*.jsonl")):
+            raise VidqaError(f"nothing to merge in {out_dir}: no predictions*.jsonl (run the bench with this --out)")
+        recorded = B.read_settings(out_dir).get("dataset")
+        if recorded not in (None, dataset):
+            raise VidqaError(f"{out_dir} holds a {recorded} run, not {dataset}", exit_code=2)
+        finish(judged_report(selection))
+        return
+
+    from vidqa.video import Sampling
+
+    sampling = Sampling(fps=fps, num_frames=num_frames, max_frames=max_frames)
+    qa = _load(model, device, dtype, method, vision_tower, tokens_per_frame, quiet)
+    settings = B.run_settings(qa, ds, prompt=template, max_new_tokens=max_new_tokens, sampling=sampling)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    B.check_run_settings(out_dir, settings)
+    mine = B.select(ds.items, limit, shard_t)
+    part = out_dir / B.part_name(shard_t)
+    store = _store(cache_dir, no_cache)
+    note = (lambda msg: None) if quiet else (lambda msg: err.print(f"note: {msg}", soft_wrap=True))
+    kwargs = dict(sampling=sampling, prompt=template, max_new_tokens=max_new_tokens, store=store, decoder=decoder,
+                  batch_size=batch_size, shard_label=f"{shard_t[0]}/{shard_t[1]}" if shard_t else None, on_note=note)
+    if quiet:
+        summary = B.answer_all(qa, ds, mine, part, **kwargs)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        total = B.todo_count(ds, mine, B.done_ids(part))
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task("questions", total=total)
+            summary = B.answer_all(qa, ds, mine, part, on_question=lambda it: bar.advance(task), **kwargs)
+        if summary.torn_line_repaired:
+            note(f"{part.name} ended in a torn line (an interrupted write); it was cut and that question redone")
+        if summary.missing_videos:
+            note(f"{len(summary.missing_videos)} videos not found under {ds.root} (e.g. "
+                 f"{summary.missing_videos[0]}); their questions are counted as missing")
+        for video, message in summary.failed_videos[:10]:
+            err.print(f"[red]failed:[/red] {video}: {message}", soft_wrap=True)
+    if shard_t:
+        B.write_marker(out_dir, shard_t, summary)
+    if world > 1:
+        if rank > 0:
+            return
+        B.wait_for_shards(out_dir, world, os.environ.get("TORCHELASTIC_RUN_ID"),
+                          on_wait=lambda ranks: note(f"waiting for ranks {ranks} to finish"))
+        finish(judged_report(selection))
+    elif shard_t:
+        if judge is not None:
+            note("the judge runs on the merged report: run again with --merge")
+        finish(B.report_for(ds, mine, out_dir, write=False))
+    else:
+        finish(judged_report(selection))
 
 
 class _nullcontext:

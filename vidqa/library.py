@@ -167,6 +167,29 @@ def index_videos(qa, store: Store, videos: list[Path], sampling: Sampling, *, de
             if job:
                 jobs.append(job)
 
+    # Stores run on a writer thread: serialising, checksumming and fsyncing ~1 MB per frame would
+    # otherwise keep the GPU idle between videos. A job's lock is held until its entry is written.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidqa-store")
+    writes: deque[tuple[_Job, Future, int]] = deque()
+
+    def store_job(job: _Job, cache: FrameCache, frames) -> None:
+        try:
+            put(store, job.key, job.video, settings, cache, frames, qa.model_id)
+        finally:
+            job.lock.__exit__(None, None, None)
+
+    def settle(keep: int) -> None:
+        while len(writes) > keep or (writes and writes[0][1].done()):
+            job, fut, n = writes.popleft()
+            try:
+                fut.result()
+                report.indexed.append(str(job.video))
+                report.frames += n
+                if on_done:
+                    on_done(job.video, "indexed")
+            except VidqaError as e:
+                fail(job.video, e)
+
     try:
         for pass_blocking in (False, True):
             refill(pass_blocking)
@@ -182,24 +205,26 @@ def index_videos(qa, store: Store, videos: list[Path], sampling: Sampling, *, de
                     timings = Timings()
                     cache = qa.compress(frames, batch_size=batch_size, timings=timings, progress=on_frames)
                     report.compress_s += timings.vision_s + timings.compress_s
-                    put(store, job.key, job.video, settings, cache, frames, qa.model_id)
-                    report.indexed.append(str(job.video))
-                    report.frames += cache.num_frames
-                    if on_done:
-                        on_done(job.video, "indexed")
-                except VidqaError as e:
-                    fail(job.video, e)
-                finally:
+                except BaseException as e:  # release the lock, then fail this video or stop
                     job.lock.__exit__(None, None, None)
+                    if not isinstance(e, VidqaError):
+                        raise
+                    fail(job.video, e)
+                else:
+                    writes.append((job, writer.submit(store_job, job, cache, frames), cache.num_frames))
+                settle(keep=1)
                 refill(pass_blocking)
+            settle(keep=0)  # the waiting pass below must see every entry of this one
             # second pass: wait for the entries other processes held, then take what they left
             todo.extend(deferred)
             deferred.clear()
     finally:
-        for job in jobs:  # interrupted: release what was claimed but not finished
+        for job in jobs:  # interrupted: release what was claimed but not started
             job.frames.cancel()
             job.lock.__exit__(None, None, None)
         pool.shutdown(wait=False, cancel_futures=True)
+        writer.shutdown(wait=True)  # finished videos are written even on Ctrl-C
+        settle(keep=0)
     report.seconds = time.perf_counter() - t_start
     return report
 

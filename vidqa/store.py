@@ -42,6 +42,7 @@ import fcntl
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 import secrets
@@ -52,8 +53,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+import struct
 
 import vidqa
 from vidqa.compress import FrameCache
@@ -237,6 +237,60 @@ def _unlink_if_same(fd: int, path: Path) -> str | None:
     return "removed"
 
 
+# ---- safetensors, written and read without a serialisation copy ---------------------------------
+# The files are plain safetensors (any safetensors reader opens them). They are encoded and decoded
+# here because safetensors.torch.save()/load() on bytes copy every byte through Python: measured
+# 3-4 s per GB each way, against ~0 for handing the tensors' own memory to write() and building
+# tensors over the checksummed read buffer with torch.frombuffer.
+_ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+_ST_TORCH = {v: k for k, v in _ST_DTYPES.items()}
+
+
+def _st_encode(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> list[memoryview]:
+    """The chunks of a safetensors file: length, JSON header (space-padded to 8 bytes), raw data."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.dtype not in _ST_DTYPES:
+            raise CacheError(f"cannot store tensor {name!r} of dtype {t.dtype}")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    chunks = [memoryview(struct.pack("<Q", len(text))), memoryview(text)]
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.numel():
+            chunks.append(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return chunks
+
+
+def _st_decode(data) -> dict[str, torch.Tensor]:
+    """Tensors viewing ``data`` (no copy). ValueError for anything that is not a valid file."""
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
+    if n > len(data) - 8:
+        raise ValueError("header runs past the end of the file")
+    header = json.loads(bytes(data[8:8 + n]))
+    base, view, out = 8 + n, memoryview(data), {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dtype = _ST_TORCH[info["dtype"]]
+        shape = [int(x) for x in info["shape"]]
+        if not 0 <= start <= end <= len(data) - base or end - start != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"bad offsets for {name!r}")
+        if end == start:
+            out[name] = torch.empty(shape, dtype=dtype)
+        else:
+            out[name] = torch.frombuffer(view[base + start:base + end], dtype=dtype).view(shape)
+    return out
+
+
 class _LockedTemp:
     """A new temp file in ``directory``, exclusively flocked by us for as long as it is open.
 
@@ -255,10 +309,11 @@ class _LockedTemp:
                 break
             os.close(self.fd)
 
-    def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:  # os.write may write less than asked
-            view = view[os.write(self.fd, view):]
+    def write(self, data: bytes | memoryview | list[memoryview]) -> None:
+        for chunk in data if isinstance(data, list) else [data]:
+            view = memoryview(chunk).cast("B")
+            while view:  # os.write may write less than asked
+                view = view[os.write(self.fd, view):]
         os.fsync(self.fd)  # the data is on disk before any name points at it
 
     def commit(self, final: Path) -> None:
@@ -467,7 +522,13 @@ class Store:
             record, st = self._read_record(key)
             tensor_path = self._dir(key) / record["tensors"]["file"]
             try:
-                data = tensor_path.read_bytes()  # one read: the bytes we checksum are the bytes we load
+                # A private (copy-on-write) map: the checksum pass pages the file in once and the
+                # tensors then view those same pages, with no copy. Committed tensor files are never
+                # modified in place (a new put writes a new file and renames), so what was checked
+                # is what is used.
+                with open(tensor_path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else bytearray()
             except FileNotFoundError:
                 if not self._json_is(key, st):
                     continue  # the JSON changed under us (new put, or removed): look again
@@ -479,7 +540,7 @@ class Store:
             if hashlib.sha256(data).hexdigest() != record["tensors"].get("sha256"):
                 raise _Bad("checksum mismatch in the tensor file", st)
             try:
-                tensors = st_load(data)
+                tensors = _st_decode(data)
             except Exception as e:  # a checksummed file that does not parse: written by something else
                 raise _Bad(f"unreadable tensor file: {_first_line(e)}", st) from None
             frames = len(record["timestamps"])
@@ -529,13 +590,14 @@ class Store:
             if len(indices) != frames:
                 raise CacheError(f"{len(indices)} frame indices for {frames} frames")
 
-        # safetensors wants contiguous CPU tensors that share no storage (e.g. K and V views of one
-        # buffer): copy each one. save() (bytes) rather than save_file() so we checksum exactly what
-        # we write, in one pass, and write it through our locked temp file.
-        tensors = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
-                   for k, v in cache.tensors.items()}
-        data = st_save(tensors, metadata={"vidqa_key": key, "vidqa_store_format": str(STORE_FORMAT)})
-        checksum = hashlib.sha256(data).hexdigest()
+        # contiguous CPU tensors; their memory is written as it is (see _st_encode), checksummed on
+        # the way, through our locked temp file
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in cache.tensors.items()}
+        data = _st_encode(tensors, {"vidqa_key": key, "vidqa_store_format": str(STORE_FORMAT)})
+        digest = hashlib.sha256()
+        for chunk in data:
+            digest.update(chunk)
+        checksum = digest.hexdigest()
         timestamps = _canonical([float(t) for t in cache.timestamps], "cache timestamps", fold=False)
         now = time.time()
         record = {
@@ -553,7 +615,7 @@ class Store:
             "frame_indices": indices,
             "cache_meta": _canonical(cache.meta, "cache meta", fold=False),
             "extra": _canonical(meta.get("extra"), "extra metadata", fold=False),
-            "tensors": {"file": f"{key}.{checksum[:16]}.safetensors", "sha256": checksum, "bytes": len(data),
+            "tensors": {"file": f"{key}.{checksum[:16]}.safetensors", "sha256": checksum, "bytes": sum(c.nbytes for c in data),
                         "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()},
                         "shapes": {k: list(v.shape) for k, v in tensors.items()}},
             "vidqa_version": vidqa.__version__,
