@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=100)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--long", type=int, default=0, help="also a question on this many frames (cache offloaded)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -213,6 +214,25 @@ def main():
         ref = mini.assemble_llm_inputs((txt / 4).to(dtype), ids_t, torch.cat(vis)).float()
         res["llm_inputs_rel_err_vs_naive"] = float((got - ref).norm() / ref.norm())
 
+    if args.long:
+        del caches
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+        n = args.long
+        big = torch.randint(0, 256, (n, 336, 336, 3), dtype=torch.uint8, generator=g).numpy()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        cache = qa.compress(SimpleNamespace(pixels=big, timestamps=np.arange(n, dtype=np.float64)), batch_size=32)
+        sync()
+        res["long_frames"] = n
+        res["long_compress_ms_per_frame"] = 1000 * (time.perf_counter() - t0) / n
+        res["long_cache_device"] = str(cache.tensors["keys"].device)
+        res["long_question_ms"] = 1000 * timed(lambda: [None for _ in generate(llm, m.prefill(cache, "q"), gen1, set())], 1)
+        if device.type == "cuda":
+            res["long_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     lines = [f"device {res['device']}  torch {res['torch']}  transformers {res['transformers']}  {dtype}",
              f"compression: vidqa {res['vidqa_compress_ms_per_frame']:.2f} ms/frame; cache (pre-fusion K/V + token) "
              f"{res['cache_bytes_per_frame'] / 1e6:.2f} MB/frame (projected features would be "
@@ -226,6 +246,10 @@ def main():
     lines.append(f"decoding ms/token: vidqa static+graph {res.get('vidqa_graph_ms_per_token', float('nan')):.2f} | "
                  f"transformers path {res['vidqa_hf_ms_per_token']:.2f} | floor {res['decode_floor_ms_per_token']:.2f}")
     lines.append(f"LLM input embeddings, vidqa vs naive loop: rel. err {res['llm_inputs_rel_err_vs_naive']:.2e}")
+    if args.long:
+        lines.append(f"{res['long_frames']} frames: compress {res['long_compress_ms_per_frame']:.2f} ms/frame, cache on "
+                     f"{res['long_cache_device']}, question {res['long_question_ms']:.0f} ms, peak GPU "
+                     f"{res.get('long_peak_gib', float('nan')):.1f} GiB")
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))

@@ -104,6 +104,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=str, default=None)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile variants")
     ap.add_argument("--dtype", default=None, help="float32 for an agreement check without bf16 noise")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -206,6 +207,27 @@ def main():
         runs = [vidqa_decode(decoder) for _ in range(args.repeats)]
         res[f"vidqa_{name}_ms_per_token"] = statistics.median(r.ms_per_token for r in runs)
         res[f"vidqa_{name}_ttft_ms"] = statistics.median(1000 * r.prefill_s for r in runs)
+    if args.compile and device.type == "cuda":
+        from vidqa.fast import StaticDecoder
+
+        t0 = time.perf_counter()
+        dec = StaticDecoder(llm, qa.decoder(ctx_len + args.new_tokens).capacity, compile=True)
+        vidqa_decode(dec)
+        res["compile_decoder_first_run_s"] = time.perf_counter() - t0
+        res["vidqa_graph_compiled_ms_per_token"] = statistics.median(vidqa_decode(dec).ms_per_token
+                                                                      for _ in range(args.repeats))
+        try:  # compression with the LLM body compiled
+            plain_forward = llm.model.forward
+            llm.model.forward = torch.compile(plain_forward, dynamic=False)
+            t0 = time.perf_counter()
+            qa.compress(frames, batch_size=best_bs)
+            res["compile_compress_first_run_s"] = time.perf_counter() - t0
+            s_c = timed(lambda: qa.compress(frames, batch_size=best_bs), args.repeats, warmup=1)
+            res["vidqa_compress_compiled_ms_per_frame"] = 1000 * s_c / T
+        except Exception as e:  # report, do not hide
+            res["vidqa_compress_compiled_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        finally:
+            llm.model.forward = plain_forward
     if "vidqa_graph_ms_per_token" in res:
         with torch.inference_mode():
             pre = m.prefill(cache, question)
@@ -256,6 +278,11 @@ def main():
         f"KV bytes per frame: {res['kv_bytes_per_frame']:,}; VoCo K rel. err vs naive: {res['kv_rel_err_vs_naive']:.2e}"
         f" (batch {best_bs} vs 4), {res['kv_rel_err_vs_naive_same_batch']:.2e} (same batch)",
     ]
+    if args.compile and device.type == "cuda":
+        lines.append(f"torch.compile: decode {res.get('vidqa_graph_compiled_ms_per_token', float('nan')):.2f} ms/token "
+                     f"(first run {res.get('compile_decoder_first_run_s', float('nan')):.0f} s); compress "
+                     f"{res.get('vidqa_compress_compiled_ms_per_frame', float('nan')):.2f} ms/frame "
+                     f"{res.get('vidqa_compress_compiled_error', '')}")
     if "graph_vs_hf_logits_rel_err" in res:
         lines.append(f"static+graph step logits vs transformers step: rel. err {res['graph_vs_hf_logits_rel_err']:.2e}")
     if device.type == "cuda":

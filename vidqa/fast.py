@@ -33,7 +33,7 @@ def supports(llm) -> bool:
 class StaticDecoder:
     """One-token decode steps over a KV cache of fixed capacity; ``graph=True`` replays a CUDA graph."""
 
-    def __init__(self, llm, capacity: int, graph: bool | None = None):
+    def __init__(self, llm, capacity: int, graph: bool | None = None, compile: bool = False):
         cfg = llm.config
         self.llm = llm
         p = next(llm.parameters())
@@ -53,6 +53,9 @@ class StaticDecoder:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
         self.length = 0
+        # torch.compile fuses the small ops between the matmuls (norms, RoPE, SiLU): fewer kernels
+        # in the graph. It costs a compile at the first step, so it is opt-in (VIDQA_COMPILE=1).
+        self._run = torch.compile(self._step, dynamic=False) if compile else self._step
 
     def load(self, cache) -> None:
         """Copy a transformers cache (after prefill) into the static buffers."""
@@ -64,7 +67,6 @@ class StaticDecoder:
             self.values[i][:, :, :n].copy_(layer.values)
         self.length = n
 
-    @torch.inference_mode()
     def _step(self) -> torch.Tensor:
         m = self.llm.model
         h = m.embed_tokens(self.token)
@@ -89,13 +91,13 @@ class StaticDecoder:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         # Warm-up steps write K/V at slot `length`: the real step overwrites that slot before reading it.
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._step()
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(3):
+                self._run()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._step()
+        with torch.cuda.graph(self.graph), torch.inference_mode():
+            self.logits = self._run()
 
     def step(self, token: int, position: int) -> torch.Tensor:
         """Append ``token`` at RoPE ``position`` and return the next-token logits ``[V]``."""
@@ -110,6 +112,7 @@ class StaticDecoder:
             self.graph.replay()
             logits = self.logits
         else:
-            logits = self._step()
+            with torch.inference_mode():
+                logits = self._run()
         self.length += 1
         return logits

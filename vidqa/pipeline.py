@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,8 +121,13 @@ class VideoQA:
 
     @torch.inference_mode()
     def compress(self, frames: Frames, batch_size: int | None = None, timings: Timings | None = None,
-                 progress: Callable[[int], None] | None = None) -> FrameCache:
-        """Frames to their question-independent cache, in batches (vision tower, then the method)."""
+                 progress: Callable[[int], None] | None = None, offload: bool | None = None) -> FrameCache:
+        """Frames to their question-independent cache, in batches (vision tower, then the method).
+
+        ``offload``: keep the cache in (pinned) CPU memory instead of on the GPU; None decides from
+        the first batch: offload when the whole cache would take over a quarter of the free GPU memory
+        (a 10,000-frame LLaVA-Mini cache is ~95 GB; the answer step streams it back in chunks).
+        """
         batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
         timings = timings if timings is not None else Timings()
         parts: dict[str, list[torch.Tensor]] = {}
@@ -134,7 +140,16 @@ class VideoQA:
             feats = self.features(pixels[i:i + batch_size], batch_size)
             self._sync()
             t1 = time.perf_counter()
-            for k, v in self.method.compress(feats).items():
+            out = self.method.compress(feats)
+            if offload is None:
+                offload = False
+                if self.device.type == "cuda":
+                    per_frame = sum(v.numel() * v.element_size() for v in out.values()) / feats.shape[0]
+                    offload = per_frame * len(pixels) > 0.25 * torch.cuda.mem_get_info(self.device)[0]
+            for k, v in out.items():
+                if offload:
+                    v = v.to("cpu")
+                    v = v.pin_memory() if torch.cuda.is_available() else v
                 parts.setdefault(k, []).append(v)
             self._sync()
             timings.vision_s += t1 - t0
@@ -187,7 +202,8 @@ class VideoQA:
         d = self._decoder
         if d is None or d.capacity < needed or d.capacity > 4 * max(needed, 256):
             self._decoder = None
-            self._decoder = StaticDecoder(self.llm, 256 * -(-needed // 256))
+            self._decoder = StaticDecoder(self.llm, 256 * -(-needed // 256),
+                                          compile=os.environ.get("VIDQA_COMPILE") == "1")
         return self._decoder
 
     def _sync(self):

@@ -38,8 +38,9 @@ Vocabulary
 ----------
 colours ``red green blue yellow white purple`` (far apart in hue or luma, so they survive yuv420p
 and h264 at 64 px); shapes ``circle square triangle cross``; directions ``left right up down``;
-counts as words ``zero one two three`` (MSRVTT-QA's answers are lemmatised words, and a small
-tokenizer sees one word type); ``yes no``. Every answer is one lowercase word from these lists.
+counts as words ``zero`` to ``five`` (MSRVTT-QA's answers are lemmatised words, and a small
+tokenizer then sees one word type); ``yes no``. Every answer is one lowercase word from these
+lists (``ANSWERS``, 22 words).
 
 Question categories (``category_id``)
 -------------------------------------
@@ -49,7 +50,7 @@ id  name         templates                                                      
 0   colour       what colour is the <shape>?  (only shapes that never change colour)    colour
 1   shape        what shape is the <colour> one?                                        shape
 2   count        how many shapes appear / move / disappear / change colour?             count
-                 how many shapes are on screen at the end?
+                 how many colours appear?  how many shapes are on screen at the end?
                  how many other shapes are on screen when the <ref> appears?
 3   direction    which way does the <ref> move?                                         direction
 4   order        what shape appears before / after the <ref>?  (exactly one does)       shape
@@ -64,8 +65,12 @@ id  name         templates                                                      
 ``<ref>`` is ``<colour> <shape>`` for a shape that keeps its colour and ``<shape>`` otherwise.
 Categories 2-5 and 7 need the video's time axis (what changed, in which order, at which moment).
 Each clip gets at most one question per category (``per_category``); within a category the answer
-is drawn uniformly from the answers that clip can support and then a question with that answer,
-which keeps the answer distribution flat (:func:`generate` reports the majority-answer baseline).
+is drawn from the answers that clip can support (uniformly, but for ``ANSWER_WEIGHTS``), then a
+question with that answer, which keeps the answer distribution flat. :func:`generate` reports the
+majority-answer baseline, per category too, and what the question text alone gives away. On 200
+clips (seed 0): always answering the most common answer scores about 10 %, the most common answer
+of each category about 29 %; existence is yes/no at about 50/50, every other category is under
+about 30 %.
 
 Files
 -----
@@ -82,6 +87,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
@@ -99,11 +105,13 @@ import numpy as np
 from vidqa.errors import VidqaError
 
 __all__ = [
+    "ANSWERS",
     "BACKGROUND",
     "CATEGORIES",
     "COLOURS",
     "COUNTS",
     "DIRECTIONS",
+    "Event",
     "PALETTE",
     "SHAPES",
     "ClipSpec",
@@ -133,6 +141,7 @@ BACKGROUND: tuple[int, int, int] = (40, 40, 40)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 COUNTS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")
+ANSWERS: tuple[str, ...] = COLOURS + SHAPES + DIRECTIONS + COUNTS + ("yes", "no")
 #: category_id -> name; the table in the module docstring lists the templates.
 CATEGORIES: dict[int, str] = {
     0: "colour",
@@ -555,12 +564,12 @@ def _candidates(spec: ClipSpec) -> dict[str, list[tuple[dict[str, Any], int]]]:
             add("order", "what colour is the shape that appears first?", by_appear[0].colour)
         if not by_appear[-1].turns:
             add("order", "what colour is the shape that appears last?", by_appear[-1].colour)
-        add("order", f"what shape appears after the {_ref(by_appear[-2])}?", by_appear[-1].shape, 1)
-        add("order", f"what shape appears before the {_ref(by_appear[1])}?", by_appear[0].shape, 1)
+        add("order", f"what shape appears after the {_ref(by_appear[-2])}?", by_appear[-1].shape)
+        add("order", f"what shape appears before the {_ref(by_appear[1])}?", by_appear[0].shape)
     gone = sorted((s for s in S if s.disappears), key=lambda s: s.disappear or 0)
     if len(gone) >= 2:
-        add("order", "what shape disappears first?", gone[0].shape, 1)
-        add("order", "what shape disappears last?", gone[-1].shape, 1)
+        add("order", "what shape disappears first?", gone[0].shape)
+        add("order", "what shape disappears last?", gone[-1].shape)
     # 5 state: colour at a moment; only shapes on screen a second either side of it
     for x in S:
         for y in S:
@@ -734,7 +743,9 @@ def generate(
         raise SyntheticError(f"bad split name {split!r}")
     out = Path(out_dir)
     video_dir = out / "videos"
-    video_dir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if write_videos:
+        video_dir.mkdir(exist_ok=True)
     codec = _encoder() if write_videos else None
     jobs = [
         (seed, first_index + i, seconds, size, fps, str(video_dir), codec, per_category, write_videos)
@@ -743,7 +754,8 @@ def generate(
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     if workers > 1 and n_videos > 8:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn: forking a process that has threads (torch, a test runner) can deadlock
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_make_one, jobs, chunksize=max(1, n_videos // (4 * workers))))
     else:
         results = [_make_one(job) for job in jobs]
