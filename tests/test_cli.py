@@ -121,11 +121,9 @@ def test_question_too_long_for_the_context(capsys, clip, voco_dir):
     one_line_error(code, err, "context")
 
 
-def test_bench_says_not_built(capsys):
-    for cmd in ("bench",):
-        code, _, err = run(capsys, cmd)
-        assert code == 2
-        one_line_error(code, err, "not built yet")
+def test_missing_argument_is_a_usage_error(capsys):
+    code, _, err = run(capsys, "ask")
+    assert code == 2 and "Traceback" not in err and "internal error" not in err
 
 
 def test_help_teaches(capsys):

@@ -150,6 +150,20 @@ def test_multi_frame_two_stage_equals_masked_single_pass(voco_qa):
 
 
 @torch.no_grad()
+def test_training_pass_equals_compress_then_prefill(voco_qa):
+    """VoCo.masked_inputs (what `vidqa train` runs, padded) gives the two-stage path's logits."""
+    m = voco_qa.method
+    feats = features(voco_qa, 3, seed=8)
+    got, tokens, prompt = two_stage_logits(voco_qa, feats, "which way does it move?", steps=3)
+    text = prompt + tokens
+    embeds, mask, pos = m.masked_inputs(feats, text, length=len(text) + 5)
+    additive = torch.where(mask, 0.0, torch.finfo(torch.float32).min)[None, None]
+    out = voco_qa.llm(inputs_embeds=embeds[None], attention_mask=additive, position_ids=pos[None])
+    T, B = feats.shape[0], m.p0 + m.tokens_per_frame
+    assert (out.logits[0, T * B : T * B + len(text)] - got).abs().max() < TOL
+
+
+@torch.no_grad()
 def test_moved_cache_equals_computing_at_the_new_positions(voco_qa):
     """Frame t compressed at canonical positions then re-rotated == compressed at positions shifted by t*N."""
     m = voco_qa.method

@@ -70,7 +70,7 @@ import math
 import os
 import re
 import secrets
-import statistics
+import threading
 import time
 import unicodedata
 import urllib.error
@@ -172,8 +172,8 @@ SPECS = {
         ACTIVITYNET_TYPES),
     "synthetic": Spec(
         "the synthetic set",
-        "expected {split}_qa.json (MSRVTT format) and its mp4 files in that folder",
-        "write it with the synthetic-set generator (mp4 files + test_qa.json in one folder)"),
+        "expected {split}_qa.json (MSRVTT-QA format) and its videos, videos/synthNNNNN.mp4",
+        "make it with: python -m vidqa.synthetic DIR --videos 200 --seed 0"),
 }
 
 VIDEO_EXT_ORDER = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
@@ -414,27 +414,52 @@ def _youtube_mapping(root: Path) -> dict[str, str]:
     return {}
 
 
-def _category_names(name: str, items: list[Item]) -> dict[Any, str]:
+def _summary_categories(annotation: Path, split: str) -> dict[Any, str]:
+    """Category names a generator wrote beside its annotations (``vidqa.synthetic``): ``SPLIT_summary.json``
+    with ``"category_names": {"N": name}`` or ``"categories": {name: {"id": N, ...}}``."""
+    path = annotation.parent / f"{split}_summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    names: dict[Any, str] = {}
+    if not isinstance(summary, dict):
+        return names
+    for source in (summary.get("categories"), summary.get("category_names")):
+        if isinstance(source, dict):
+            for k, v in source.items():
+                if isinstance(v, dict) and "id" in v:
+                    names[_category(v["id"])] = str(k)
+                elif isinstance(v, str):
+                    names[_category(k)] = v
+    return names
+
+
+def _category_names(name: str, items: list[Item], annotation: Path, split: str) -> dict[Any, str]:
     spec = SPECS[name]
     cats = {it.category for it in items if it.category is not None}
     if not cats:
         return {}
-    if spec.category_names is not None:
-        return {c: spec.category_names.get(c, f"category {c}") if isinstance(c, int) else str(c) for c in cats}
-    # MSRVTT-QA / MSVD-QA: each category is one question word; name it after the data's own questions
+    known = spec.category_names or _summary_categories(annotation, split)
+    if known:
+        return {c: known.get(c, str(c) if isinstance(c, str) else f"category {c}") for c in cats}
+    # MSRVTT-QA / MSVD-QA: each category is one question word; name each after its questions' first word
+    # when that is a wh-word, a clear majority, and different for every category; else "category N"
     words: dict[Any, Counter] = {}
     for it in items:
         if it.category is not None:
             first = normalize(it.question).split()[:1]
             words.setdefault(it.category, Counter())[first[0] if first else ""] += 1
     names: dict[Any, str] = {}
-    for c in sorted(cats, key=str):
+    for c in cats:
         if isinstance(c, str):
             names[c] = c
             continue
         word, count = min(words[c].items(), key=lambda kv: (-kv[1], kv[0]))
-        label = word if word in WH_WORDS and count >= 0.5 * sum(words[c].values()) else f"category {c}"
-        names[c] = label if label not in names.values() else f"{label} ({c})"
+        names[c] = word if word in WH_WORDS and count > 0.5 * sum(words[c].values()) else ""
+    labels = [v for c, v in names.items() if not isinstance(c, str)]
+    if "" in labels or len(set(labels)) != len(labels):
+        names = {c: (c if isinstance(c, str) else f"category {c}") for c in cats}
     return names
 
 
@@ -494,7 +519,7 @@ def load_dataset(name: str, root: str | os.PathLike, split: str = "test") -> Dat
         raise VidqaError(f"{files[0]} holds no questions")
     videos = VideoIndex(root, _youtube_mapping(root))
     ds = Dataset(name, SPECS[name].title, root, split, fmt, [str(f) for f in files], items, videos,
-                 _category_names(name, items))
+                 _category_names(name, items, files[0], split))
     if len(videos) == 0 or not any(ds.video_path(v) for v in dict.fromkeys(it.video for it in items)):
         raise not_found(name, root, split, f"annotations at {files[0]}, but none of their videos")
     return ds
@@ -907,6 +932,7 @@ class Judge:
         self.timeout, self.attempts, self.sleep = timeout, attempts, sleep
         self.requests = 0
         self.cache_hits = 0
+        self._count = threading.Lock()  # requests are sent from a thread pool
 
     def cache_key(self, question: str, answer: str, prediction: str) -> str:
         blob = json.dumps([JUDGE_PROTOCOL, self.model, question, answer, prediction], ensure_ascii=False)
@@ -926,7 +952,8 @@ class Judge:
         """``{"pred", "score", "raw", "cached"}``, or ``{"error": ...}`` when no reply could be parsed."""
         hit = self.cached(question, answer, prediction)
         if hit is not None:
-            self.cache_hits += 1
+            with self._count:
+                self.cache_hits += 1
             return {**hit, "cached": True}
         body = {"model": self.model, "messages": judge_messages(question, answer, prediction), "temperature": 0}
         problem = ""
@@ -955,7 +982,8 @@ class Judge:
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
         req = urllib.request.Request(self.endpoint, data=json.dumps(body).encode(), headers=headers, method="POST")
-        self.requests += 1
+        with self._count:
+            self.requests += 1
         try:
             with self.opener.open(req, timeout=self.timeout) as r:
                 data = json.loads(r.read().decode("utf-8", errors="replace"))
@@ -1097,6 +1125,7 @@ def build_report(dataset: Dataset, selection: list[Item], records: dict[str, dic
     computed = [c for c in caches if not c.get("from_store")]
     comp_frames = sum(c.get("frames", 0) for c in computed)
     comp_s = sum(c.get("vision_s", 0.0) + c.get("compress_s", 0.0) for c in computed)
+    load_s = sum(c.get("load_s", 0.0) for c in computed)
     decode_ms = sum(t.get("decode_ms") or 0.0 for t in timings)
     decode_steps = sum(t.get("decode_steps") or 0 for t in timings)
     peaks = [t["peak_gpu_mem_bytes"] for t in timings if t.get("peak_gpu_mem_bytes") is not None]
@@ -1107,7 +1136,8 @@ def build_report(dataset: Dataset, selection: list[Item], records: dict[str, dic
         "frames_per_question": _mean([t.get("frames", 0) for t in timings]),
         "videos_compressed": len(computed),
         "videos_from_store": len(caches) - len(computed),
-        "compress_frames_per_s": round(comp_frames / comp_s, 2) if comp_s > 0 else None,
+        "compress_frames_per_s": round(comp_frames / comp_s, 2) if comp_s > 0 else None,  # vision tower + method
+        "decode_and_compress_frames_per_s": round(comp_frames / load_s, 2) if load_s > 0 else None,  # + video decoding
         "ttft_ms_mean": _mean([t["ttft_ms"] for t in timings if t.get("ttft_ms") is not None]),
         "ttft_ms_p50": _pct([t["ttft_ms"] for t in timings if t.get("ttft_ms") is not None], 0.5),
         "ttft_ms_p90": _pct([t["ttft_ms"] for t in timings if t.get("ttft_ms") is not None], 0.9),
@@ -1234,13 +1264,17 @@ def _fmt_pct(v: float | None) -> str:
 
 
 def render_table(report: dict):
-    """A rich table of the report (accuracy, per category, judge, efficiency, counts)."""
+    """The closing view: a title line, a rich table of accuracy (all, per category, judge), then
+    efficiency and counts, one line each."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     q = report["questions"]
-    title = (f"vidqa bench {report['dataset']} ({report['split']}): {q['answered']} of {q['selected']} "
-             f"questions answered, {report.get('method') or '?'} / {Path(str(report.get('model') or '?')).name}")
-    table = Table(title=title, title_justify="left")
+    title = Text.assemble((f"vidqa bench {report['dataset']} ({report['split']})", "bold"),
+                          f": {q['answered']} of {q['selected']} questions answered, "
+                          f"{report.get('method') or '?'} / {Path(str(report.get('model') or '?')).name}")
+    table = Table()
     table.add_column("")
     table.add_column("n", justify="right")
     table.add_column("exact match", justify="right")
@@ -1258,17 +1292,18 @@ def render_table(report: dict):
     for name, c in report["per_category"].items():
         row = [f"  {name}", str(c["answered"]), _fmt_pct(c["exact_match"]), _fmt_pct(c["contains"])]
         if judged:
-            row += [_fmt_pct(c.get("judge_accuracy")), "-" if c.get("judge_score") is None else f"{c['judge_score']:.2f}"]
+            row += [_fmt_pct(c.get("judge_accuracy")),
+                    "-" if c.get("judge_score") is None else f"{c['judge_score']:.2f}"]
         table.add_row(*row)
     e = report["efficiency"]
     peak = e["peak_gpu_mem_bytes"]
     lines = [
-        f"tokens/frame {e['tokens_per_frame']}, KV {e['kv_bytes_per_frame'] or 0:,.0f} B/frame, "
+        f"{e['tokens_per_frame']} tokens/frame, {e['kv_bytes_per_frame'] or 0:,.0f} KV bytes/frame, "
         f"{e['frames_per_question'] or 0:.1f} frames/question",
-        f"compression {e['compress_frames_per_s'] or 0:.1f} frames/s ({e['videos_compressed']} videos compressed, "
-        f"{e['videos_from_store']} from the store)",
-        f"first token {e['ttft_ms_mean'] or 0:.1f} ms mean ({e['ttft_ms_p50'] or 0:.1f} p50), "
-        f"{e['ms_per_token'] or 0:.2f} ms/token, peak GPU memory "
+        ("compression " + ("n/a" if e["compress_frames_per_s"] is None else f"{e['compress_frames_per_s']:.1f} frames/s")
+         + f" ({e['videos_compressed']} videos compressed, {e['videos_from_store']} from the store)"),
+        f"first token {e['ttft_ms_mean'] or 0:.1f} ms mean, {e['ttft_ms_p50'] or 0:.1f} p50; "
+        f"{e['ms_per_token'] or 0:.2f} ms/token; peak GPU memory "
         + ("n/a (CPU)" if peak is None else f"{peak / 2**30:.2f} GiB"),
         f"{q['pending']} pending, {q['errors']} errors, {q['missing_video']} questions on "
         f"{report['videos']['missing']} missing videos",
@@ -1276,7 +1311,5 @@ def render_table(report: dict):
     if judged:
         j = report["judge"]
         lines.append(f"judge {j['model']} ({j['protocol']} protocol): {j['yes']} yes, {j['no']} no, "
-                     f"{j['failed']} unparsed; {j['requests']} requests, {j['cache_hits']} cached")
-    table.caption = "\n".join(lines)
-    table.caption_justify = "left"
-    return table
+                     f"{j['failed']} unparsed; {j['requests']} requests, {j['cache_hits']} from the cache")
+    return Group(title, table, *(Text(line, style="dim") for line in lines))

@@ -413,35 +413,31 @@ def cache_verify(cache_dir: Optional[str] = CACHE_DIR,
         raise typer.Exit(1)
 
 
-bench_help = """Accuracy and efficiency on MSRVTT-QA, MSVD-QA, ActivityNet-QA or a synthetic set.
-
-DATASET is msrvtt, msvd, activitynet or synthetic; --data is its folder. The annotation format is
-detected (test_qa.json; test_q.json + test_a.json; a CSV with video_name, question, answer,
-question_id) and videos are found under their naming variants (video7010 or 7010, v_ prefix, any
-extension, in videos/, videos/all/, YouTubeClips/ ...). Each video is compressed once (or taken from
-the cache store, e.g. after `vidqa index` with the same sampling) and answers all its questions,
-greedily. Missing videos are counted, not fatal.
-
-Predictions go to OUT/predictions.jsonl, one line per question; a rerun continues where the last one
-stopped. Metrics: normalised exact match and gold-contained-in-prediction, per category where the data
-has one, plus, with --judge-model, the Video-ChatGPT GPT-judge protocol (verdicts cached on disk).
-Efficiency: tokens and KV bytes per frame, compression frames/s, ms to first token, ms per token,
-peak GPU memory. OUT/report.json holds the report; a table closes the run.
-
-Scale: --limit N, --shard I/N (then --merge combines the parts), or several GPUs: `--gpus 2`, or
-`torchrun --nproc-per-node 2 -m vidqa bench ...` (one part per rank; rank 0 prints the merged report).
-
-[bold]Examples[/bold]
-
-  vidqa bench msrvtt --data ~/data/MSRVTT-QA --model DIR --fps 1 --limit 500
-  vidqa bench msrvtt --data ~/data/MSRVTT-QA --model DIR --shard 0/4 --out runs/a   (and 1/4, 2/4, 3/4)
-  vidqa bench msrvtt --data ~/data/MSRVTT-QA --out runs/a --merge --judge-model gpt-3.5-turbo-0125
-"""
+bench_help = "\n\n".join([
+    "Accuracy and efficiency on MSRVTT-QA, MSVD-QA, ActivityNet-QA or a synthetic set.",
+    "DATASET is msrvtt, msvd, activitynet or synthetic; --data is its folder. The annotation format is detected "
+    "(test_qa.json; test_q.json + test_a.json; a CSV with video_name, question, answer, question_id) and videos "
+    "are found under their naming variants (video7010 or 7010, v_ prefix, any extension, in videos/, "
+    "videos/all/, YouTubeClips/ ...). Each video is compressed once (or taken from the cache store, e.g. after "
+    "`vidqa index` with the same sampling) and answers all its questions, greedily. Missing videos are counted, "
+    "not fatal.",
+    "Predictions go to OUT/predictions.jsonl, one line per question; a rerun continues where the last one "
+    "stopped. Metrics: normalised exact match and gold-contained-in-prediction (lowercase, punctuation and "
+    "a/an/the removed), per category where the data has one, and with --judge-model the Video-ChatGPT GPT-judge "
+    "protocol (verdicts cached on disk). Efficiency: tokens and KV bytes per frame, compression frames/s, ms to "
+    "first token, ms per token, peak GPU memory. OUT/report.json holds the report; a table closes the run.",
+    "Scale: --limit N; --shard I/N, then --merge combines the parts; several GPUs: --gpus 2, or "
+    "`torchrun --nproc-per-node 2 -m vidqa bench ...` (one part per rank; rank 0 prints the merged report).",
+    "[bold]Examples[/bold]",
+    "  vidqa bench msrvtt --data ~/data/MSRVTT-QA --model DIR --limit 500\n"
+    "  vidqa bench msrvtt --data ~/data/MSRVTT-QA --model DIR --shard 0/4 --out runs/a\n"
+    "  vidqa bench msrvtt --data ~/data/MSRVTT-QA --out runs/a --merge --judge-model gpt-3.5-turbo-0125",
+])
 
 
 @app.command(help=bench_help)
 def bench(
-    dataset: str = typer.Argument(..., help="msrvtt, msvd, activitynet or synthetic."),
+    dataset: Optional[str] = typer.Argument(None, help="msrvtt, msvd, activitynet or synthetic.", show_default=False),
     data: Optional[str] = typer.Option(None, "--data", help="The dataset folder (annotations and videos)."),
     split: str = typer.Option("test", help="test or val (where the dataset has it)."),
     out: Optional[str] = typer.Option(None, "--out", "-o",
@@ -476,7 +472,8 @@ def bench(
                *_without_gpus(sys.argv[1:])]
         raise typer.Exit(subprocess.call(cmd))
     if dataset not in B.DATASETS:
-        raise VidqaError(f"unknown dataset {dataset!r} (use {', '.join(B.DATASETS)})", exit_code=2)
+        raise VidqaError(f"unknown dataset {dataset!r} (use {', '.join(B.DATASETS)})" if dataset else
+                         f"name a dataset: vidqa bench {'|'.join(B.DATASETS)} --data DIR", exit_code=2)
     if not data:
         raise VidqaError("pass --data DIR: the dataset folder (annotations and videos)", exit_code=2)
     if judge_url and not judge_model:
@@ -501,13 +498,16 @@ def bench(
 
         judge = B.Judge(judge_model, judge_url, cache_dir=(Path(cache_dir) if cache_dir else default_root()) / "judge")
 
-    def finish(report: dict) -> None:
+    def finish(report: dict, written: bool = True) -> None:
         if as_json:
             print(json.dumps(report))
             return
         Console().print(B.render_table(report))
-        if (out_dir / "report.json").exists() and report.get("predictions") and not shard_t:
-            err.print(f"[dim]report: {out_dir / 'report.json'}[/dim]", soft_wrap=True)
+        if written:
+            err.print(f"[dim]report: {out_dir / 'report.json'}; predictions: {out_dir}[/dim]", soft_wrap=True)
+        else:
+            err.print(f"[dim]shard {shard_t[0]}/{shard_t[1]} done; combine the shards with --merge --out {out_dir}[/dim]",
+                      soft_wrap=True)
 
     def judged_report(items, **kw) -> dict:
         if judge is None or quiet:
@@ -571,9 +571,32 @@ def bench(
     elif shard_t:
         if judge is not None:
             note("the judge runs on the merged report: run again with --merge")
-        finish(B.report_for(ds, mine, out_dir, write=False))
+        finish(B.report_for(ds, mine, out_dir, write=False), written=False)
     else:
         finish(judged_report(selection))
+
+
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=PASS_THROUGH, add_help_option=False)
+def train(ctx: typer.Context):
+    """Train VoCo or LLaVA-Mini compression (or a small demo model from scratch); `vidqa train --help`.
+
+    Runs the same compression code as inference. Data: `--data synthetic` or LLaVA-style JSON.
+    Resumable (`--out DIR`), bf16 on GPU, several GPUs with `torchrun --nproc-per-node N -m vidqa train`.
+    """
+    from vidqa.train import main as train_main
+
+    raise typer.Exit(train_main(list(ctx.args)))
+
+
+@app.command(context_settings=PASS_THROUGH, add_help_option=False)
+def synthetic(ctx: typer.Context):
+    """Write synthetic video-QA clips (mp4) and MSRVTT-style annotations; `vidqa synthetic --help`."""
+    from vidqa.synthetic import main as synth_main
+
+    raise typer.Exit(synth_main(list(ctx.args)))
 
 
 class _nullcontext:
@@ -599,12 +622,11 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as e:
         return e.exit_code
     except Exception as e:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        # usage errors (a missing argument, a bad option): typer may raise click's or its bundled copy's
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             err.print("aborted")
             return 130
         if os.environ.get("VIDQA_DEBUG"):

@@ -131,7 +131,10 @@ class Detokenizer:
             if self.drop_prefix.startswith(text.lstrip()):
                 return ""  # may still become the prefix: hold it back
             if text.lstrip().startswith(self.drop_prefix):
-                self.skip = len(text) - len(text.lstrip()) + len(self.drop_prefix)
+                rest = text.lstrip()[len(self.drop_prefix):]
+                if not rest.strip():
+                    return ""  # the header, and nothing after it yet
+                self.skip = len(text) - len(rest.lstrip())
             self.drop_prefix = None
         text = text[self.skip:]
         delta, self.text = text[len(self.text):], text

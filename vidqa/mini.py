@@ -967,7 +967,7 @@ class Mini(nn.Module):
 
     # The official prompt ends at the user's <|eot_id|> with no assistant header, so the model writes
     # the header itself; it is not part of the answer.
-    answer_prefix = "assistant\n\n"
+    answer_prefix = "assistant"
 
     def prompt_ids(self, question: str, history=()) -> list[int]:
         return build_prompt_ids(self.tokenizer, question, history=history).ids

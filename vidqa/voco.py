@@ -148,3 +148,38 @@ class VoCo(nn.Module):
         start = self.p0 + cache.num_frames * self.tokens_per_frame
         pos = torch.arange(start, start + ids.shape[1], device=ids.device).unsqueeze(0)
         return Prefill(past_key_values=kv, position_ids=pos, input_ids=ids)
+
+    # ---- training: the same computation as compress + prefill, as one masked pass -----------------
+    def masked_inputs(self, features: torch.Tensor, text_ids: list[int], length: int | None = None):
+        """One sample's single-pass inputs: ``(embeds [L, D], mask [L, L] bool, positions [L])``.
+
+        ``features``: one video's vision features ``[T, P, C]``; ``text_ids``: the prompt after the
+        last VoCo token (and any answer). Frame t's block ``[BOS, image, "\\n", VoCo x N]`` sits at
+        positions shifted by ``t * N`` and sees only itself, causally; the text sees every VoCo span
+        and the text before it. ``tests/test_voco.py`` proves this equals ``compress`` + ``prefill``.
+        ``length`` pads the text on the right (padding sees only itself and is seen by nobody).
+        """
+        T, N = features.shape[0], self.tokens_per_frame
+        blocks = self.frame_embeds(features)  # T, B, D
+        B = blocks.shape[1]
+        n_text = len(text_ids)
+        L = T * B + (length if length is not None else n_text)
+        device = blocks.device
+        ids = torch.tensor(list(text_ids) + [0] * (L - T * B - n_text), device=device)
+        embeds = torch.cat([blocks.reshape(T * B, -1), self.llm.get_input_embeddings()(ids)])
+        block = torch.arange(T, device=device).repeat_interleave(B)
+        block_of = torch.cat([block, torch.full((L - T * B,), -1, device=device)])
+        voco = torch.zeros(L, dtype=torch.bool, device=device)
+        for t in range(T):
+            voco[t * B + self.p0: t * B + self.p0 + N] = True
+        is_text = block_of == -1
+        is_pad = torch.zeros(L, dtype=torch.bool, device=device)
+        is_pad[T * B + n_text:] = True
+        q, k = torch.arange(L, device=device).view(-1, 1), torch.arange(L, device=device).view(1, -1)
+        same_block = (block_of.view(-1, 1) == block_of.view(1, -1)) & ~is_text.view(-1, 1)
+        text_sees = is_text.view(-1, 1) & (voco | is_text).view(1, -1) & ~is_pad.view(1, -1)
+        mask = ((k <= q) & (same_block | text_sees)) | ((q == k) & is_pad.view(-1, 1))
+        base = torch.arange(B, device=device)
+        pos = torch.cat([base + t * N for t in range(T)]
+                        + [self.p0 + T * N + torch.arange(L - T * B, device=device)])
+        return embeds, mask, pos

@@ -1,0 +1,581 @@
+"""`vidqa train`: learn VoCo-LLaMA or LLaVA-Mini compression, and make small demo models from scratch.
+
+No VoCo-LLaMA weights exist, so a VoCo model has to be trained. Training runs the very functions that
+inference runs:
+
+- VoCo: ``VoCo.frame_embeds`` and ``VoCo.masked_inputs``, the single masked pass that
+  ``tests/test_voco.py`` proves equal to compress-then-prefill; gradients reach the VoCo K/V through it.
+- LLaVA-Mini: ``mini.encode_frames``, ``mini.prefusion_full``, ``mini.fuse_video``,
+  ``mini.assemble_llm_inputs``, which ``tests/test_pipeline.py`` proves equal to the cached path.
+
+Two more variants exist for the retention table only: ``full`` (every vision token visible to the
+text: the upper bound) and ``pool`` (each frame's features averaged, then a linear layer: 1 token).
+
+Data: the synthetic set (``vidqa.synthetic``, rendered on the fly) or LLaVA-style JSON
+(``[{"video"|"image": path, "conversations": [{"from": "human", "value": "<image>\\nQ"},
+{"from": "gpt", "value": "A"}, ...]}]``). Several GPUs: ``torchrun --nproc-per-node N -m vidqa train``
+(DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidqa.errors import VidqaError
+
+IMAGE = "<image>"
+VOCO = "<voco>"
+LLAMA31_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                    "<|eom_id|>", "<|eot_id|>"]
+
+
+class DataError(VidqaError):
+    """Training data that cannot be used (with --on-bad refuse)."""
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------------
+
+def template_words(method: str) -> list[str]:
+    """Every word the prompts of a method use, so that a small word-level vocabulary covers them."""
+    from vidqa import mini, voco
+
+    text = voco.vicuna_prompt("x") if method == "voco" else mini.LLAVA_MINI_SYSTEM_PROMPT + \
+        " Cutting Knowledge Date: December 2023 Today Date: 26 Jul 2024 system user assistant"
+    return re.findall(r"\w+|[^\w\s]", text)
+
+
+def make_word_tokenizer(directory: Path, corpus: list[str], method: str) -> Any:
+    """A word-level ``PreTrainedTokenizerFast`` for small demo models, saved in ``directory``.
+
+    VoCo: ``<unk> <s> </s>`` then ``<voco>``; Mini: the Llama-3.1 special tokens and a Llama-3.1-style
+    chat template (the one vidqa's tiny official-layout checkpoints use).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text.lower())} |
+                   {w.lower() for w in template_words(method)} | set(template_words(method)))
+    specials = ["<unk>", "<s>", "</s>", "<pad>"] + ([VOCO] if method == "voco" else LLAMA31_SPECIALS)
+    vocab = {tok: i for i, tok in enumerate(specials + [w for w in words if w not in specials])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    bos = "<s>" if method == "voco" else "<|begin_of_text|>"
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
+    kwargs: dict[str, Any] = dict(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token=bos,
+                                  eos_token="</s>" if method == "voco" else "<|eot_id|>",
+                                  additional_special_tokens=[VOCO] if method == "voco" else LLAMA31_SPECIALS[1:])
+    if method == "mini":
+        from vidqa.mini import TINY_LLAMA31_CHAT_TEMPLATE
+
+        kwargs["chat_template"] = TINY_LLAMA31_CHAT_TEMPLATE
+    out = PreTrainedTokenizerFast(**kwargs)
+    out.save_pretrained(str(directory))
+    return out
+
+
+# ---- data --------------------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    question: str
+    answer: str
+    category: int = -1
+
+
+class SyntheticData:
+    """Clips of ``vidqa.synthetic`` at the frames ``--fps 1`` samples (segment midpoints), with QA."""
+
+    def __init__(self, n_clips: int, seed: int, size: int = 64, fps: float = 4, workers: int = 1):
+        from vidqa import synthetic
+
+        self.size = size
+        jobs = [(seed, i, size, fps) for i in range(n_clips)]
+        if workers > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                rendered = pool.map(_render_clip, jobs, chunksize=64)
+        else:
+            rendered = [_render_clip(j) for j in jobs]
+        self.frames = np.stack([r[0] for r in rendered])  # [N, T, H, W, 3]
+        self.qa = [(i, q["question"], q["answer"], q["category_id"]) for i, r in enumerate(rendered) for q in r[1]]
+        self.categories = synthetic.CATEGORIES
+
+    def __len__(self) -> int:
+        return len(self.qa)
+
+    def __getitem__(self, i: int) -> Sample:
+        clip, q, a, c = self.qa[i]
+        return Sample(self.frames[clip], q, a, c)
+
+    def texts(self) -> list[str]:
+        return [t for _, q, a, _ in self.qa for t in (q, a)]
+
+
+def _render_clip(job):
+    from vidqa import synthetic
+
+    seed, index, size, fps = job
+    spec = synthetic.make_clip(seed, index)
+    frames = synthetic.render_frames(spec, size=size, fps=fps)
+    n = int(round(spec.seconds))  # 1 fps, segment midpoints, as `vidqa ask` samples by default
+    pick = np.minimum(((np.arange(n) + 0.5) * fps).astype(int), len(frames) - 1)
+    return frames[pick], synthetic.questions(spec, np.random.default_rng([seed, index, 1]))
+
+
+class JsonData:
+    """LLaVA-style conversations with image or video paths; bad records reported by index."""
+
+    def __init__(self, path: str | Path, media_root: str | Path | None = None, on_bad: str = "skip",
+                 num_frames: int = 8, report: Callable[[str], None] = print):
+        from vidqa.video import Sampling, load_frames
+
+        path = Path(path)
+        try:
+            records = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"cannot read training data {path}: {e}")
+        if not isinstance(records, list):
+            raise DataError(f"{path}: expected a JSON list of conversations")
+        root = Path(media_root) if media_root else path.parent
+        self.samples: list[Sample] = []
+        self.bad: list[tuple[int, str]] = []
+        for i, rec in enumerate(records):
+            try:
+                media = rec.get("video") or rec.get("image") if isinstance(rec, dict) else None
+                turns = rec.get("conversations") if isinstance(rec, dict) else None
+                if not media or not isinstance(turns, list) or len(turns) < 2:
+                    raise DataError("needs an image or video path and at least one human/gpt pair")
+                frames = load_frames(root / media, Sampling(num_frames=num_frames))
+                for h, g in zip(turns[::2], turns[1::2]):
+                    q = str(h.get("value", "")).replace(IMAGE, "").strip()
+                    a = str(g.get("value", "")).strip()
+                    if h.get("from") != "human" or g.get("from") != "gpt" or not q or not a:
+                        raise DataError("a turn is malformed or its question or answer is empty")
+                    self.samples.append(Sample(frames.pixels, q, a))
+            except VidqaError as e:
+                self.bad.append((i, str(e)))
+                if on_bad == "refuse":
+                    raise DataError(f"{path}: record {i}: {e} (--on-bad skip to leave such records out)")
+                report(f"skipping record {i}: {e}")
+        if not self.samples:
+            raise DataError(f"{path}: no usable training records")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.samples[i]
+
+    def texts(self) -> list[str]:
+        return [t for s in self.samples for t in (s.question, s.answer)]
+
+
+# ---- the trainable model -------------------------------------------------------------------------
+
+@dataclass
+class TinyConfig:
+    """The small from-scratch demo architecture (a few MB in bf16)."""
+
+    image_size: int = 64
+    patch_size: int = 16
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 688
+    prefusion_layers: int = 2
+    max_positions: int = 2048
+
+
+class Learner(nn.Module):
+    """Vision tower + projector + LLM (+ compressor and pre-fusion for Mini) with a training loss.
+
+    ``variant``: ``voco`` | ``mini`` | ``full`` (every vision token visible) | ``pool`` (mean + linear).
+    """
+
+    def __init__(self, variant: str, vision, projector, llm, tokenizer, *, tokens_per_frame: int = 1,
+                 mini_modules=None, pool: nn.Module | None = None):
+        super().__init__()
+        from vidqa.voco import VoCo
+
+        self.variant, self.vision, self.projector, self.llm, self.tokenizer = variant, vision, projector, llm, tokenizer
+        self.pool = pool
+        if variant == "mini":
+            from vidqa.mini import Mini
+
+            self.mini = Mini(mini_modules, tokenizer)
+            self.compressor, self.prefusion = mini_modules.compressor, mini_modules.prefusion_layers
+        else:
+            self.voco = VoCo(llm, projector, tokenizer, vision.num_patches, tokens_per_frame=tokens_per_frame)
+        self.bos = tokenizer.bos_token_id
+        self.eos = tokenizer.eos_token_id
+
+    def prompt_ids(self, question: str) -> list[int]:
+        return self.mini.prompt_ids(question) if self.variant == "mini" else self.voco.prompt_ids(question)
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """What the model must write: VoCo's Vicuna turn ends with </s>; Mini writes its header first."""
+        words = self.tokenizer(" " + answer, add_special_tokens=False).input_ids
+        if self.variant == "mini":
+            t = self.tokenizer
+            head = [t.convert_tokens_to_ids("<|start_header_id|>")] + \
+                t("assistant", add_special_tokens=False).input_ids + [t.convert_tokens_to_ids("<|end_header_id|>")]
+            return head + words + [self.eos]
+        return words + [self.eos]
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, T, H, W, 3]`` to CLIP features ``[B, T, P, C]`` (differentiable)."""
+        from vidqa.vision import preprocess
+
+        B, T = pixels.shape[:2]
+        x = preprocess(pixels.flatten(0, 1), self.vision.spec, next(self.vision.parameters()).dtype)
+        return self.vision(x).view(B, T, self.vision.num_patches, -1)
+
+    def forward(self, pixels: torch.Tensor, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Cross-entropy over the answer tokens; also returns whether each first answer token is argmax-right."""
+        feats = self.features(pixels)
+        rows, targets, starts = [], [], []
+        for b, s in enumerate(samples):
+            prompt, answer = self.prompt_ids(s.question), self.answer_ids(s.answer)
+            embeds, mask, pos, n_before = self._inputs(feats[b], prompt, answer)
+            rows.append((embeds, mask, pos))
+            targets.append(answer)
+            starts.append(n_before)
+        L = max(e.shape[0] for e, _, _ in rows)
+        D = rows[0][0].shape[-1]
+        device = feats.device
+        E = torch.zeros(len(rows), L, D, device=device, dtype=rows[0][0].dtype)
+        M = torch.zeros(len(rows), 1, L, L, dtype=torch.bool, device=device)
+        P = torch.zeros(len(rows), L, dtype=torch.long, device=device)
+        labels = torch.full((len(rows), L), -100, dtype=torch.long, device=device)
+        for b, ((e, m, p), tgt, st) in enumerate(zip(rows, targets, starts)):
+            n = e.shape[0]
+            E[b, :n], M[b, 0, :n, :n], P[b, :n] = e, m, p
+            M[b, 0, n:, n:] = torch.eye(L - n, dtype=torch.bool, device=device)  # padding sees itself
+            labels[b, st - 1: st - 1 + len(tgt)] = torch.tensor(tgt, device=device)  # predict the next token
+        mask = torch.where(M, 0.0, torch.finfo(E.dtype).min).to(E.dtype)
+        logits = self.llm(inputs_embeds=E, attention_mask=mask, position_ids=P).logits.float()
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        first = torch.tensor([st - 1 for st in starts], device=device)
+        # the first answer *word* (after Mini's header) decides correctness
+        word_at = [st - 1 + (3 if self.variant == "mini" else 0) for st in starts]
+        pred = logits[torch.arange(len(rows), device=device), torch.tensor(word_at, device=device)].argmax(-1)
+        gold = torch.tensor([t[3 if self.variant == "mini" else 0] for t in targets], device=device)
+        del first
+        return loss, pred == gold, word_at
+
+    def _inputs(self, feats: torch.Tensor, prompt: list[int], answer: list[int]):
+        """One sample: (embeds [L, D], bool mask [L, L], positions [L], index of the first answer token)."""
+        embed = self.llm.get_input_embeddings()
+        device = feats.device
+        if self.variant == "voco":
+            e, m, p = self.voco.masked_inputs(feats, prompt + answer)
+            return e, m, p, e.shape[0] - len(answer)
+        if self.variant == "mini":
+            from vidqa import mini
+
+            ids = torch.tensor(prompt, device=device)
+            frames = mini.encode_frames(feats, self.compressor, self.projector, 1)
+            t_emb, visible = mini.prompt_embeddings(embed, ids)
+            fused = mini.prefusion_full(self.prefusion, self.llm.model.rotary_emb, frames, t_emb, visible)
+            vision, text = mini.fuse_video(fused)
+            inputs = mini.assemble_llm_inputs(text, ids, vision)
+            e = torch.cat([inputs, embed(torch.tensor(answer, device=device))])
+        else:
+            if self.variant == "full":
+                vis = self.projector(feats).flatten(0, 1)  # every token of every frame
+            else:  # pool
+                vis = self.pool(feats.mean(dim=1))  # one token per frame
+            text = embed(torch.tensor([self.bos], device=device)), vis, \
+                embed(torch.tensor(prompt + answer, device=device))
+            e = torch.cat(text)
+        L = e.shape[0]
+        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        return e, causal, torch.arange(L, device=device), L - len(answer)
+
+
+def build_tiny(variant: str, tokenizer, cfg: TinyConfig, tokens_per_frame: int = 1) -> Learner:
+    """A from-scratch Learner with the demo architecture."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+    from vidqa import mini
+    from vidqa.vision import Preprocess, VisionEncoder, build_projector
+
+    clip_cfg = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
+                                num_hidden_layers=cfg.vision_layers, num_attention_heads=4,
+                                image_size=cfg.image_size, patch_size=cfg.patch_size, projection_dim=cfg.vision_hidden)
+    tower = CLIPVisionModel(clip_cfg)
+    vision = VisionEncoder(tower, -1, "patch", Preprocess(size=cfg.image_size, aspect="squash" if variant == "mini" else "pad"))
+    vocab = len(tokenizer)
+    llm_cfg = LlamaConfig(vocab_size=vocab, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
+                          num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+                          max_position_embeddings=cfg.max_positions, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                          tie_word_embeddings=False)
+    llm_cfg._attn_implementation = "sdpa"
+    llm = LlamaForCausalLM(llm_cfg)
+    projector = build_projector("mlp2x_gelu", cfg.vision_hidden, cfg.hidden)
+    mini_modules = None
+    pool = None
+    if variant == "mini":
+        options = mini.LlavaMiniOptions(compressor_size=1, prefusion_layer_num=cfg.prefusion_layers,
+                                        mm_hidden_size=cfg.vision_hidden, mm_projector_type="mlp2x_gelu")
+        mini_modules = mini.LlavaMiniModules(llm, projector, mini.Compressor(1, cfg.vision_hidden),
+                                             mini.build_prefusion_layers(llm.config, cfg.prefusion_layers), options, {})
+    if variant == "pool":
+        pool = nn.Linear(cfg.vision_hidden, cfg.hidden)
+    return Learner(variant, vision, projector, llm, tokenizer, tokens_per_frame=tokens_per_frame,
+                   mini_modules=mini_modules, pool=pool)
+
+
+# ---- saving as a vidqa checkpoint ------------------------------------------------------------------
+
+def export(learner: Learner, out: Path, cfg: TinyConfig, dtype: torch.dtype = torch.bfloat16, note: str = "") -> Path:
+    """Write ``learner`` as a checkpoint vidqa loads: LLaVA-1.5 layout (VoCo) or the official LLaVA-Mini layout.
+
+    The CLIP tower goes into ``out/clip`` (``mm_vision_tower: clip``, found inside the model directory).
+    """
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    learner.tokenizer.save_pretrained(str(out))
+    learner.vision.tower.to(dtype).save_pretrained(str(out / "clip"))
+    learner.vision.tower.float()
+    (out / "clip" / "preprocessor_config.json").write_text(json.dumps({
+        "image_mean": list(learner.vision.spec.mean), "image_std": list(learner.vision.spec.std),
+        "size": {"shortest_edge": cfg.image_size}, "crop_size": {"height": cfg.image_size, "width": cfg.image_size}}))
+    state = {k: v.detach().to(dtype).contiguous() for k, v in learner.llm.state_dict().items()}
+    state.update({f"model.mm_projector.{k}": v.detach().to(dtype).contiguous() for k, v in learner.projector.state_dict().items()})
+    llm_cfg = learner.llm.config.to_dict()
+    for k in ("transformers_version", "dtype", "torch_dtype", "architectures", "_name_or_path"):
+        llm_cfg.pop(k, None)
+    rope = llm_cfg.pop("rope_parameters", None) or {}
+    llm_cfg["rope_theta"] = rope.get("rope_theta", 10000.0)
+    common = {"mm_vision_tower": "clip", "mm_hidden_size": cfg.vision_hidden, "mm_projector_type": "mlp2x_gelu",
+              "mm_vision_select_layer": -1, "mm_vision_select_feature": "patch", "mm_use_im_start_end": False,
+              "torch_dtype": str(dtype).replace("torch.", ""), "vidqa_demo": note}
+    if learner.variant == "mini":
+        state.update({f"model.compressor.{k}": v.detach().to(dtype).contiguous() for k, v in learner.compressor.state_dict().items()})
+        state.update({f"model.prefusion_layers.{k}": v.detach().to(dtype).contiguous() for k, v in learner.prefusion.state_dict().items()})
+        config = {**llm_cfg, **common, "model_type": "llava_mini_llama", "architectures": ["LlavaMiniLlamaForCausalLM"],
+                  "compressor_size": 1, "prefusion_layer_num": len(learner.prefusion), "resolution_ratio": 1,
+                  "image_aspect_ratio": "square"}
+        index = {"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in state}}
+        save_file(state, str(out / "model-00001-of-00001.safetensors"), metadata={"format": "pt"})
+        (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    else:
+        config = {**llm_cfg, **common, "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],
+                  "image_aspect_ratio": "pad", "voco_num": learner.voco.tokens_per_frame}
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    return out
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    variant: str = "voco"
+    tokens_per_frame: int = 1
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    freeze_vision: bool = False
+    grad_checkpointing: bool = False
+    save_every: int = 500
+    log_every: int = 50
+    seed: int = 0
+    max_minutes: float | None = None  # a wall-clock cap; the steps done are reported
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+
+
+def _batch(data, idx: list[int], device) -> tuple[torch.Tensor, list[Sample]]:
+    samples = [data[i] for i in idx]
+    frames = np.stack([s.frames for s in samples])
+    return torch.from_numpy(frames).to(device, non_blocking=True), samples
+
+
+@torch.no_grad()
+def evaluate(learner: Learner, data, device, batch_size: int = 64, limit: int | None = None) -> dict:
+    """First-answer-word accuracy (the answers are single words), overall and per category."""
+    learner.eval()
+    n = len(data) if limit is None else min(limit, len(data))
+    hits: dict[int, list[int]] = {}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _Null()
+    for i in range(0, n, batch_size):
+        idx = list(range(i, min(n, i + batch_size)))
+        pixels, samples = _batch(data, idx, device)
+        with autocast:
+            _, right, _ = learner(pixels, samples)
+        for s, r in zip(samples, right.tolist()):
+            hits.setdefault(s.category, []).append(int(r))
+    learner.train()
+    every = [h for v in hits.values() for h in v]
+    return {"accuracy": sum(every) / max(1, len(every)), "n": len(every),
+            "per_category": {c: sum(v) / len(v) for c, v in sorted(hits.items())}}
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _save(learner, opt, sched, step, cfg, state_file: Path) -> None:
+    tmp = state_file.with_suffix(".tmp")
+    torch.save({"model": learner.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "step": step, "config": asdict(cfg)}, tmp)
+    os.replace(tmp, state_file)  # atomic: a kill never leaves a half-written state
+
+
+def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Callable[[str], None] = print,
+          eval_data=None) -> dict:
+    """AdamW with warmup + cosine decay; bf16 autocast on GPU; resumable from ``out/train_state.pt``."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    out.mkdir(parents=True, exist_ok=True)
+    learner.to(device).train()
+    if cfg.freeze_vision:
+        learner.vision.requires_grad_(False)
+    if cfg.grad_checkpointing:
+        learner.llm.gradient_checkpointing_enable()
+    model: nn.Module = learner
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    find_unused_parameters=True)
+    params = [p for p in learner.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) *
+                                              0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, cfg.steps)))))
+    state_file = out / "train_state.pt"
+    step = 0
+    if state_file.exists():
+        state = torch.load(state_file, map_location=device, weights_only=False)
+        learner.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = state["step"]
+        log(f"resumed from {state_file} at step {step}")
+    rng = random.Random(cfg.seed * 1000 + rank + step)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _Null()
+    t0, seen, recent = time.perf_counter(), 0, []
+    history = []
+    while step < cfg.steps:
+        if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
+            log(f"stopping at step {step}: the {cfg.max_minutes} minute cap")
+            break
+        idx = [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
+        pixels, samples = _batch(data, idx, device)
+        with autocast:
+            loss, right, _ = model(pixels, samples)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        seen += len(samples)
+        recent.append((loss.item(), right.float().mean().item()))
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            l, a = np.mean([r[0] for r in recent]), np.mean([r[1] for r in recent])
+            recent = []
+            history.append({"step": step, "loss": float(l), "train_acc": float(a)})
+            if rank == 0:
+                log(f"step {step}/{cfg.steps} loss {l:.4f} acc {a:.3f} lr {sched.get_last_lr()[0]:.2e} "
+                    f"{seen / (time.perf_counter() - t0):.0f} samples/s")
+        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
+            _save(learner, opt, sched, step, cfg, state_file)
+    if rank == 0 and step % cfg.save_every and step != cfg.steps:  # stopped by the time cap
+        _save(learner, opt, sched, step, cfg, state_file)
+    result = {"steps": step, "history": history, "seconds": time.perf_counter() - t0}
+    if eval_data is not None and rank == 0:
+        result["eval"] = evaluate(learner, eval_data, device)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vidqa.train``: the same as ``vidqa train`` (see its --help)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="vidqa train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--method", choices=["voco", "mini", "full", "pool"], default="voco",
+                    help="what to train (full and pool are the retention table's reference rows)")
+    ap.add_argument("--data", default="synthetic", help="'synthetic' or a LLaVA-style JSON file")
+    ap.add_argument("--media-root", default=None)
+    ap.add_argument("--on-bad", choices=["skip", "refuse"], default="skip")
+    ap.add_argument("--out", required=True, help="run directory: train_state.pt (resumable) and model/")
+    ap.add_argument("--tokens-per-frame", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--clips", type=int, default=4000, help="synthetic training clips")
+    ap.add_argument("--eval-clips", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--freeze-vision", action="store_true")
+    ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop after this long (steps done are reported)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() and args.device in ("auto", "cuda") else
+                          ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    cfg = TrainConfig(variant=args.method, tokens_per_frame=args.tokens_per_frame, steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, freeze_vision=args.freeze_vision,
+                      grad_checkpointing=args.grad_checkpointing, seed=args.seed, max_minutes=args.max_minutes)
+    if args.data == "synthetic":
+        data = SyntheticData(args.clips, seed=args.seed + 1, size=cfg.tiny.image_size, workers=args.workers)
+        eval_data = SyntheticData(args.eval_clips, seed=10_000 + args.seed, size=cfg.tiny.image_size,
+                                  workers=args.workers)
+    else:
+        data = JsonData(args.data, args.media_root, on_bad=args.on_bad,
+                        report=lambda m: print(m, file=sys.stderr))
+        eval_data = None
+    family = "mini" if args.method == "mini" else "voco"
+    tok_dir = out / "tokenizer"
+    from vidqa import synthetic
+
+    corpus = data.texts() + list(synthetic.ANSWERS)
+    tokenizer = make_word_tokenizer(tok_dir, corpus, family)
+    learner = build_tiny(args.method, tokenizer, cfg.tiny, args.tokens_per_frame)
+    result = train(learner, data, cfg, out, device, eval_data=eval_data)
+    if int(os.environ.get("RANK", 0)) == 0:
+        if args.method in ("voco", "mini"):
+            export(learner.float(), out / "model", cfg.tiny, note=f"vidqa demo model ({args.method}), trained on "
+                   "synthetic clips only; random-init, not a general video model")
+        (out / "result.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
