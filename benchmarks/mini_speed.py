@@ -23,27 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys
+
 import torch
 
-PEAK_FLOPS, PEAK_BYTES = 800e12, 3.0e12
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).parent))
+from voco_speed import PEAK_BYTES, sync, timed  # noqa: E402 (the shared timing helpers)
 
 
 def build(tiny: bool, device, dtype):
