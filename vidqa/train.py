@@ -250,37 +250,69 @@ class Learner(nn.Module):
         return self.vision(x).view(B, T, self.vision.num_patches, -1)
 
     def forward(self, pixels: torch.Tensor, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Cross-entropy over the answer tokens; also returns whether each first answer token is argmax-right."""
+        """Cross-entropy over the answer tokens; also whether each first answer word is the argmax."""
         feats = self.features(pixels)
-        rows, targets, starts = [], [], []
-        for b, s in enumerate(samples):
-            prompt, answer = self.prompt_ids(s.question), self.answer_ids(s.answer)
-            embeds, mask, pos, n_before = self._inputs(feats[b], prompt, answer)
-            rows.append((embeds, mask, pos))
-            targets.append(answer)
-            starts.append(n_before)
-        L = max(e.shape[0] for e, _, _ in rows)
-        D = rows[0][0].shape[-1]
+        prompts = [self.prompt_ids(s.question) for s in samples]
+        answers = [self.answer_ids(s.answer) for s in samples]
+        if self.variant == "mini":  # each prompt goes through the pre-fusion with its own frames
+            E, M, P, starts = self._stack([self._inputs(feats[b], p, a) for b, (p, a) in enumerate(zip(prompts, answers))])
+        else:
+            E, M, P, starts = self._batched(feats, prompts, answers)
         device = feats.device
-        E = torch.zeros(len(rows), L, D, device=device, dtype=rows[0][0].dtype)
-        M = torch.zeros(len(rows), 1, L, L, dtype=torch.bool, device=device)
-        P = torch.zeros(len(rows), L, dtype=torch.long, device=device)
-        labels = torch.full((len(rows), L), -100, dtype=torch.long, device=device)
-        for b, ((e, m, p), tgt, st) in enumerate(zip(rows, targets, starts)):
-            n = e.shape[0]
-            E[b, :n], M[b, 0, :n, :n], P[b, :n] = e, m, p
-            M[b, 0, n:, n:] = torch.eye(L - n, dtype=torch.bool, device=device)  # padding sees itself
-            labels[b, st - 1: st - 1 + len(tgt)] = torch.tensor(tgt, device=device)  # predict the next token
+        labels = torch.full(E.shape[:2], -100, dtype=torch.long, device=device)
+        for b, (tgt, st) in enumerate(zip(answers, starts)):
+            labels[b, st - 1: st - 1 + len(tgt)] = torch.tensor(tgt, device=device)  # logits at i predict i + 1
         mask = torch.where(M, 0.0, torch.finfo(E.dtype).min).to(E.dtype)
         logits = self.llm(inputs_embeds=E, attention_mask=mask, position_ids=P).logits.float()
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        first = torch.tensor([st - 1 for st in starts], device=device)
-        # the first answer *word* (after Mini's header) decides correctness
-        word_at = [st - 1 + (3 if self.variant == "mini" else 0) for st in starts]
-        pred = logits[torch.arange(len(rows), device=device), torch.tensor(word_at, device=device)].argmax(-1)
-        gold = torch.tensor([t[3 if self.variant == "mini" else 0] for t in targets], device=device)
-        del first
+        skip = 3 if self.variant == "mini" else 0  # Mini writes its role header before the answer word
+        word_at = [st - 1 + skip for st in starts]
+        rows = torch.arange(len(samples), device=device)
+        pred = logits[rows, torch.tensor(word_at, device=device)].argmax(-1)
+        gold = torch.tensor([a[skip] for a in answers], device=device)
         return loss, pred == gold, word_at
+
+    def _batched(self, feats: torch.Tensor, prompts: list[list[int]], answers: list[list[int]]):
+        """Vectorised inputs for voco / full / pool: one layout for the batch, text padded on the right."""
+        B, T = feats.shape[:2]
+        device = feats.device
+        texts = [p + a for p, a in zip(prompts, answers)]
+        n_text = max(len(t) for t in texts)
+        ids = torch.tensor([t + [0] * (n_text - len(t)) for t in texts], device=device)
+        embed = self.llm.get_input_embeddings()
+        if self.variant == "voco":
+            blocks = self.voco.frame_embeds(feats.flatten(0, 1))  # [B*T, blk, D]
+            vis = blocks.reshape(B, -1, blocks.shape[-1])
+            mask, pos = self.voco.single_pass_layout(T, n_text, device)
+            E = torch.cat([vis, embed(ids)], dim=1)
+        else:
+            vis = self.projector(feats).flatten(1, 2) if self.variant == "full" else self.pool(feats.mean(dim=2))
+            bos = embed(torch.full((B, 1), self.bos, device=device))
+            E = torch.cat([bos, vis, embed(ids)], dim=1)
+            L = E.shape[1]
+            mask = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+            pos = torch.arange(L, device=device)
+        L, prefix = E.shape[1], E.shape[1] - n_text
+        lengths = torch.tensor([prefix + len(t) for t in texts], device=device)
+        pad = torch.arange(L, device=device).view(1, -1) >= lengths.view(-1, 1)  # [B, L]
+        eye = torch.eye(L, dtype=torch.bool, device=device)
+        M = (mask.unsqueeze(0) & ~pad.unsqueeze(1)) | (eye.unsqueeze(0) & pad.unsqueeze(2))
+        starts = [prefix + len(p) for p in prompts]
+        return E, M.unsqueeze(1), pos.expand(B, -1), starts
+
+    @staticmethod
+    def _stack(rows):
+        """Pad per-sample (embeds, mask, positions, start) to one batch; padding sees only itself."""
+        L = max(e.shape[0] for e, _, _, _ in rows)
+        e0 = rows[0][0]
+        E = torch.zeros(len(rows), L, e0.shape[-1], device=e0.device, dtype=e0.dtype)
+        M = torch.zeros(len(rows), 1, L, L, dtype=torch.bool, device=e0.device)
+        P = torch.zeros(len(rows), L, dtype=torch.long, device=e0.device)
+        for b, (e, m, p, _) in enumerate(rows):
+            n = e.shape[0]
+            E[b, :n], M[b, 0, :n, :n], P[b, :n] = e, m, p
+            M[b, 0, n:, n:] = torch.eye(L - n, dtype=torch.bool, device=e0.device)
+        return E, M, P, [r[3] for r in rows]
 
     def _inputs(self, feats: torch.Tensor, prompt: list[int], answer: list[int]):
         """One sample: (embeds [L, D], bool mask [L, L], positions [L], index of the first answer token)."""

@@ -159,27 +159,33 @@ class VoCo(nn.Module):
         and the text before it. ``tests/test_voco.py`` proves this equals ``compress`` + ``prefill``.
         ``length`` pads the text on the right (padding sees only itself and is seen by nobody).
         """
-        T, N = features.shape[0], self.tokens_per_frame
+        T = features.shape[0]
         blocks = self.frame_embeds(features)  # T, B, D
         B = blocks.shape[1]
         n_text = len(text_ids)
         L = T * B + (length if length is not None else n_text)
-        device = blocks.device
-        ids = torch.tensor(list(text_ids) + [0] * (L - T * B - n_text), device=device)
+        ids = torch.tensor(list(text_ids) + [0] * (L - T * B - n_text), device=blocks.device)
         embeds = torch.cat([blocks.reshape(T * B, -1), self.llm.get_input_embeddings()(ids)])
-        block = torch.arange(T, device=device).repeat_interleave(B)
-        block_of = torch.cat([block, torch.full((L - T * B,), -1, device=device)])
+        mask, pos = self.single_pass_layout(T, L - T * B, blocks.device)
+        pad = torch.arange(L, device=blocks.device) >= T * B + n_text
+        mask = (mask & ~pad.view(1, -1)) | (torch.eye(L, dtype=torch.bool, device=blocks.device) & pad.view(-1, 1))
+        return embeds, mask, pos
+
+    def single_pass_layout(self, num_frames: int, n_text: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VoCo mask ``[L, L]`` (True = may attend) and positions ``[L]`` of T frame blocks + n_text tokens."""
+        T, N = num_frames, self.tokens_per_frame
+        B = self.p0 + N  # one frame block: BOS, image, pre-VoCo text, VoCo
+        L = T * B + n_text
+        block_of = torch.cat([torch.arange(T, device=device).repeat_interleave(B),
+                              torch.full((n_text,), -1, device=device)])
         voco = torch.zeros(L, dtype=torch.bool, device=device)
         for t in range(T):
             voco[t * B + self.p0: t * B + self.p0 + N] = True
         is_text = block_of == -1
-        is_pad = torch.zeros(L, dtype=torch.bool, device=device)
-        is_pad[T * B + n_text:] = True
         q, k = torch.arange(L, device=device).view(-1, 1), torch.arange(L, device=device).view(1, -1)
         same_block = (block_of.view(-1, 1) == block_of.view(1, -1)) & ~is_text.view(-1, 1)
-        text_sees = is_text.view(-1, 1) & (voco | is_text).view(1, -1) & ~is_pad.view(1, -1)
-        mask = ((k <= q) & (same_block | text_sees)) | ((q == k) & is_pad.view(-1, 1))
+        text_sees = is_text.view(-1, 1) & (voco | is_text).view(1, -1)
+        mask = (k <= q) & (same_block | text_sees)
         base = torch.arange(B, device=device)
-        pos = torch.cat([base + t * N for t in range(T)]
-                        + [self.p0 + T * N + torch.arange(L - T * B, device=device)])
-        return embeds, mask, pos
+        pos = torch.cat([base + t * N for t in range(T)] + [self.p0 + T * N + torch.arange(n_text, device=device)])
+        return mask, pos
