@@ -194,7 +194,7 @@ class TinyConfig:
     """The small from-scratch demo architecture (a few MB in bf16)."""
 
     image_size: int = 64
-    patch_size: int = 16
+    patch_size: int = 8  # 16 px patches at 64 px did not learn (shapes are ~14 px): benchmarks/NOTES.md
     vision_hidden: int = 128
     vision_layers: int = 2
     hidden: int = 256
