@@ -120,6 +120,18 @@ def main():
     n0 = min(256, Tmax)
     s = timed(lambda: qa.compress(frames(n0), batch_size=32), args.repeats)
     res["vidqa_compress_ms_per_frame"] = 1000 * s / n0
+    s = timed(lambda: qa.vision.encode(pixels[:n0], batch_size=32), args.repeats)
+    res["vision_ms_per_frame"] = 1000 * s / n0
+    if device.type == "cuda":
+        import os
+
+        os.environ["VIDQA_COMPILE"] = "1"  # the pre-fusion's per-layer function, compiled
+        t0 = time.perf_counter()
+        qa.compress(frames(n0), batch_size=32)
+        res["compile_compress_first_run_s"] = time.perf_counter() - t0
+        res["vidqa_compress_compiled_ms_per_frame"] = 1000 * timed(lambda: qa.compress(frames(n0), batch_size=32),
+                                                                   args.repeats) / n0
+        os.environ.pop("VIDQA_COMPILE")
     caches = {}
     for n in args.frames:
         caches[n] = qa.compress(frames(n), batch_size=32)
@@ -206,7 +218,7 @@ def main():
         gc.collect()
         torch.cuda.empty_cache() if device.type == "cuda" else None
         n = args.long
-        big = torch.randint(0, 256, (n, 336, 336, 3), dtype=torch.uint8, generator=g).numpy()
+        big = pixels[np.arange(n) % Tmax]  # frames' content does not change timings
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -214,10 +226,19 @@ def main():
         sync()
         res["long_frames"] = n
         res["long_compress_ms_per_frame"] = 1000 * (time.perf_counter() - t0) / n
-        res["long_cache_device"] = str(cache.tensors["keys"].device)
-        res["long_question_ms"] = 1000 * timed(lambda: [None for _ in generate(llm, m.prefill(cache, "q"), gen1, set())], 1)
+        first = next(iter(cache.tensors.values()))
+        res["long_cache_device"] = str(first.device)
+        res["long_cache_kind"] = cache.meta.get("cache_kind")
+        res["long_cache_gb"] = cache.nbytes / 1e9
+        res["long_kv_cache_would_be_gb"] = res["cache_bytes_per_frame"] * n / 1e9
         if device.type == "cuda":
-            res["long_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            res["long_compress_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
+        res["long_question_ms"] = 1000 * timed(lambda: [None for _ in generate(llm, m.prefill(cache, "q"), gen1, set())], 1,
+                                               warmup=0)
+        if device.type == "cuda":
+            res["long_question_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            res["long_question_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     lines = [f"device {res['device']}  torch {res['torch']}  transformers {res['transformers']}  {dtype}",
              f"compression: vidqa {res['vidqa_compress_ms_per_frame']:.2f} ms/frame; cache (pre-fusion K/V + token) "
              f"{res['cache_bytes_per_frame'] / 1e6:.2f} MB/frame (projected features would be "
@@ -231,10 +252,16 @@ def main():
     lines.append(f"decoding ms/token: vidqa static+graph {res.get('vidqa_graph_ms_per_token', float('nan')):.2f} | "
                  f"transformers path {res['vidqa_hf_ms_per_token']:.2f} | floor {res['decode_floor_ms_per_token']:.2f}")
     lines.append(f"LLM input embeddings, vidqa vs naive loop: rel. err {res['llm_inputs_rel_err_vs_naive']:.2e}")
+    lines.append(f"compression breakdown: vision tower {res['vision_ms_per_frame']:.2f} ms/frame; compiled "
+                 f"pre-fusion: {res.get('vidqa_compress_compiled_ms_per_frame', float('nan')):.2f} ms/frame (first "
+                 f"run {res.get('compile_compress_first_run_s', float('nan')):.0f} s)")
     if args.long:
-        lines.append(f"{res['long_frames']} frames: compress {res['long_compress_ms_per_frame']:.2f} ms/frame, cache on "
-                     f"{res['long_cache_device']}, question {res['long_question_ms']:.0f} ms, peak GPU "
-                     f"{res.get('long_peak_gib', float('nan')):.1f} GiB")
+        lines.append(f"{res['long_frames']} frames: compress {res['long_compress_ms_per_frame']:.2f} ms/frame, "
+                     f"{res['long_cache_kind']} cache of {res['long_cache_gb']:.1f} GB on {res['long_cache_device']} "
+                     f"(the K/V cache would be {res['long_kv_cache_would_be_gb']:.0f} GB), question "
+                     f"{res['long_question_ms']:.0f} ms, peak GPU allocated {res.get('long_question_peak_gib', float('nan')):.1f}"
+                     f" GiB (reserved {res.get('long_question_peak_reserved_gib', float('nan')):.1f}) during the question, "
+                     f"{res.get('long_compress_peak_gib', float('nan')):.1f} GiB during compression")
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))

@@ -43,3 +43,10 @@ def mini_qa(mini_dir):
 def _private_cache_store(tmp_path, monkeypatch):
     """Every test gets its own cache store; none writes to the user's ~/.cache."""
     monkeypatch.setenv("VIDQA_CACHE_DIR", str(tmp_path / "vidqa-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_is_not_leaked():
+    """A test that turns autograd off globally would break every training test after it."""
+    yield
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled(), "a test left autograd disabled"

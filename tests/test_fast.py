@@ -37,3 +37,60 @@ def test_generate_same_tokens_with_and_without_the_static_decoder(voco_qa):
     plain = list(generate(llm, m.prefill(cache, "q?"), cfg, set()))
     fast = list(generate(llm, m.prefill(cache, "q?"), cfg, set(), decoder=StaticDecoder(llm, 256, graph=False)))
     assert plain == fast and len(plain) == 12
+
+
+def _tiny_llama(**kw):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=kw.pop("kv", 4), max_position_embeddings=512, **kw)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@torch.no_grad()
+def test_causal_prefix_equals_the_transformers_layers():
+    """Hidden states and every layer's K/V, with GQA, biases and llama3 RoPE scaling; the last layer's
+    K/V-only shortcut gives the same K/V."""
+    from transformers import DynamicCache
+
+    from vidqa.fast import causal_prefix
+
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+    for kw in ({}, {"kv": 2, "attention_bias": True, "mlp_bias": True, "rope_parameters": rope}):
+        llm = _tiny_llama(**kw)
+        for p in llm.parameters():  # biases start at zero: make them matter
+            p.add_(0.02 * torch.randn_like(p))
+        h = torch.randn(3, 40, 64)
+        cache = DynamicCache()
+        ref = llm.model(inputs_embeds=h, past_key_values=cache, use_cache=True, output_hidden_states=True)
+        out, keys, values = causal_prefix(llm.model.layers, llm.model.rotary_emb, h.clone())
+        # transformers applies the final norm to the last hidden state; hidden_states[-1] is after it
+        assert (llm.model.norm(out) - ref.last_hidden_state).abs().max() < 1e-5
+        for i in range(3):
+            assert (keys[i] - cache.layers[i].keys).abs().max() < 1e-5
+            assert (values[i] - cache.layers[i].values).abs().max() < 1e-5
+        span = slice(30, 33)
+        none, k2, v2 = causal_prefix(llm.model.layers, llm.model.rotary_emb, h.clone(), keep=span, output=False)
+        assert none is None
+        for i in range(3):
+            assert (k2[i] - cache.layers[i].keys[:, :, span]).abs().max() < 1e-5
+            assert (v2[i] - cache.layers[i].values[:, :, span]).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_fused_projections_are_views_and_change_nothing():
+    from vidqa.fast import fuse_projections
+
+    llm = _tiny_llama(kv=2)
+    x = torch.randn(2, 5, 64)
+    layer = llm.model.layers[0]
+    before = (layer.self_attn.k_proj(x), layer.mlp(x))
+    fuse_projections(llm.model.layers)
+    fuse_projections(llm.model.layers)  # idempotent
+    (w_qkv, _), (w_gu, _) = layer._vidqa_fused
+    assert layer.self_attn.q_proj.weight.data_ptr() == w_qkv.data_ptr()  # views: no memory added
+    assert layer.mlp.gate_proj.weight.data_ptr() == w_gu.data_ptr()
+    assert torch.equal(layer.self_attn.k_proj(x), before[0]) and torch.equal(layer.mlp(x), before[1])

@@ -6,12 +6,19 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from vidqa import mini
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Inference only here; scoped so that other test modules (training) keep autograd."""
+    with torch.no_grad():
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -431,3 +438,26 @@ def test_clip_tower_to_llm_inputs(ckpt, model, tokenizer):
     embeds = mini.assemble_llm_inputs(text, ids, vision)
     logits = model.llm(inputs_embeds=embeds[None]).logits
     assert logits.shape == (1, len(ids) - 1 + 2, model.llm.config.vocab_size) and torch.isfinite(logits).all()
+
+
+def test_compact_cache_answers_like_the_kv_cache(mini_qa):
+    """The raw-features cache (long videos) gives the same LLM inputs and tokens as the pre-fusion K/V."""
+    from types import SimpleNamespace
+
+    from vidqa.generate import GenerationConfig
+
+    g = np.random.default_rng(0)
+    frames = SimpleNamespace(pixels=g.integers(0, 255, (5, 40, 48, 3), dtype=np.uint8), timestamps=np.arange(5.0))
+    kv = mini_qa.compress(frames, batch_size=2)
+    compact = mini_qa.compress(frames, batch_size=2, compact=True)
+    assert set(compact.tensors) == {"clip"} and compact.meta["cache_kind"] == "features"
+    assert kv.meta["cache_kind"] == "kv" and compact.bytes_per_frame < kv.bytes_per_frame
+    chunk, mini_qa.method.chunk_frames = mini_qa.method.chunk_frames, 2  # several chunks
+    try:
+        a = mini_qa.method.prefill(kv, "what moves?").inputs_embeds
+        b = mini_qa.method.prefill(compact, "what moves?").inputs_embeds
+        assert (a - b).abs().max() < 1e-5
+        gen = GenerationConfig(max_new_tokens=6)
+        assert list(mini_qa.answer(kv, "what moves?", gen)) == list(mini_qa.answer(compact, "what moves?", gen))
+    finally:
+        mini_qa.method.chunk_frames = chunk

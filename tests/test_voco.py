@@ -228,30 +228,8 @@ def test_prompt_layout_matches_training(voco_qa):
     assert m.p0 == 1 + voco_qa.vision.num_patches + len(m.pre_voco_ids)
 
 
-def test_batched_training_inputs_equal_per_sample_ones(tmp_path):
-    """`vidqa train`'s vectorised batch gives each sample the logits of its own single masked pass."""
-    from vidqa import synthetic
-    from vidqa.train import Sample, TinyConfig, build_tiny, make_word_tokenizer
-
-    tok = make_word_tokenizer(tmp_path / "tok", ["what colour is it ?", "red", "which way", "left"], "voco")
-    cfg = TinyConfig(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, hidden=32, layers=1,
-                     heads=2, intermediate=64)
-    for variant in ("voco", "full", "pool"):
-        torch.manual_seed(0)
-        learner = build_tiny(variant, tok, cfg, tokens_per_frame=2).eval()
-        spec = synthetic.make_clip(0, 1)
-        frames = synthetic.render_frames(spec, size=32, fps=1)[:3]
-        samples = [Sample(frames, "what colour is it ?", "red"), Sample(frames, "which way", "left")]
-        pixels = torch.from_numpy(np.stack([s.frames for s in samples]))
-        feats = learner.features(pixels)
-        prompts = [learner.prompt_ids(s.question) for s in samples]
-        answers = [learner.answer_ids(s.answer) for s in samples]
-        E, M, P, starts = learner._batched(feats, prompts, answers)
-        mask = torch.where(M, 0.0, torch.finfo(E.dtype).min)
-        batched = learner.llm(inputs_embeds=E, attention_mask=mask, position_ids=P).logits
-        for b in range(2):
-            e, m, p, st = learner._inputs(feats[b], prompts[b], answers[b])
-            single = learner.llm(inputs_embeds=e[None], attention_mask=torch.where(m, 0.0, torch.finfo(e.dtype).min)[None, None],
-                                 position_ids=p[None]).logits[0]
-            assert st == starts[b]
-            assert (batched[b, : e.shape[0]] - single).abs().max() < 1e-4, variant
+def test_fast_compression_equals_the_transformers_model(voco_qa):
+    feats = torch.randn(3, voco_qa.vision.num_patches, voco_qa.vision.hidden_size)
+    fast, ref = voco_qa.method.compress(feats), voco_qa.method.compress_reference(feats)
+    for k in ("keys", "values"):
+        assert fast[k].shape == ref[k].shape and (fast[k] - ref[k]).abs().max() < 1e-5

@@ -52,9 +52,25 @@ def quiet_transformers() -> None:
         pass
 
 
+BUILTIN = {
+    "tiny-voco": "VoCo-LLaMA, 1 token per frame: a demo model trained from scratch on synthetic shape clips",
+    "tiny-mini": "LLaVA-Mini, 1 token per frame: a demo model trained from scratch on synthetic shape clips",
+}
+
+
+def builtin_dir(name: str) -> Path:
+    return Path(__file__).parent / "models" / name
+
+
 def resolve(model: str | os.PathLike) -> Path:
-    """A local directory as it is, or a hub id through the HF hub cache (honours HF_HUB_OFFLINE)."""
+    """A local directory as it is, a built-in demo model by name (``BUILTIN``), or a hub id through the
+    HF hub cache (honours HF_HUB_OFFLINE)."""
     path = Path(model).expanduser()
+    if str(model) in BUILTIN and not path.is_dir():
+        path = builtin_dir(str(model))
+        if not (path / "config.json").is_file():
+            raise ModelError(f"the built-in model {model!r} is missing from this install ({path})")
+        return path
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} has no config.json: not a model directory")

@@ -78,7 +78,11 @@ class Method(Protocol):
     tokens_per_frame: int
 
     def compress(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Raw vision features ``[B, P, C]`` of B frames to their cache tensors (frame axis first)."""
+        """Raw vision features ``[B, P, C]`` of B frames to their cache tensors (frame axis first).
+
+        A method with ``supports_compact = True`` also takes ``compact=True``: a smaller cache that
+        costs more per question (``vidqa.pipeline.VideoQA.compress`` chooses it for very long videos).
+        """
         ...
 
     def cache_meta(self) -> dict[str, Any]:

@@ -355,8 +355,9 @@ def _additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _run_layers(layers: nn.ModuleList, rotary_emb: nn.Module, hidden: Tensor, positions: Tensor, mask: Tensor, cache: Any = None) -> Tensor:
-    """Run the decoder layers with the LLM's RoPE; positions are shared by every frame of the batch."""
-    position_ids = positions.unsqueeze(0)
+    """Run the decoder layers with the LLM's RoPE; positions ``[L]`` are shared by every frame of the
+    batch, or ``[F, L]`` give each frame its own (batched training)."""
+    position_ids = positions if positions.dim() == 2 else positions.unsqueeze(0)
     cos_sin = rotary_emb(hidden, position_ids)
     for layer in layers:
         hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
@@ -426,15 +427,20 @@ def prefusion_prefix_kv(layers: nn.ModuleList, rotary_emb: nn.Module, frames: Fr
     """
     from transformers import DynamicCache
 
+    from vidqa import fast
+
     x = frames.prefix()
     n_prefix = frames.num_prefix
+    n_comp = frames.compressed.shape[1]
+    if fast.supports_layers(layers):  # is_causal flash attention and fused GEMMs; same result
+        out, keys, values = fast.causal_prefix(layers, rotary_emb, x)
+        return PrefusionKV(keys, values, out[:, n_prefix - n_comp:], n_prefix)
     causal = torch.ones(n_prefix, n_prefix, dtype=torch.bool, device=x.device).tril()
     cache = DynamicCache()
     positions = torch.arange(n_prefix, device=x.device)
     out = _run_layers(layers, rotary_emb, x, positions, _additive_mask(causal, x.dtype), cache)
     keys = tuple(cache.layers[i].keys for i in range(len(layers)))
     values = tuple(cache.layers[i].values for i in range(len(layers)))
-    n_comp = frames.compressed.shape[1]
     return PrefusionKV(keys, values, out[:, n_prefix - n_comp :], n_prefix)
 
 
@@ -984,9 +990,20 @@ class Mini(nn.Module):
                                f"it does not fit the model's context of {self.max_context}")
         return room // self.tokens_per_frame
 
+    # A compact cache: the raw CLIP features (1.2 MB a frame at CLIP-L, 8x less than the K/V). A question
+    # then reruns projector, compressor and the whole pre-fusion per frame (about 6x the compute of the
+    # K/V cache's prompt-only pass). vidqa.pipeline picks it when the K/V of a long video would not fit
+    # in host memory (10,000 frames at 8B: 95 GB of K/V, 12 GB of features).
+    supports_compact = True
+
+    def _dtype(self) -> torch.dtype:
+        return self.projector[0].weight.dtype if isinstance(self.projector, nn.Sequential) else self.projector.weight.dtype
+
     @torch.inference_mode()
-    def compress(self, features: Tensor) -> dict[str, Tensor]:
-        dtype = self.projector[0].weight.dtype if isinstance(self.projector, nn.Sequential) else self.projector.weight.dtype
+    def compress(self, features: Tensor, compact: bool = False) -> dict[str, Tensor]:
+        dtype = self._dtype()
+        if compact:
+            return {"clip": features.to(dtype)}
         frames = encode_frames(features.to(dtype), self.compressor, self.projector, self.resolution_ratio)
         kv = prefusion_prefix_kv(self.prefusion, self.llm.model.rotary_emb, frames)
         return {"keys": torch.stack(kv.keys, dim=1), "values": torch.stack(kv.values, dim=1),
@@ -1003,21 +1020,31 @@ class Mini(nn.Module):
         device = self.llm.get_input_embeddings().weight.device
         ids = torch.tensor(self.prompt_ids(question, history), device=device)
         embeds, visible = prompt_embeddings(self.llm.get_input_embeddings(), ids)
-        keys, values, vision = cache.tensors["keys"], cache.tensors["values"], cache.tensors["vision_tokens"]
-        total = None
+        total, tokens = None, []
         for i in range(0, cache.num_frames, self.chunk_frames):
-            part = slice(i, i + self.chunk_frames)
-            kv = PrefusionKV(tuple(keys[part, l].to(device) for l in range(keys.shape[1])),
-                             tuple(values[part, l].to(device) for l in range(values.shape[1])),
-                             vision[part].to(device), keys.shape[3])
+            kv = self._chunk_kv(cache, slice(i, i + self.chunk_frames), device)
             text = prefusion_text_from_kv(self.prefusion, self.llm.model.rotary_emb, kv, embeds, visible)
             chunk_sum = text.float().sum(0)
             total = chunk_sum if total is None else total + chunk_sum
+            tokens.append(kv.vision_tokens)
         fused_text = (total / cache.num_frames).to(embeds.dtype)  # mean over frames, in float32, as the official code
-        frames_tokens = vision.reshape(-1, vision.shape[-1]).to(device)
+        vision = torch.cat(tokens)
+        frames_tokens = vision.reshape(-1, vision.shape[-1])
         inputs = assemble_llm_inputs(fused_text, ids, frames_tokens)[None]
         pos = torch.arange(inputs.shape[1], device=device)[None]
         return Prefill(past_key_values=DynamicCache(), position_ids=pos, inputs_embeds=inputs)
+
+
+    def _chunk_kv(self, cache, part: slice, device) -> PrefusionKV:
+        """The pre-fusion K/V of some frames: read from a K/V cache, or recomputed from a compact one."""
+        t = cache.tensors
+        if "clip" in t:
+            frames = encode_frames(t["clip"][part].to(device), self.compressor, self.projector, self.resolution_ratio)
+            return prefusion_prefix_kv(self.prefusion, self.llm.model.rotary_emb, frames)
+        keys, values = t["keys"], t["values"]
+        return PrefusionKV(tuple(keys[part, l].to(device) for l in range(keys.shape[1])),
+                           tuple(values[part, l].to(device) for l in range(values.shape[1])),
+                           t["vision_tokens"][part].to(device), keys.shape[3])
 
 
 def load_mini(path: Path, cfg: dict[str, Any], device: torch.device, dtype: torch.dtype, vision_tower: str | None = None):

@@ -121,13 +121,20 @@ class VideoQA:
 
     @torch.inference_mode()
     def compress(self, frames: Frames, batch_size: int | None = None, timings: Timings | None = None,
-                 progress: Callable[[int], None] | None = None, offload: bool | None = None) -> FrameCache:
+                 progress: Callable[[int], None] | None = None, offload: bool | None = None,
+                 compact: bool | None = None) -> FrameCache:
         """Frames to their question-independent cache, in batches (vision tower, then the method).
 
         ``offload``: keep the cache in (pinned) CPU memory instead of on the GPU; None decides from
-        the first batch: offload when the whole cache would take over a quarter of the free GPU memory
-        (a 10,000-frame LLaVA-Mini cache is ~95 GB; the answer step streams it back in chunks).
+        the first batch: offload when the whole cache would take over a quarter of the free GPU memory.
+        ``compact`` (LLaVA-Mini): store the raw vision features instead of the pre-fusion K/V; None
+        decides from the first batch: compact when an offloaded K/V cache would take over 40% of the
+        available host memory (10,000 frames at 8B: 95 GB of K/V, 12 GB of features). The answer step
+        streams either kind to the GPU in chunks.
         """
+        can_compact = getattr(self.method, "supports_compact", False)
+        if compact and not can_compact:
+            raise ModelError(f"the {self.method.name} method has no compact cache")
         batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
         timings = timings if timings is not None else Timings()
         parts: dict[str, list[torch.Tensor]] = {}
@@ -140,12 +147,16 @@ class VideoQA:
             feats = self.features(pixels[i:i + batch_size], batch_size)
             self._sync()
             t1 = time.perf_counter()
-            out = self.method.compress(feats)
-            if offload is None:
-                offload = False
-                if self.device.type == "cuda":
-                    per_frame = sum(v.numel() * v.element_size() for v in out.values()) / feats.shape[0]
-                    offload = per_frame * len(pixels) > 0.25 * torch.cuda.mem_get_info(self.device)[0]
+            out = self.method.compress(feats, compact=True) if compact else self.method.compress(feats)
+            if offload is None or compact is None:
+                per_frame = sum(v.numel() * v.element_size() for v in out.values()) / feats.shape[0]
+                total = per_frame * len(pixels)
+                if offload is None:
+                    offload = self.device.type == "cuda" and total > 0.25 * torch.cuda.mem_get_info(self.device)[0]
+                if compact is None:
+                    compact = bool(can_compact and (offload or self.device.type == "cpu") and total > 0.4 * host_available())
+                    if compact:
+                        out = self.method.compress(feats, compact=True)
             for k, v in out.items():
                 if offload:
                     v = v.to("cpu")
@@ -159,6 +170,8 @@ class VideoQA:
                 progress(feats.shape[0])
         tensors = {k: torch.cat(v) for k, v in parts.items()}
         meta = {**self.cache_meta(), "frame_indices": [int(i) for i in getattr(frames, "indices", range(len(pixels)))]}
+        if can_compact:
+            meta["cache_kind"] = "features" if compact else "kv"
         return FrameCache(self.method.name, tensors, [float(t) for t in frames.timestamps],
                           self.method.tokens_per_frame, meta)
 
@@ -209,6 +222,17 @@ class VideoQA:
     def _sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def host_available() -> int:
+    """Bytes of host memory available now (Linux /proc/meminfo; else a large number: no compaction)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 50
 
 
 def load_llm(path: Path, cfg: dict, device: torch.device, dtype: torch.dtype):

@@ -64,14 +64,15 @@ def make_word_tokenizer(directory: Path, corpus: list[str], method: str) -> Any:
     VoCo: ``<unk> <s> </s>`` then ``<voco>``; Mini: the Llama-3.1 special tokens and a Llama-3.1-style
     chat template (the one vidqa's tiny official-layout checkpoints use).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     words = sorted({w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text.lower())} |
-                   {w.lower() for w in template_words(method)} | set(template_words(method)))
+                   {w.lower() for w in template_words(method)})
     specials = ["<unk>", "<s>", "</s>", "<pad>"] + ([VOCO] if method == "voco" else LLAMA31_SPECIALS)
     vocab = {tok: i for i, tok in enumerate(specials + [w for w in words if w not in specials])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()  # "What colour ..." reads as the training text does
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     bos = "<s>" if method == "voco" else "<|begin_of_text|>"
@@ -101,7 +102,7 @@ class Sample:
 class SyntheticData:
     """Clips of ``vidqa.synthetic`` at the frames ``--fps 1`` samples (segment midpoints), with QA."""
 
-    def __init__(self, n_clips: int, seed: int, size: int = 64, fps: float = 4, workers: int = 1):
+    def __init__(self, n_clips: int, seed: int, size: int = 64, fps: float = 2, workers: int = 1):
         from vidqa import synthetic
 
         self.size = size
@@ -123,6 +124,13 @@ class SyntheticData:
     def __getitem__(self, i: int) -> Sample:
         clip, q, a, c = self.qa[i]
         return Sample(self.frames[clip], q, a, c)
+
+    def pixels(self, idx: list[int], device: torch.device) -> torch.Tensor:
+        """uint8 ``[B, T, H, W, 3]`` for QA items ``idx``; the clips stay on ``device`` after the first call."""
+        if getattr(self, "_on", None) is None or self._on.device != device:
+            self._on = torch.from_numpy(self.frames).to(device)
+            self._clip_of = torch.tensor([c for c, *_ in self.qa], device=device)
+        return self._on[self._clip_of[torch.tensor(idx, device=device)]]
 
     def texts(self) -> list[str]:
         return [t for _, q, a, _ in self.qa for t in (q, a)]
@@ -227,11 +235,21 @@ class Learner(nn.Module):
             self.voco = VoCo(llm, projector, tokenizer, vision.num_patches, tokens_per_frame=tokens_per_frame)
         self.bos = tokenizer.bos_token_id
         self.eos = tokenizer.eos_token_id
+        self._ids: dict[tuple[str, str], list[int]] = {}  # tokenising every step costs more than a tiny model's step
 
     def prompt_ids(self, question: str) -> list[int]:
-        return self.mini.prompt_ids(question) if self.variant == "mini" else self.voco.prompt_ids(question)
+        key = ("q", question)
+        if key not in self._ids:
+            self._ids[key] = self.mini.prompt_ids(question) if self.variant == "mini" else self.voco.prompt_ids(question)
+        return self._ids[key]
 
     def answer_ids(self, answer: str) -> list[int]:
+        key = ("a", answer)
+        if key not in self._ids:
+            self._ids[key] = self._answer_ids(answer)
+        return self._ids[key]
+
+    def _answer_ids(self, answer: str) -> list[int]:
         """What the model must write: VoCo's Vicuna turn ends with </s>; Mini writes its header first."""
         words = self.tokenizer(" " + answer, add_special_tokens=False).input_ids
         if self.variant == "mini":
@@ -255,7 +273,7 @@ class Learner(nn.Module):
         prompts = [self.prompt_ids(s.question) for s in samples]
         answers = [self.answer_ids(s.answer) for s in samples]
         if self.variant == "mini":  # each prompt goes through the pre-fusion with its own frames
-            E, M, P, starts = self._stack([self._inputs(feats[b], p, a) for b, (p, a) in enumerate(zip(prompts, answers))])
+            E, M, P, starts = self._mini_batched(feats, prompts, answers)
         else:
             E, M, P, starts = self._batched(feats, prompts, answers)
         device = feats.device
@@ -299,6 +317,58 @@ class Learner(nn.Module):
         M = (mask.unsqueeze(0) & ~pad.unsqueeze(1)) | (eye.unsqueeze(0) & pad.unsqueeze(2))
         starts = [prefix + len(p) for p in prompts]
         return E, M.unsqueeze(1), pos.expand(B, -1), starts
+
+    def _mini_batched(self, feats: torch.Tensor, prompts: list[list[int]], answers: list[list[int]]):
+        """Vectorised LLaVA-Mini inputs: every frame of every sample through the pre-fusion at once.
+
+        Prompts are right-padded with id 0, which the official pre-fusion treats as invisible (no key,
+        no position, output replaced), so padding changes nothing; then the same layout as ``_inputs``:
+        ``[fused text before <image>, T*C vision tokens, fused text after, answer]``, padded on the right.
+        ``tests/test_train.py`` checks each sample against its own ``_inputs`` pass.
+        """
+        from vidqa import mini
+
+        where = {p.index(mini.IMAGE_TOKEN_INDEX) for p in prompts}
+        if len(where) != 1:  # the placeholder moved (a different template per sample): one at a time
+            return self._stack([self._inputs(feats[b], p, a) for b, (p, a) in enumerate(zip(prompts, answers))])
+        i = where.pop()
+        B, T = feats.shape[:2]
+        device = feats.device
+        embed = self.llm.get_input_embeddings()
+        frames = mini.encode_frames(feats.flatten(0, 1), self.compressor, self.projector, 1)
+        n = max(len(p) for p in prompts)
+        ids = torch.tensor([p + [0] * (n - len(p)) for p in prompts], device=device)
+        t_emb, visible = mini.prompt_embeddings(embed, ids)  # [B, n, H], [B, n]
+        n_prefix, n_comp = frames.num_prefix, frames.compressed.shape[1]
+        x = torch.cat([frames.prefix(), t_emb.to(frames.vision.dtype).repeat_interleave(T, 0)], dim=1)
+        vis = visible.repeat_interleave(T, 0)  # [B*T, n]
+        keys = torch.cat([torch.ones(B * T, n_prefix, dtype=torch.bool, device=device), vis], dim=1)
+        causal = torch.ones(n_prefix + n, n_prefix + n, dtype=torch.bool, device=device).tril()
+        mask = torch.zeros(keys.shape[0], 1, *causal.shape, dtype=x.dtype, device=device)
+        mask = mask.masked_fill(~(causal[None, None] & keys[:, None, None, :]), torch.finfo(x.dtype).min)
+        pos = (keys.long().cumsum(1) - 1).masked_fill(~keys, 1)
+        out = mini._run_layers(self.prefusion, self.llm.model.rotary_emb, x, pos, mask)
+        fused = torch.where(vis[:, :, None], out[:, n_prefix:], x[:, n_prefix:])  # [B*T, n, H]
+        text = fused.view(B, T, n, -1).float().mean(dim=1).to(fused.dtype)  # mean over frames, in float32
+        vision = out[:, n_prefix - n_comp: n_prefix].reshape(B, T * n_comp, -1)
+        # after the placeholder: the rest of the prompt (fused) then the answer (plain embeddings)
+        tails = [p[i + 1:] + a for p, a in zip(prompts, answers)]
+        m = max(len(t) for t in tails)
+        tail_ids = torch.tensor([t + [0] * (m - len(t)) for t in tails], device=device)
+        tail = embed(tail_ids).to(text.dtype)
+        n_fused = torch.tensor([len(p) - i - 1 for p in prompts], device=device)
+        width = min(m, n - i - 1)
+        use = torch.arange(width, device=device)[None, :] < n_fused[:, None]
+        tail[:, :width] = torch.where(use[:, :, None], text[:, i + 1: i + 1 + width], tail[:, :width])
+        E = torch.cat([text[:, :i], vision.to(text.dtype), tail], dim=1)
+        L, prefix = E.shape[1], i + T * n_comp
+        lengths = torch.tensor([prefix + len(t) for t in tails], device=device)
+        pad = torch.arange(L, device=device).view(1, -1) >= lengths.view(-1, 1)
+        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        eye = torch.eye(L, dtype=torch.bool, device=device)
+        M = (causal.unsqueeze(0) & ~pad.unsqueeze(1)) | (eye.unsqueeze(0) & pad.unsqueeze(2))
+        starts = [prefix + len(p) - i - 1 for p in prompts]
+        return E, M.unsqueeze(1), torch.arange(L, device=device).expand(B, -1), starts
 
     @staticmethod
     def _stack(rows):
@@ -437,12 +507,16 @@ class TrainConfig:
     save_every: int = 500
     log_every: int = 50
     seed: int = 0
-    max_minutes: float | None = None  # a wall-clock cap; the steps done are reported
+    minutes: float | None = None  # a time budget: the schedule ends at `steps` or after this long, the first to come
+    max_minutes: float | None = None  # a hard wall-clock cap; the steps done are reported
+    eval_every: float = 0.0  # seconds between held-out checks during training (0: only at the end)
     tiny: TinyConfig = field(default_factory=TinyConfig)
 
 
 def _batch(data, idx: list[int], device) -> tuple[torch.Tensor, list[Sample]]:
     samples = [data[i] for i in idx]
+    if hasattr(data, "pixels"):  # synthetic clips live on the device: no per-step host copy
+        return data.pixels(idx, device), samples
     frames = np.stack([s.frames for s in samples])
     return torch.from_numpy(frames).to(device, non_blocking=True), samples
 
@@ -475,11 +549,24 @@ class _Null:
         return False
 
 
-def _save(learner, opt, sched, step, cfg, state_file: Path) -> None:
+def _save(learner, opt, step, elapsed, history, cfg, state_file: Path) -> None:
     tmp = state_file.with_suffix(".tmp")
-    torch.save({"model": learner.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "step": step, "config": asdict(cfg)}, tmp)
+    torch.save({"model": learner.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+                "history": history, "config": asdict(cfg)}, tmp)
     os.replace(tmp, state_file)  # atomic: a kill never leaves a half-written state
+
+
+def progress(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """How far through the schedule: by steps, or by the time budget when that comes first."""
+    done = step / max(1, cfg.steps)
+    if cfg.minutes:
+        done = max(done, elapsed / (60 * cfg.minutes))
+    return min(1.0, done)
+
+
+def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """Linear warmup over ``cfg.warmup`` steps, then cosine decay to zero at the end of the schedule."""
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * progress(cfg, step, elapsed)))
 
 
 def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Callable[[str], None] = print,
@@ -502,25 +589,33 @@ def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Call
                                                     find_unused_parameters=True)
     params = [p for p in learner.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) *
-                                              0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, cfg.steps)))))
     state_file = out / "train_state.pt"
-    step = 0
+    step, before = 0, 0.0
+    history: list[dict] = []
     if state_file.exists():
         state = torch.load(state_file, map_location=device, weights_only=False)
         learner.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = state["step"]
+        step, before = state["step"], state.get("elapsed", 0.0)
+        history = state.get("history", [])
         log(f"resumed from {state_file} at step {step}")
     rng = random.Random(cfg.seed * 1000 + rank + step)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _Null()
-    t0, seen, recent = time.perf_counter(), 0, []
-    history = []
-    while step < cfg.steps:
+    t0, seen = time.perf_counter(), 0
+    last_eval = t0
+    loss_sum = torch.zeros((), device=device)
+    right_sum = torch.zeros((), device=device)
+    n_recent = 0
+
+    def elapsed() -> float:
+        return before + time.perf_counter() - t0
+
+    while step < cfg.steps and progress(cfg, step, elapsed()) < 1.0:
         if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
             log(f"stopping at step {step}: the {cfg.max_minutes} minute cap")
             break
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(cfg, step, elapsed())
         idx = [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
         pixels, samples = _batch(data, idx, device)
         with autocast:
@@ -529,22 +624,30 @@ def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Call
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
         step += 1
         seen += len(samples)
-        recent.append((loss.item(), right.float().mean().item()))
+        loss_sum += loss.detach()  # summed on the device: no host sync per step
+        right_sum += right.float().mean()
+        n_recent += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
-            l, a = np.mean([r[0] for r in recent]), np.mean([r[1] for r in recent])
-            recent = []
-            history.append({"step": step, "loss": float(l), "train_acc": float(a)})
+            entry = {"step": step, "seconds": round(elapsed(), 1), "loss": loss_sum.item() / n_recent,
+                     "train_acc": right_sum.item() / n_recent}
+            loss_sum.zero_(), right_sum.zero_()
+            n_recent = 0
+            if eval_data is not None and cfg.eval_every and time.perf_counter() - last_eval > cfg.eval_every and rank == 0:
+                check = evaluate(learner, eval_data, device, limit=512)
+                entry.update(eval_acc=check["accuracy"], eval_per_category=check["per_category"])
+                last_eval = time.perf_counter()
+            history.append(entry)
             if rank == 0:
-                log(f"step {step}/{cfg.steps} loss {l:.4f} acc {a:.3f} lr {sched.get_last_lr()[0]:.2e} "
-                    f"{seen / (time.perf_counter() - t0):.0f} samples/s")
-        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
-            _save(learner, opt, sched, step, cfg, state_file)
-    if rank == 0 and step % cfg.save_every and step != cfg.steps:  # stopped by the time cap
-        _save(learner, opt, sched, step, cfg, state_file)
-    result = {"steps": step, "history": history, "seconds": time.perf_counter() - t0}
+                extra = f" held-out {entry['eval_acc']:.3f}" if "eval_acc" in entry else ""
+                log(f"step {step}/{cfg.steps} loss {entry['loss']:.4f} acc {entry['train_acc']:.3f}{extra} "
+                    f"lr {opt.param_groups[0]['lr']:.2e} {seen / (time.perf_counter() - t0):.0f} samples/s")
+        if rank == 0 and step % cfg.save_every == 0:
+            _save(learner, opt, step, elapsed(), history, cfg, state_file)
+    if rank == 0:
+        _save(learner, opt, step, elapsed(), history, cfg, state_file)
+    result = {"steps": step, "history": history, "seconds": elapsed(), "samples": step * cfg.batch_size}
     if eval_data is not None and rank == 0:
         result["eval"] = evaluate(learner, eval_data, device)
     return result
@@ -571,7 +674,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--freeze-vision", action="store_true")
     ap.add_argument("--grad-checkpointing", action="store_true")
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop after this long (steps done are reported)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="time budget: the learning-rate schedule ends after this long, or at --steps if sooner")
+    ap.add_argument("--max-minutes", type=float, default=None, help="hard stop after this long (steps done are reported)")
+    ap.add_argument("--warmup", type=int, default=100, help="warmup steps")
+    ap.add_argument("--eval-every", type=float, default=0.0, help="seconds between held-out checks in the log (0: only at the end)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -583,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     cfg = TrainConfig(variant=args.method, tokens_per_frame=args.tokens_per_frame, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, freeze_vision=args.freeze_vision,
-                      grad_checkpointing=args.grad_checkpointing, seed=args.seed, max_minutes=args.max_minutes)
+                      grad_checkpointing=args.grad_checkpointing, seed=args.seed, minutes=args.minutes,
+                      max_minutes=args.max_minutes, warmup=args.warmup, eval_every=args.eval_every)
     if args.data == "synthetic":
         data = SyntheticData(args.clips, seed=args.seed + 1, size=cfg.tiny.image_size, workers=args.workers)
         eval_data = SyntheticData(args.eval_clips, seed=10_000 + args.seed, size=cfg.tiny.image_size,

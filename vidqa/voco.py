@@ -129,6 +129,18 @@ class VoCo(nn.Module):
 
     @torch.inference_mode()
     def compress(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        from vidqa import fast
+
+        embeds = self.frame_embeds(features)
+        span = slice(self.p0, self.p0 + self.tokens_per_frame)
+        if fast.supports_layers(self.llm.model.layers):  # fused GEMMs, flash attention, last layer K/V only
+            _, keys, values = fast.causal_prefix(self.llm.model.layers, self.rotary_emb, embeds, keep=span, output=False)
+            return {"keys": torch.stack(keys, dim=1), "values": torch.stack(values, dim=1)}
+        return self.compress_reference(features)
+
+    @torch.inference_mode()
+    def compress_reference(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage 1 through the transformers model as it is (any architecture; the fast path's reference)."""
         embeds = self.frame_embeds(features)
         span = slice(self.p0, self.p0 + self.tokens_per_frame)
         n_layers = self.llm.config.num_hidden_layers
