@@ -453,6 +453,7 @@ def test_compact_cache_answers_like_the_kv_cache(mini_qa):
     assert set(compact.tensors) == {"clip"} and compact.meta["cache_kind"] == "features"
     assert kv.meta["cache_kind"] == "kv" and compact.bytes_per_frame < kv.bytes_per_frame
     chunk, mini_qa.method.chunk_frames = mini_qa.method.chunk_frames, 2  # several chunks
+    mini_qa.method.compact_chunk_frames = 3
     try:
         a = mini_qa.method.prefill(kv, "what moves?").inputs_embeds
         b = mini_qa.method.prefill(compact, "what moves?").inputs_embeds
@@ -460,4 +461,4 @@ def test_compact_cache_answers_like_the_kv_cache(mini_qa):
         gen = GenerationConfig(max_new_tokens=6)
         assert list(mini_qa.answer(kv, "what moves?", gen)) == list(mini_qa.answer(compact, "what moves?", gen))
     finally:
-        mini_qa.method.chunk_frames = chunk
+        mini_qa.method.chunk_frames, mini_qa.method.compact_chunk_frames = chunk, 16

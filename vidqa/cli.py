@@ -33,7 +33,8 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False)
 EXIT_NOT_BUILT = 2
 
-MODEL_HELP = ("Checkpoint: a local directory or a hub id (HF cache; HF_HUB_OFFLINE=1 works offline). "
+MODEL_HELP = ("Checkpoint: a local directory, a hub id (HF cache; HF_HUB_OFFLINE=1 works offline), or a built-in "
+              "demo model for synthetic shape clips: tiny-voco, tiny-mini. "
               "Defaults to $VIDQA_MODEL.")
 
 
@@ -132,6 +133,7 @@ def _stream(pieces_source, as_json: bool) -> str:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+        sys.stdout.flush()  # before the stats line on stderr
     else:
         with Live(Text(""), console=Console(), refresh_per_second=20, transient=False) as live:
             for piece in pieces_source:

@@ -143,14 +143,15 @@ def causal_prefix(layers, rotary_emb, h: torch.Tensor, keep: slice | None = None
         if i == len(layers) - 1 and not output:
             _, k, v = qkv(h[:, keep], cos[:, keep], sin[:, keep], ln1.weight, ln1.variance_epsilon, w_qkv, b_qkv,
                           n_heads, n_kv, head_dim)
-            keys.append(k)
-            values.append(v)
+            keys.append(k.clone())
+            values.append(v.clone())
             return None, tuple(keys), tuple(values)
         h, k, v = block(h, cos, sin, ln1.weight, ln1.variance_epsilon, w_qkv, b_qkv, a.o_proj.weight, a.o_proj.bias,
                         ln2.weight, ln2.variance_epsilon, w_gu, b_gu, layer.mlp.down_proj.weight,
                         layer.mlp.down_proj.bias, n_heads, n_kv, head_dim, a.scaling, _act(layer.mlp.act_fn))
-        keys.append(k[:, :, keep])
-        values.append(v[:, :, keep])
+        # copies: k and v are views into the layer's whole Q/K/V output, which must not stay alive
+        keys.append(k[:, :, keep].clone())
+        values.append(v[:, :, keep].clone())
     return h, tuple(keys), tuple(values)
 
 

@@ -434,14 +434,15 @@ def prefusion_prefix_kv(layers: nn.ModuleList, rotary_emb: nn.Module, frames: Fr
     n_comp = frames.compressed.shape[1]
     if fast.supports_layers(layers):  # is_causal flash attention and fused GEMMs; same result
         out, keys, values = fast.causal_prefix(layers, rotary_emb, x)
-        return PrefusionKV(keys, values, out[:, n_prefix - n_comp:], n_prefix)
+        # a copy: a view would keep the whole [F, prefix, H] output alive as long as the cache lives
+        return PrefusionKV(keys, values, out[:, n_prefix - n_comp:].clone(), n_prefix)
     causal = torch.ones(n_prefix, n_prefix, dtype=torch.bool, device=x.device).tril()
     cache = DynamicCache()
     positions = torch.arange(n_prefix, device=x.device)
     out = _run_layers(layers, rotary_emb, x, positions, _additive_mask(causal, x.dtype), cache)
     keys = tuple(cache.layers[i].keys for i in range(len(layers)))
     values = tuple(cache.layers[i].values for i in range(len(layers)))
-    return PrefusionKV(keys, values, out[:, n_prefix - n_comp :], n_prefix)
+    return PrefusionKV(keys, values, out[:, n_prefix - n_comp :].clone(), n_prefix)
 
 
 def prefusion_text_from_kv(layers: nn.ModuleList, rotary_emb: nn.Module, kv: PrefusionKV, text_embeds: Tensor, text_visible: Tensor) -> Tensor:
@@ -961,6 +962,7 @@ class Mini(nn.Module):
         self.tokens_per_frame = modules.options.tokens_per_frame
         self.resolution_ratio = modules.options.resolution_ratio
         self.chunk_frames = chunk_frames
+        self.compact_chunk_frames = 16
         self.max_context = int(getattr(self.llm.config, "max_position_embeddings", 131072))
         self._stop = set(stop_token_ids(tokenizer))
         eos = tokenizer.eos_token_id
@@ -1021,8 +1023,11 @@ class Mini(nn.Module):
         ids = torch.tensor(self.prompt_ids(question, history), device=device)
         embeds, visible = prompt_embeddings(self.llm.get_input_embeddings(), ids)
         total, tokens = None, []
-        for i in range(0, cache.num_frames, self.chunk_frames):
-            kv = self._chunk_kv(cache, slice(i, i + self.chunk_frames), device)
+        # a compact cache reruns the whole pre-fusion per frame: smaller chunks bound its activations
+        # (a 64-frame chunk at 8B peaks at ~5 GB; 16 frames at ~1.3 GB)
+        step = self.compact_chunk_frames if "clip" in cache.tensors else self.chunk_frames
+        for i in range(0, cache.num_frames, step):
+            kv = self._chunk_kv(cache, slice(i, i + step), device)
             text = prefusion_text_from_kv(self.prefusion, self.llm.model.rotary_emb, kv, embeds, visible)
             chunk_sum = text.float().sum(0)
             total = chunk_sum if total is None else total + chunk_sum
