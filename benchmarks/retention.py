@@ -47,6 +47,7 @@ def main():
     ap.add_argument("--bench-videos", type=int, default=100)
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--threads", type=int, default=3, help="CPU threads per row process")
+    ap.add_argument("--pack", action="store_true", help="batches of whole clips, questions packed (vidqa train --pack)")
     ap.add_argument("--eval-every", type=float, default=60.0, help="seconds between held-out checks in the logs")
     ap.add_argument("--rows", nargs="+", default=list(ROWS))
     args = ap.parse_args()
@@ -61,7 +62,7 @@ def main():
         cmd = [sys.executable, "-m", "vidqa.train", *ROWS[row], "--out", str(work / row), "--steps", "1000000000",
                "--minutes", str(args.minutes), "--max-minutes", str(args.minutes + 0.5), "--batch-size",
                str(args.batch_size), "--lr", str(args.lr), "--warmup", str(args.warmup), "--clips", str(args.clips),
-               "--eval-clips", str(args.eval_clips), "--workers", str(args.workers), "--eval-every", str(args.eval_every)]
+               "--eval-clips", str(args.eval_clips), "--workers", str(args.workers), "--eval-every", str(args.eval_every)] + (["--pack"] if args.pack else [])
         procs[row] = subprocess.Popen(cmd, stdout=open(work / f"{row}.log", "w"), stderr=subprocess.STDOUT, env=env)
     # the held-out mp4 set for the end-to-end check, written while the rows train
     bench_data = work / "bench-data"

@@ -117,3 +117,41 @@ def test_bad_json_records_are_reported_by_index_and_skipped_or_refused(tmp_path)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match="cannot read training data"):
         JsonData(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("variant", ["voco", "full", "pool"])
+def test_packed_questions_equal_their_own_passes(tmp_path, variant):
+    """All of a clip's questions in one sequence: each gets the logits of its own single pass."""
+    tok = make_word_tokenizer(tmp_path / "tok", ["what colour is it ?", "red", "which way does the circle move ?",
+                                                 "left", "how many ?", "two"], "voco")
+    torch.manual_seed(0)
+    learner = build_tiny(variant, tok, TINY, tokens_per_frame=2).eval()
+    clips = [synthetic.render_frames(synthetic.make_clip(0, i), size=32, fps=1)[:3] for i in (1, 2)]
+    qs = [("what colour is it ?", "red"), ("which way does the circle move ?", "left"), ("how many ?", "two")]
+    owner = [0, 1, 0, 0, 1]
+    samples = [Sample(clips[c], *qs[k % 3]) for k, c in enumerate(owner)]
+    feats = learner.features(torch.from_numpy(np.stack(clips)))
+    prompts = [learner.prompt_ids(s.question) for s in samples]
+    answers = [learner.answer_ids(s.answer) for s in samples]
+    E, M, P, starts = learner._packed(feats, prompts, answers, owner)
+    packed = _logits(learner, E, M, P)
+    for i, c in enumerate(owner):
+        e, m, p, st = learner._inputs(feats[c], prompts[i], answers[i])
+        single = _logits(learner, e[None], m[None, None], p[None])[0]
+        n = len(prompts[i]) + len(answers[i])
+        first = starts[i] - len(prompts[i])  # where this question's text begins in the packed row
+        assert (packed[c, first: first + n] - single[-n:]).abs().max() < 1e-4
+        assert st - len(prompts[i]) == e.shape[0] - n  # same offset of the answer inside the question
+
+
+def test_packed_loss_equals_the_unpacked_loss(tmp_path):
+    tok = make_word_tokenizer(tmp_path / "tok", ["what colour is it ?", "red", "how many ?", "two"], "voco")
+    torch.manual_seed(0)
+    learner = build_tiny("voco", tok, TINY).eval()
+    clips = [synthetic.render_frames(synthetic.make_clip(0, i), size=32, fps=1)[:2] for i in (1, 2)]
+    owner = [0, 0, 1]
+    samples = [Sample(clips[c], q, a) for c, (q, a) in zip(owner, [("what colour is it ?", "red"), ("how many ?", "two"),
+                                                                     ("how many ?", "two")])]
+    packed_loss, packed_right, _ = learner(torch.from_numpy(np.stack(clips)), samples, owner)
+    loss, right, _ = learner(torch.from_numpy(np.stack([s.frames for s in samples])), samples)
+    assert torch.allclose(packed_loss, loss, atol=1e-5) and torch.equal(packed_right, right)

@@ -116,6 +116,9 @@ class SyntheticData:
             rendered = [_render_clip(j) for j in jobs]
         self.frames = np.stack([r[0] for r in rendered])  # [N, T, H, W, 3]
         self.qa = [(i, q["question"], q["answer"], q["category_id"]) for i, r in enumerate(rendered) for q in r[1]]
+        self.by_clip: list[list[int]] = [[] for _ in rendered]  # QA items of each clip (packed batches)
+        for k, (clip, *_) in enumerate(self.qa):
+            self.by_clip[clip].append(k)
         self.categories = synthetic.CATEGORIES
 
     def __len__(self) -> int:
@@ -131,6 +134,11 @@ class SyntheticData:
             self._on = torch.from_numpy(self.frames).to(device)
             self._clip_of = torch.tensor([c for c, *_ in self.qa], device=device)
         return self._on[self._clip_of[torch.tensor(idx, device=device)]]
+
+    def clip_pixels(self, clips: list[int], device: torch.device) -> torch.Tensor:
+        """uint8 ``[C, T, H, W, 3]`` of whole clips (packed batches)."""
+        self.pixels([0], device)
+        return self._on[torch.tensor(clips, device=device)]
 
     def texts(self) -> list[str]:
         return [t for _, q, a, _ in self.qa for t in (q, a)]
@@ -267,28 +275,83 @@ class Learner(nn.Module):
         x = preprocess(pixels.flatten(0, 1), self.vision.spec, next(self.vision.parameters()).dtype)
         return self.vision(x).view(B, T, self.vision.num_patches, -1)
 
-    def forward(self, pixels: torch.Tensor, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Cross-entropy over the answer tokens; also whether each first answer word is the argmax."""
+    def forward(self, pixels: torch.Tensor, samples: list[Sample], owner: list[int] | None = None):
+        """Cross-entropy over the answer tokens; also whether each first answer word is the argmax.
+
+        ``owner`` packs a batch: ``pixels`` holds clips and ``owner[i]`` is the clip of sample i. VoCo,
+        full and pool then put all of a clip's questions in one sequence after its frames (each question
+        sees the frames and itself only), so the frames' positions go through the LLM once per clip
+        instead of once per question; LLaVA-Mini runs the vision tower once per clip.
+        """
         feats = self.features(pixels)
+        device = feats.device
         prompts = [self.prompt_ids(s.question) for s in samples]
         answers = [self.answer_ids(s.answer) for s in samples]
+        rows = list(range(len(samples)))
         if self.variant == "mini":  # each prompt goes through the pre-fusion with its own frames
-            E, M, P, starts = self._mini_batched(feats, prompts, answers)
-        else:
+            f = feats if owner is None else feats[torch.tensor(owner, device=device)]
+            E, M, P, starts = self._mini_batched(f, prompts, answers)
+        elif owner is None:
             E, M, P, starts = self._batched(feats, prompts, answers)
-        device = feats.device
+        else:
+            E, M, P, starts = self._packed(feats, prompts, answers, owner)
+            rows = list(owner)
+        # labels in one host-to-device copy (logits at i predict i + 1)
+        r_idx = [r for r, tgt in zip(rows, answers) for _ in tgt]
+        c_idx = [st - 1 + k for st, tgt in zip(starts, answers) for k in range(len(tgt))]
+        flat = torch.tensor([r_idx, c_idx, [t for tgt in answers for t in tgt]], device=device)
         labels = torch.full(E.shape[:2], -100, dtype=torch.long, device=device)
-        for b, (tgt, st) in enumerate(zip(answers, starts)):
-            labels[b, st - 1: st - 1 + len(tgt)] = torch.tensor(tgt, device=device)  # logits at i predict i + 1
-        mask = torch.where(M, 0.0, torch.finfo(E.dtype).min).to(E.dtype)
+        labels[flat[0], flat[1]] = flat[2]
+        mask = torch.zeros(M.shape, dtype=E.dtype, device=device).masked_fill_(~M, torch.finfo(E.dtype).min)
         logits = self.llm(inputs_embeds=E, attention_mask=mask, position_ids=P).logits.float()
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         skip = 3 if self.variant == "mini" else 0  # Mini writes its role header before the answer word
         word_at = [st - 1 + skip for st in starts]
-        rows = torch.arange(len(samples), device=device)
-        pred = logits[rows, torch.tensor(word_at, device=device)].argmax(-1)
-        gold = torch.tensor([a[skip] for a in answers], device=device)
-        return loss, pred == gold, word_at
+        where = torch.tensor([rows, word_at, [a[skip] for a in answers]], device=device)
+        pred = logits[where[0], where[1]].argmax(-1)
+        return loss, pred == where[2], word_at
+
+    def _packed(self, feats: torch.Tensor, prompts: list[list[int]], answers: list[list[int]], owner: list[int]):
+        """voco / full / pool: one sequence per clip, ``[frames, q1 a1, q2 a2, ...]``; question k sees the
+        frames as it would alone (same mask rule, same positions) and itself, causally, and nothing of
+        the other questions. ``tests/test_train.py`` checks every question against its own pass."""
+        C, T = feats.shape[:2]
+        device = feats.device
+        embed = self.llm.get_input_embeddings()
+        if self.variant == "voco":
+            blocks = self.voco.frame_embeds(feats.flatten(0, 1))
+            prefix = blocks.reshape(C, -1, blocks.shape[-1])
+            layout, layout_pos = self.voco.single_pass_layout(T, 1, device)
+        else:
+            vis = self.projector(feats).flatten(1, 2) if self.variant == "full" else self.pool(feats.mean(dim=2))
+            prefix = torch.cat([embed(torch.full((C, 1), self.bos, device=device)), vis], dim=1)
+            n = prefix.shape[1] + 1
+            layout, layout_pos = torch.ones(n, n, dtype=torch.bool, device=device).tril(), torch.arange(n, device=device)
+        P = prefix.shape[1]
+        streams: list[list[int]] = [[] for _ in range(C)]
+        qid: list[list[int]] = [[] for _ in range(C)]
+        local: list[list[int]] = [[] for _ in range(C)]
+        starts = []
+        for i, (p, a, c) in enumerate(zip(prompts, answers, owner)):
+            starts.append(P + len(streams[c]) + len(p))
+            streams[c] += p + a
+            qid[c] += [i] * (len(p) + len(a))
+            local[c] += list(range(len(p) + len(a)))
+        n = max(len(x) for x in streams)
+        packed = torch.tensor([[x + [0] * (n - len(x)) for x in streams], [q + [-1] * (n - len(q)) for q in qid],
+                               [o + [0] * (n - len(o)) for o in local]], device=device)
+        ids, q, off = packed[0], packed[1], packed[2]
+        E = torch.cat([prefix, embed(ids).to(prefix.dtype)], dim=1)
+        L = P + n
+        valid = q >= 0
+        M = torch.zeros(C, L, L, dtype=torch.bool, device=device)
+        M[:, :P, :P] = layout[:P, :P]
+        M[:, P:, :P] = valid[:, :, None] & layout[P, :P][None, None, :]  # what a text token sees of the frames
+        text = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None] & (q[:, :, None] == q[:, None, :])
+        eye = torch.eye(n, dtype=torch.bool, device=device)[None]
+        M[:, P:, P:] = (text & valid[:, :, None]) | (eye & ~valid[:, :, None])  # padding sees only itself
+        pos = torch.cat([layout_pos[:P].expand(C, -1), layout_pos[P] + off], dim=1)
+        return E, M.unsqueeze(1), pos, starts
 
     def _batched(self, feats: torch.Tensor, prompts: list[list[int]], answers: list[list[int]]):
         """Vectorised inputs for voco / full / pool: one layout for the batch, text padded on the right."""
@@ -510,6 +573,7 @@ class TrainConfig:
     minutes: float | None = None  # a time budget: the schedule ends at `steps` or after this long, the first to come
     max_minutes: float | None = None  # a hard wall-clock cap; the steps done are reported
     eval_every: float = 0.0  # seconds between held-out checks during training (0: only at the end)
+    pack: bool = False  # synthetic data: a batch is `batch_size` clips with all their questions
     tiny: TinyConfig = field(default_factory=TinyConfig)
 
 
@@ -616,10 +680,18 @@ def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Call
             break
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg, step, elapsed())
-        idx = [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
-        pixels, samples = _batch(data, idx, device)
+        if cfg.pack and hasattr(data, "by_clip"):
+            clips = [rng.randrange(len(data.by_clip)) for _ in range(cfg.batch_size)]
+            items = [(c, k) for c_i, c in enumerate(clips) for k in data.by_clip[c]]
+            pixels = data.clip_pixels(clips, device)
+            samples = [data[k] for _, k in items]
+            owner = [c_i for c_i, c in enumerate(clips) for _ in data.by_clip[c]]
+        else:
+            idx = [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
+            pixels, samples = _batch(data, idx, device)
+            owner = None
         with autocast:
-            loss, right, _ = model(pixels, samples)
+            loss, right, _ = model(pixels, samples, owner)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -647,7 +719,7 @@ def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Call
             _save(learner, opt, step, elapsed(), history, cfg, state_file)
     if rank == 0:
         _save(learner, opt, step, elapsed(), history, cfg, state_file)
-    result = {"steps": step, "history": history, "seconds": elapsed(), "samples": step * cfg.batch_size}
+    result = {"steps": step, "history": history, "seconds": elapsed(), "samples": seen}  # questions seen this run
     if eval_data is not None and rank == 0:
         result["eval"] = evaluate(learner, eval_data, device)
     return result
@@ -678,6 +750,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="time budget: the learning-rate schedule ends after this long, or at --steps if sooner")
     ap.add_argument("--max-minutes", type=float, default=None, help="hard stop after this long (steps done are reported)")
     ap.add_argument("--warmup", type=int, default=100, help="warmup steps")
+    ap.add_argument("--pack", action="store_true",
+                    help="synthetic data: --batch-size counts clips, and all of a clip's questions share one "
+                         "sequence after its frames (each sees the frames and itself only)")
     ap.add_argument("--eval-every", type=float, default=0.0, help="seconds between held-out checks in the log (0: only at the end)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
@@ -691,7 +766,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(variant=args.method, tokens_per_frame=args.tokens_per_frame, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, freeze_vision=args.freeze_vision,
                       grad_checkpointing=args.grad_checkpointing, seed=args.seed, minutes=args.minutes,
-                      max_minutes=args.max_minutes, warmup=args.warmup, eval_every=args.eval_every)
+                      max_minutes=args.max_minutes, warmup=args.warmup, eval_every=args.eval_every,
+                      pack=args.pack)
     if args.data == "synthetic":
         data = SyntheticData(args.clips, seed=args.seed + 1, size=cfg.tiny.image_size, workers=args.workers)
         eval_data = SyntheticData(args.eval_clips, seed=10_000 + args.seed, size=cfg.tiny.image_size,
