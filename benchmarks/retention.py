@@ -48,6 +48,11 @@ def main():
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--threads", type=int, default=3, help="CPU threads per row process")
     ap.add_argument("--pack", action="store_true", help="batches of whole clips, questions packed (vidqa train --pack)")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="the same number of questions for every row (the schedule ends there; --minutes caps)")
+    ap.add_argument("--frozen-tower", type=float, default=0.0, metavar="MINUTES",
+                    help="first pretrain a vision tower (the upper-bound row, this long), then train every row "
+                         "with that tower frozen, as VoCo-LLaMA's rows share a frozen CLIP")
     ap.add_argument("--eval-every", type=float, default=60.0, help="seconds between held-out checks in the logs")
     ap.add_argument("--rows", nargs="+", default=list(ROWS))
     args = ap.parse_args()
@@ -57,13 +62,25 @@ def main():
     t_start = time.time()
     # each row is a separate process on the one GPU: keep their CPU threads from fighting over the cores
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads)}
+
+    def command(row: str, out_dir: Path, minutes: float, extra: list[str]) -> list[str]:
+        return [sys.executable, "-m", "vidqa.train", *ROWS[row], "--out", str(out_dir), "--steps", "1000000000",
+                "--minutes", str(minutes), "--max-minutes", str(minutes + 0.5), "--batch-size",
+                str(args.batch_size), "--lr", str(args.lr), "--warmup", str(args.warmup), "--clips", str(args.clips),
+                "--eval-clips", str(args.eval_clips), "--workers", str(args.workers), "--eval-every",
+                str(args.eval_every)] + (["--pack"] if args.pack else []) + \
+            (["--samples", str(args.samples)] if args.samples else []) + extra
+
+    extra: list[str] = []
+    if args.frozen_tower:
+        tower = work / "tower"
+        subprocess.run(command("full", tower, args.frozen_tower, []), check=True, env=env,
+                       stdout=open(work / "tower.log", "w"), stderr=subprocess.STDOUT)
+        extra = ["--vision-from", str(tower / "train_state.pt"), "--freeze-vision"]
     procs = {}
     for row in args.rows:
-        cmd = [sys.executable, "-m", "vidqa.train", *ROWS[row], "--out", str(work / row), "--steps", "1000000000",
-               "--minutes", str(args.minutes), "--max-minutes", str(args.minutes + 0.5), "--batch-size",
-               str(args.batch_size), "--lr", str(args.lr), "--warmup", str(args.warmup), "--clips", str(args.clips),
-               "--eval-clips", str(args.eval_clips), "--workers", str(args.workers), "--eval-every", str(args.eval_every)] + (["--pack"] if args.pack else [])
-        procs[row] = subprocess.Popen(cmd, stdout=open(work / f"{row}.log", "w"), stderr=subprocess.STDOUT, env=env)
+        procs[row] = subprocess.Popen(command(row, work / row, args.minutes, extra), stdout=open(work / f"{row}.log", "w"),
+                                      stderr=subprocess.STDOUT, env=env)
     # the held-out mp4 set for the end-to-end check, written while the rows train
     bench_data = work / "bench-data"
     subprocess.run([sys.executable, "-m", "vidqa.synthetic", str(bench_data), "--videos", str(args.bench_videos),

@@ -155,3 +155,21 @@ def test_packed_loss_equals_the_unpacked_loss(tmp_path):
     packed_loss, packed_right, _ = learner(torch.from_numpy(np.stack(clips)), samples, owner)
     loss, right, _ = learner(torch.from_numpy(np.stack([s.frames for s in samples])), samples)
     assert torch.allclose(packed_loss, loss, atol=1e-5) and torch.equal(packed_right, right)
+
+
+def test_schedule_can_end_at_a_number_of_questions():
+    cfg = TrainConfig(steps=10**9, lr=1.0, warmup=1, samples=1000)
+    assert learning_rate(cfg, 3, 0.0, seen=500) == pytest.approx(0.5)
+    assert learning_rate(cfg, 3, 0.0, seen=1000) == 0.0
+
+
+def test_vision_tower_from_another_run(tmp_path):
+    from vidqa.train import load_vision_from
+
+    learner, _ = _tiny_run(tmp_path, 1)
+    other = build_tiny("pool", learner.tokenizer, TINY)
+    load_vision_from(other, tmp_path / "run" / "train_state.pt")
+    for a, b in zip(other.vision.parameters(), learner.vision.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(DataError):
+        load_vision_from(other, tmp_path / "missing.pt")

@@ -571,6 +571,7 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     minutes: float | None = None  # a time budget: the schedule ends at `steps` or after this long, the first to come
+    samples: int | None = None  # a budget in questions seen (equal data for every row of a comparison)
     max_minutes: float | None = None  # a hard wall-clock cap; the steps done are reported
     eval_every: float = 0.0  # seconds between held-out checks during training (0: only at the end)
     pack: bool = False  # synthetic data: a batch is `batch_size` clips with all their questions
@@ -613,24 +614,26 @@ class _Null:
         return False
 
 
-def _save(learner, opt, step, elapsed, history, cfg, state_file: Path) -> None:
+def _save(learner, opt, step, elapsed, seen, history, cfg, state_file: Path) -> None:
     tmp = state_file.with_suffix(".tmp")
     torch.save({"model": learner.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                "history": history, "config": asdict(cfg)}, tmp)
+                "seen": seen, "history": history, "config": asdict(cfg)}, tmp)
     os.replace(tmp, state_file)  # atomic: a kill never leaves a half-written state
 
 
-def progress(cfg: TrainConfig, step: int, elapsed: float) -> float:
-    """How far through the schedule: by steps, or by the time budget when that comes first."""
+def progress(cfg: TrainConfig, step: int, elapsed: float, seen: int = 0) -> float:
+    """How far through the schedule: by steps, by questions seen, or by the time budget, the first to end."""
     done = step / max(1, cfg.steps)
     if cfg.minutes:
         done = max(done, elapsed / (60 * cfg.minutes))
+    if cfg.samples:
+        done = max(done, seen / cfg.samples)
     return min(1.0, done)
 
 
-def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
+def learning_rate(cfg: TrainConfig, step: int, elapsed: float, seen: int = 0) -> float:
     """Linear warmup over ``cfg.warmup`` steps, then cosine decay to zero at the end of the schedule."""
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * progress(cfg, step, elapsed)))
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * progress(cfg, step, elapsed, seen)))
 
 
 def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Callable[[str], None] = print,
@@ -654,13 +657,13 @@ def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Call
     params = [p for p in learner.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     state_file = out / "train_state.pt"
-    step, before = 0, 0.0
+    step, before, seen_before = 0, 0.0, 0
     history: list[dict] = []
     if state_file.exists():
         state = torch.load(state_file, map_location=device, weights_only=False)
         learner.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step, before = state["step"], state.get("elapsed", 0.0)
+        step, before, seen_before = state["step"], state.get("elapsed", 0.0), state.get("seen", 0)
         history = state.get("history", [])
         log(f"resumed from {state_file} at step {step}")
     rng = random.Random(cfg.seed * 1000 + rank + step)
@@ -674,12 +677,12 @@ def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Call
     def elapsed() -> float:
         return before + time.perf_counter() - t0
 
-    while step < cfg.steps and progress(cfg, step, elapsed()) < 1.0:
+    while step < cfg.steps and progress(cfg, step, elapsed(), seen_before + seen) < 1.0:
         if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
             log(f"stopping at step {step}: the {cfg.max_minutes} minute cap")
             break
         for g in opt.param_groups:
-            g["lr"] = learning_rate(cfg, step, elapsed())
+            g["lr"] = learning_rate(cfg, step, elapsed(), seen_before + seen)
         if cfg.pack and hasattr(data, "by_clip"):
             clips = [rng.randrange(len(data.by_clip)) for _ in range(cfg.batch_size)]
             items = [(c, k) for c_i, c in enumerate(clips) for k in data.by_clip[c]]
@@ -716,13 +719,25 @@ def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Call
                 log(f"step {step}/{cfg.steps} loss {entry['loss']:.4f} acc {entry['train_acc']:.3f}{extra} "
                     f"lr {opt.param_groups[0]['lr']:.2e} {seen / (time.perf_counter() - t0):.0f} samples/s")
         if rank == 0 and step % cfg.save_every == 0:
-            _save(learner, opt, step, elapsed(), history, cfg, state_file)
+            _save(learner, opt, step, elapsed(), seen_before + seen, history, cfg, state_file)
     if rank == 0:
-        _save(learner, opt, step, elapsed(), history, cfg, state_file)
-    result = {"steps": step, "history": history, "seconds": elapsed(), "samples": seen}  # questions seen this run
+        _save(learner, opt, step, elapsed(), seen_before + seen, history, cfg, state_file)
+    result = {"steps": step, "history": history, "seconds": elapsed(), "samples": seen_before + seen}
     if eval_data is not None and rank == 0:
         result["eval"] = evaluate(learner, eval_data, device)
     return result
+
+
+def load_vision_from(learner: Learner, state_file: Path) -> None:
+    """Copy the vision tower of another run (its ``train_state.pt``) into ``learner``."""
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=False)["model"]
+    except (OSError, KeyError, RuntimeError) as e:
+        raise DataError(f"cannot read a training state from {state_file}: {e}")
+    tower = {k[len("vision."):]: v for k, v in state.items() if k.startswith("vision.")}
+    if not tower:
+        raise DataError(f"{state_file} holds no vision tower")
+    learner.vision.load_state_dict(tower)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -748,6 +763,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--minutes", type=float, default=None,
                     help="time budget: the learning-rate schedule ends after this long, or at --steps if sooner")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="budget in questions seen: the schedule ends there (equal data across compared runs)")
+    ap.add_argument("--vision-from", default=None,
+                    help="start the vision tower from another run's train_state.pt (with --freeze-vision: a fixed, "
+                         "pretrained tower, as VoCo-LLaMA's comparisons use a frozen CLIP)")
     ap.add_argument("--max-minutes", type=float, default=None, help="hard stop after this long (steps done are reported)")
     ap.add_argument("--warmup", type=int, default=100, help="warmup steps")
     ap.add_argument("--pack", action="store_true",
@@ -767,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
                       batch_size=args.batch_size, lr=args.lr, freeze_vision=args.freeze_vision,
                       grad_checkpointing=args.grad_checkpointing, seed=args.seed, minutes=args.minutes,
                       max_minutes=args.max_minutes, warmup=args.warmup, eval_every=args.eval_every,
-                      pack=args.pack)
+                      pack=args.pack, samples=args.samples)
     if args.data == "synthetic":
         data = SyntheticData(args.clips, seed=args.seed + 1, size=cfg.tiny.image_size, workers=args.workers)
         eval_data = SyntheticData(args.eval_clips, seed=10_000 + args.seed, size=cfg.tiny.image_size,
@@ -783,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus = data.texts() + list(synthetic.ANSWERS)
     tokenizer = make_word_tokenizer(tok_dir, corpus, family)
     learner = build_tiny(args.method, tokenizer, cfg.tiny, args.tokens_per_frame)
+    if args.vision_from:
+        load_vision_from(learner, Path(args.vision_from))
     result = train(learner, data, cfg, out, device, eval_data=eval_data)
     if int(os.environ.get("RANK", 0)) == 0:
         if args.method in ("voco", "mini"):
