@@ -169,6 +169,10 @@ class VideoQA:
             if progress:
                 progress(feats.shape[0])
         tensors = {k: torch.cat(v) for k, v in parts.items()}
+        if offload and self.device.type == "cuda":
+            # the cache went to the host: hand the compression's cached GPU blocks back, so that the
+            # question that follows (which streams the cache back in chunks) starts from its own needs
+            torch.cuda.empty_cache()
         meta = {**self.cache_meta(), "frame_indices": [int(i) for i in getattr(frames, "indices", range(len(pixels)))]}
         if can_compact:
             meta["cache_kind"] = "features" if compact else "kv"
