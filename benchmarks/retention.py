@@ -83,8 +83,9 @@ def main():
                                       stderr=subprocess.STDOUT, env=env)
     # the held-out mp4 set for the end-to-end check, written while the rows train
     bench_data = work / "bench-data"
-    subprocess.run([sys.executable, "-m", "vidqa.synthetic", str(bench_data), "--videos", str(args.bench_videos),
-                    "--seed", "10000", "--size", "64", "--workers", "2"], check=True, capture_output=True)
+    if args.bench_videos:
+        subprocess.run([sys.executable, "-m", "vidqa.synthetic", str(bench_data), "--videos", str(args.bench_videos),
+                        "--seed", "10000", "--size", "64", "--workers", "2"], check=True, capture_output=True)
     for row, p in procs.items():
         p.wait()
         print(f"{row}: exit {p.returncode} after {time.time() - t_start:.0f} s", flush=True)
@@ -109,34 +110,39 @@ def main():
         lower = evaluate(learner, eval_data, device)
         table["lower"], per_category["lower"] = lower["accuracy"], lower["per_category"]
 
-    end_to_end = {}
-    for row in SHIP:
-        model_dir = work / row / "model"
-        if not model_dir.exists():
-            continue
-        with tarfile.open(out / f"{row}.tar", "w") as tar:
-            tar.add(model_dir, arcname=f"tiny-{row}")
-        run = work / f"bench-{row}"
-        proc = subprocess.run([sys.executable, "-m", "vidqa", "bench", "synthetic", "--data", str(bench_data),
-                               "--model", str(model_dir), "--prompt", "{question}", "--out", str(run)],
-                              capture_output=True, text=True)
-        report = run / "report.json"
-        end_to_end[row] = json.loads(report.read_text()) if report.exists() else {"error": proc.stderr[-2000:]}
-
     upper, lower = table.get("full"), table.get("lower")
-    report = {"accuracy": table, "per_category": per_category, "end_to_end_bench": end_to_end,
+    report = {"accuracy": table, "per_category": per_category, "end_to_end_bench": {},
               "steps_done": {r: v["steps"] for r, v in results.items()},
               "samples_seen": {r: v.get("samples") for r, v in results.items()},
               "seconds": {r: round(v["seconds"]) for r, v in results.items()},
               "curves": {r: [{k: h[k] for k in ("step", "seconds", "loss", "train_acc", "eval_acc") if k in h}
                              for h in v["history"]] for r, v in results.items()},
               "settings": vars(args), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+    if args.frozen_tower and (work / "tower" / "result.json").exists():  # the tower's own (upper-bound) run
+        tower = json.loads((work / "tower" / "result.json").read_text())
+        report["tower"] = {k: tower.get(k) for k in ("steps", "samples", "seconds")} | \
+            {"accuracy": tower.get("eval", {}).get("accuracy")}
     if upper is not None and lower is not None and upper > lower:
         report["retention"] = {r: (a - lower) / (upper - lower) for r, a in table.items()}
+    for row in SHIP:  # the models first, so that a run cut short still brings them back
+        if (work / row / "model").exists():
+            with tarfile.open(out / f"{row}.tar", "w") as tar:
+                tar.add(work / row / "model", arcname=f"tiny-{row}")
     (out / "retention.json").write_text(json.dumps(report, indent=1))
     with open(out / "train_logs.txt", "w") as f:
-        for row in args.rows:
+        for row in (["tower"] if args.frozen_tower else []) + args.rows:
             f.write(f"==== {row}\n" + (work / f"{row}.log").read_text()[-6000:])
+    for row in SHIP if args.bench_videos else ():
+        model_dir = work / row / "model"
+        if not model_dir.exists():
+            continue
+        run = work / f"bench-{row}"
+        proc = subprocess.run([sys.executable, "-m", "vidqa", "bench", "synthetic", "--data", str(bench_data),
+                               "--model", str(model_dir), "--prompt", "{question}", "--out", str(run)],
+                              capture_output=True, text=True)
+        path = run / "report.json"
+        report["end_to_end_bench"][row] = json.loads(path.read_text()) if path.exists() else {"error": proc.stderr[-2000:]}
+    (out / "retention.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: report[k] for k in ("accuracy", "retention", "steps_done") if k in report}, indent=1))
     print(f"total {time.time() - t_start:.0f} s")
 
