@@ -91,6 +91,67 @@ def build(tiny: bool, device, dtype, tokens_per_frame: int):
     return qa, naive_tower, llm_cfg, clip_cfg
 
 
+def kernel_kind(name: str) -> str:
+    n = name.lower()
+    if any(t in n for t in ("flash", "fmha", "attention", "cudnn_sdpa", "sdpa")):
+        return "attention"
+    if any(t in n for t in ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul")):
+        return "gemm"
+    if n.startswith("triton"):
+        return "fused (triton)"
+    if "memcpy" in n or "memset" in n or "copy" in n:
+        return "copy"
+    return "other"
+
+
+def profile_compress(qa, frames, batch: int) -> dict:
+    """GPU time per frame by kernel kind, for one compression call (its frames in batches of ``batch``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        qa.compress(frames, batch_size=batch)
+        sync()
+    kinds: dict[str, float] = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t and e.key and not e.key.startswith(("ProfilerStep", "aten::", "cuda")):
+            kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + t / 1000  # us -> ms
+    n = len(frames.pixels)
+    return {k: round(v / n, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+
+
+def compiled_compress(res: dict, qa, frames, pixels, flops: float, args) -> None:
+    """Compression with VIDQA_COMPILE=1 (compiled LLM and CLIP layers): per batch size, the tower
+    alone, the cuDNN attention backend, and optionally a kernel breakdown."""
+    T = len(pixels)
+    t0 = time.perf_counter()
+    qa.compress(frames, batch_size=32)
+    res["compile_compress_first_run_s"] = time.perf_counter() - t0
+    res["vidqa_compress_compiled"] = {}
+    for bs in (32, 64):
+        s = timed(lambda: qa.compress(frames, batch_size=bs), args.repeats, warmup=1)
+        res["vidqa_compress_compiled"][bs] = {"ms_per_frame": 1000 * s / T, "tflops": flops * T / s / 1e12}
+    best = min(res["vidqa_compress_compiled"], key=lambda b: res["vidqa_compress_compiled"][b]["ms_per_frame"])
+    res["vidqa_compress_compiled_ms_per_frame"] = res["vidqa_compress_compiled"][best]["ms_per_frame"]
+    res["vidqa_compress_compiled_tflops"] = res["vidqa_compress_compiled"][best]["tflops"]
+    res["vidqa_compress_compiled_batch"] = best
+    s = timed(lambda: qa.vision.encode(pixels, batch_size=best), args.repeats, warmup=1)
+    res["vision_compiled_ms_per_frame"] = 1000 * s / T
+    try:  # the same with cuDNN's attention kernels first (flash otherwise)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                 SDPBackend.MATH]
+        with sdpa_kernel(order, set_priority=True):
+            qa.compress(frames, batch_size=best)
+            s = timed(lambda: qa.compress(frames, batch_size=best), args.repeats, warmup=1)
+        res["vidqa_compress_compiled_cudnn_ms_per_frame"] = 1000 * s / T
+    except Exception as e:
+        res["cudnn_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    if args.profile:
+        res["compiled_compress_gpu_ms_per_frame_by_kind"] = profile_compress(qa, frames, best)
+
+
 def param_count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -106,6 +167,9 @@ def main():
     ap.add_argument("--out", type=str, default=None)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile variants")
     ap.add_argument("--dtype", default=None, help="float32 for an agreement check without bf16 noise")
+    ap.add_argument("--skip-decode", action="store_true", help="compression only (no decoding or TTFT timings)")
+    ap.add_argument("--profile", action="store_true",
+                    help="with --compile: GPU time by kernel kind (GEMM, attention, fused/elementwise) per frame")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -194,97 +258,98 @@ def main():
         same = qa.compress(SimpleNamespace(pixels=pixels[:4], timestamps=np.arange(4.0)), batch_size=4)
         res["kv_rel_err_vs_naive_same_batch"] = float((same.tensors["keys"].float() - ref).norm() / ref.norm())
 
-    # ---- decoding -------------------------------------------------------------------------------
-    from vidqa.generate import DecodeStats, GenerationConfig, generate
-
-    question = "what happens after the door opens?"
-    gen = GenerationConfig(max_new_tokens=args.new_tokens)
-    no_stop: set[int] = set()
-
-    ctx_len = T * m.tokens_per_frame + len(m.prompt_ids(question))
-
-    def vidqa_decode(decoder):
-        stats = DecodeStats()
-        for _ in generate(llm, m.prefill(cache, question), gen, no_stop, stats, decoder=decoder):
-            pass
-        return stats
-
-    for name, decoder in (("hf", None), ("graph", qa.decoder(ctx_len + args.new_tokens))):
-        if name == "graph" and decoder is None:
-            continue  # CPU: no CUDA graph
-        vidqa_decode(decoder)
-        runs = [vidqa_decode(decoder) for _ in range(args.repeats)]
-        res[f"vidqa_{name}_ms_per_token"] = statistics.median(r.ms_per_token for r in runs)
-        res[f"vidqa_{name}_ttft_ms"] = statistics.median(1000 * r.prefill_s for r in runs)
     if args.compile and device.type == "cuda":
-        from vidqa.fast import StaticDecoder
-
-        t0 = time.perf_counter()
-        dec = StaticDecoder(llm, qa.decoder(ctx_len + args.new_tokens).capacity, compile=True)
-        vidqa_decode(dec)
-        res["compile_decoder_first_run_s"] = time.perf_counter() - t0
-        res["vidqa_graph_compiled_ms_per_token"] = statistics.median(vidqa_decode(dec).ms_per_token
-                                                                      for _ in range(args.repeats))
         import os
 
-        os.environ["VIDQA_COMPILE"] = "1"  # vidqa.fast.causal_prefix compiles its per-layer function
+        os.environ["VIDQA_COMPILE"] = "1"  # vidqa.fast compiles its per-layer functions (LLM and CLIP)
         try:
-            t0 = time.perf_counter()
-            qa.compress(frames, batch_size=best_bs)
-            res["compile_compress_first_run_s"] = time.perf_counter() - t0
-            s_c = timed(lambda: qa.compress(frames, batch_size=best_bs), args.repeats, warmup=1)
-            res["vidqa_compress_compiled_ms_per_frame"] = 1000 * s_c / T
-            res["vidqa_compress_compiled_tflops"] = flops * T / s_c / 1e12
+            compiled_compress(res, qa, frames, pixels, flops, args)
         except Exception as e:  # report, do not hide
             res["vidqa_compress_compiled_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         finally:
             os.environ.pop("VIDQA_COMPILE", None)
-    if "vidqa_graph_ms_per_token" in res:
-        with torch.inference_mode():
-            pre = m.prefill(cache, question)
-            out = llm(input_ids=pre.input_ids, position_ids=pre.position_ids, past_key_values=pre.past_key_values)
-            dec = qa.decoder(ctx_len + args.new_tokens)
-            dec.load(out.past_key_values)
-            tok, pos = int(out.logits[0, -1].argmax()), int(pre.position_ids[0, -1]) + 1
-            a = dec.step(tok, pos).float()
-            b = llm(input_ids=torch.tensor([[tok]], device=device), position_ids=torch.tensor([[pos]], device=device),
-                    past_key_values=out.past_key_values).logits[0, -1].float()
-            res["graph_vs_hf_logits_rel_err"] = float((a - b).norm() / b.norm())
-    # time to first token from stored caches (an indexed video) at 8, 64 and 1,000 frames; a video that
-    # is not indexed adds its frames x the compression time
-    gen1 = GenerationConfig(max_new_tokens=1)
-    res["ttft_indexed_ms"] = {}
-    for n in (8, 64, 1000):
-        if n * m.tokens_per_frame + 64 > m.max_context:
-            continue
-        c = cache.select([i % T for i in range(n)])
 
-        def first():
-            for _ in generate(llm, m.prefill(c, question), gen1, no_stop):
+    def decoding():
+        # ---- decoding -------------------------------------------------------------------------------
+        from vidqa.generate import DecodeStats, GenerationConfig, generate
+
+        question = "what happens after the door opens?"
+        gen = GenerationConfig(max_new_tokens=args.new_tokens)
+        no_stop: set[int] = set()
+
+        ctx_len = T * m.tokens_per_frame + len(m.prompt_ids(question))
+
+        def vidqa_decode(decoder):
+            stats = DecodeStats()
+            for _ in generate(llm, m.prefill(cache, question), gen, no_stop, stats, decoder=decoder):
                 pass
+            return stats
 
-        res["ttft_indexed_ms"][n] = 1000 * timed(first, args.repeats, warmup=1)
-    res["vidqa_ms_per_token"] = res.get("vidqa_graph_ms_per_token", res["vidqa_hf_ms_per_token"])
-    res["vidqa_ttft_ms"] = res["vidqa_hf_ttft_ms"]
-    res["context_tokens"] = ctx_len
+        for name, decoder in (("hf", None), ("graph", qa.decoder(ctx_len + args.new_tokens))):
+            if name == "graph" and decoder is None:
+                continue  # CPU: no CUDA graph
+            vidqa_decode(decoder)
+            runs = [vidqa_decode(decoder) for _ in range(args.repeats)]
+            res[f"vidqa_{name}_ms_per_token"] = statistics.median(r.ms_per_token for r in runs)
+            res[f"vidqa_{name}_ttft_ms"] = statistics.median(1000 * r.prefill_s for r in runs)
+        if args.compile and device.type == "cuda" and not args.skip_decode:
+            from vidqa.fast import StaticDecoder
 
-    ids = torch.randint(3, 400, (1, ctx_len), device=device)
+            t0 = time.perf_counter()
+            dec = StaticDecoder(llm, qa.decoder(ctx_len + args.new_tokens).capacity, compile=True)
+            vidqa_decode(dec)
+            res["compile_decoder_first_run_s"] = time.perf_counter() - t0
+            res["vidqa_graph_compiled_ms_per_token"] = statistics.median(vidqa_decode(dec).ms_per_token
+                                                                          for _ in range(args.repeats))
+        if "vidqa_graph_ms_per_token" in res:
+            with torch.inference_mode():
+                pre = m.prefill(cache, question)
+                out = llm(input_ids=pre.input_ids, position_ids=pre.position_ids, past_key_values=pre.past_key_values)
+                dec = qa.decoder(ctx_len + args.new_tokens)
+                dec.load(out.past_key_values)
+                tok, pos = int(out.logits[0, -1].argmax()), int(pre.position_ids[0, -1]) + 1
+                a = dec.step(tok, pos).float()
+                b = llm(input_ids=torch.tensor([[tok]], device=device), position_ids=torch.tensor([[pos]], device=device),
+                        past_key_values=out.past_key_values).logits[0, -1].float()
+                res["graph_vs_hf_logits_rel_err"] = float((a - b).norm() / b.norm())
+        # time to first token from stored caches (an indexed video) at 8, 64 and 1,000 frames; a video that
+        # is not indexed adds its frames x the compression time
+        gen1 = GenerationConfig(max_new_tokens=1)
+        res["ttft_indexed_ms"] = {}
+        for n in (8, 64, 1000):
+            if n * m.tokens_per_frame + 64 > m.max_context:
+                continue
+            c = cache.select([i % T for i in range(n)])
 
-    def naive_decode():
-        with torch.inference_mode():
-            return llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
-                                min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+            def first():
+                for _ in generate(llm, m.prefill(c, question), gen1, no_stop):
+                    pass
 
-    naive_decode()
-    t_gen = timed(naive_decode, args.repeats, warmup=0)
-    one = timed(lambda: llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
-                                     min_new_tokens=1, do_sample=False, pad_token_id=0), args.repeats, warmup=1)
-    res["naive_ms_per_token"] = 1000 * (t_gen - one) / (args.new_tokens - 1)
-    weight_bytes = sum(p.numel() * p.element_size() for p in llm.parameters()) - \
-        llm.model.embed_tokens.weight.numel() * llm.model.embed_tokens.weight.element_size()
-    res["decode_floor_ms_per_token"] = 1000 * weight_bytes / PEAK_BYTES
-    if device.type == "cuda":
-        res["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            res["ttft_indexed_ms"][n] = 1000 * timed(first, args.repeats, warmup=1)
+        res["vidqa_ms_per_token"] = res.get("vidqa_graph_ms_per_token", res["vidqa_hf_ms_per_token"])
+        res["vidqa_ttft_ms"] = res["vidqa_hf_ttft_ms"]
+        res["context_tokens"] = ctx_len
+
+        ids = torch.randint(3, 400, (1, ctx_len), device=device)
+
+        def naive_decode():
+            with torch.inference_mode():
+                return llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
+                                    min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+
+        naive_decode()
+        t_gen = timed(naive_decode, args.repeats, warmup=0)
+        one = timed(lambda: llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
+                                         min_new_tokens=1, do_sample=False, pad_token_id=0), args.repeats, warmup=1)
+        res["naive_ms_per_token"] = 1000 * (t_gen - one) / (args.new_tokens - 1)
+        weight_bytes = sum(p.numel() * p.element_size() for p in llm.parameters()) - \
+            llm.model.embed_tokens.weight.numel() * llm.model.embed_tokens.weight.element_size()
+        res["decode_floor_ms_per_token"] = 1000 * weight_bytes / PEAK_BYTES
+        if device.type == "cuda":
+            res["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+
+    if not args.skip_decode:
+        decoding()
 
     # ---- report ---------------------------------------------------------------------------------
     b = res["vidqa_compress"][best_bs]
@@ -296,30 +361,39 @@ def main():
         f"  ratios: naive-b1/vidqa {res['naive_compress_b1_ms_per_frame'] / b['ms_per_frame']:.2f}x, "
         f"vidqa/floor {b['ms_per_frame'] / res['compress_floor_ms_per_frame']:.2f}x",
         f"  per batch: " + ", ".join(f"b{k}: {v['ms_per_frame']:.2f}" for k, v in res["vidqa_compress"].items()),
+        f"  compression breakdown: vision tower {res['vision_ms_per_frame']:.2f} ms/frame; stage 1 through the "
+        f"transformers model (the reference path) {res['reference_compress_ms_per_frame']:.2f} ms/frame end to end",
+        f"KV bytes per frame: {res['kv_bytes_per_frame']:,}; VoCo K rel. err vs naive: {res['kv_rel_err_vs_naive']:.2e}"
+        f" (batch {best_bs} vs 4), {res['kv_rel_err_vs_naive_same_batch']:.2e} (same batch)",
+    ]
+    if not args.skip_decode:
+        ctx_len = res["context_tokens"]
+        lines += [
         f"decoding ms/token ({ctx_len}-token context): vidqa static+graph {res.get('vidqa_graph_ms_per_token', float('nan')):.2f}"
         f" | vidqa transformers path {res['vidqa_hf_ms_per_token']:.2f} | naive generate "
         f"{res['naive_ms_per_token']:.2f} | floor {res['decode_floor_ms_per_token']:.2f}",
-        f"  compression breakdown: vision tower {res['vision_ms_per_frame']:.2f} ms/frame; stage 1 through the "
-        f"transformers model (the reference path) {res['reference_compress_ms_per_frame']:.2f} ms/frame end to end",
         f"vidqa time to first token ({T} frames): {res['vidqa_ttft_ms']:.1f} ms",
         "time to first token from stored caches: " + ", ".join(f"{n} frames {v:.1f} ms" for n, v in
                                                               res["ttft_indexed_ms"].items()) +
         f"; not indexed add frames x {b['ms_per_frame']:.2f} ms",
-        f"KV bytes per frame: {res['kv_bytes_per_frame']:,}; VoCo K rel. err vs naive: {res['kv_rel_err_vs_naive']:.2e}"
-        f" (batch {best_bs} vs 4), {res['kv_rel_err_vs_naive_same_batch']:.2e} (same batch)",
-    ]
+        ]
     if args.compile and device.type == "cuda":
         lines.append(f"torch.compile: decode {res.get('vidqa_graph_compiled_ms_per_token', float('nan')):.2f} ms/token "
-                     f"(first run {res.get('compile_decoder_first_run_s', float('nan')):.0f} s); compress "
-                     f"{res.get('vidqa_compress_compiled_ms_per_frame', float('nan')):.2f} ms/frame "
-                     f"({res.get('vidqa_compress_compiled_tflops', float('nan')):.0f} TFLOP/s, first run "
-                     f"{res.get('compile_compress_first_run_s', float('nan')):.0f} s) "
-                     f"{res.get('vidqa_compress_compiled_error', '')}")
+                     f"(first run {res.get('compile_decoder_first_run_s', float('nan')):.0f} s)")
+        cc = res.get("vidqa_compress_compiled", {})
+        lines.append("torch.compile compression ms/frame: " + ", ".join(
+            f"b{k}: {v['ms_per_frame']:.2f} ({v['tflops']:.0f} TFLOP/s)" for k, v in cc.items()) +
+            f"; vision tower {res.get('vision_compiled_ms_per_frame', float('nan')):.2f}; cuDNN attention first "
+            f"{res.get('vidqa_compress_compiled_cudnn_ms_per_frame', float('nan')):.2f}; first run "
+            f"{res.get('compile_compress_first_run_s', float('nan')):.0f} s {res.get('vidqa_compress_compiled_error', '')}"
+            f" {res.get('cudnn_error', '')}")
+        if "compiled_compress_gpu_ms_per_frame_by_kind" in res:
+            lines.append(f"  GPU ms/frame by kernel kind: {res['compiled_compress_gpu_ms_per_frame_by_kind']}")
     if "graph_vs_hf_logits_rel_err" in res:
         lines.append(f"static+graph step logits vs transformers step: rel. err {res['graph_vs_hf_logits_rel_err']:.2e}")
     if device.type == "cuda":
         lines.append(f"peak GiB: vidqa compress {res['vidqa_compress_peak_gib']:.1f}, naive compress "
-                     f"{res['naive_compress_peak_gib']:.1f}, overall {res['peak_gib']:.1f}")
+                     f"{res['naive_compress_peak_gib']:.1f}, overall {torch.cuda.max_memory_allocated() / 2**30:.1f}")
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2, default=str))

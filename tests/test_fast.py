@@ -42,8 +42,8 @@ def test_generate_same_tokens_with_and_without_the_static_decoder(voco_qa):
 def _tiny_llama(**kw):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=kw.pop("kv", 4), max_position_embeddings=512, **kw)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=kw.pop("layers", 3),
+                      num_attention_heads=4, num_key_value_heads=kw.pop("kv", 4), max_position_embeddings=512, **kw)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).eval()
@@ -72,12 +72,58 @@ def test_causal_prefix_equals_the_transformers_layers():
         for i in range(3):
             assert (keys[i] - cache.layers[i].keys).abs().max() < 1e-5
             assert (values[i] - cache.layers[i].values).abs().max() < 1e-5
-        span = slice(30, 33)
-        none, k2, v2 = causal_prefix(llm.model.layers, llm.model.rotary_emb, h.clone(), keep=span, output=False)
-        assert none is None
-        for i in range(3):
-            assert (k2[i] - cache.layers[i].keys[:, :, span]).abs().max() < 1e-5
-            assert (v2[i] - cache.layers[i].values[:, :, span]).abs().max() < 1e-5
+        for span in (slice(30, 33), slice(37, 40), slice(39, 40)):  # inside, and at the end as VoCo's is
+            none, k2, v2 = causal_prefix(llm.model.layers, llm.model.rotary_emb, h.clone(), keep=span, output=False)
+            assert none is None
+            for i in range(3):
+                assert (k2[i] - cache.layers[i].keys[:, :, span]).abs().max() < 1e-5
+                assert (v2[i] - cache.layers[i].values[:, :, span]).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_causal_prefix_kept_kv_with_one_and_two_layers():
+    """The K/V-only last layer and the rows-only layer before it, when they are the only layers."""
+    from transformers import DynamicCache
+
+    from vidqa.fast import causal_prefix
+
+    for n in (1, 2):
+        llm = _tiny_llama(kv=2, layers=n)
+        h = torch.randn(2, 25, 64)
+        cache = DynamicCache()
+        llm.model(inputs_embeds=h, past_key_values=cache, use_cache=True)
+        span = slice(20, 22)
+        _, keys, values = causal_prefix(llm.model.layers, llm.model.rotary_emb, h.clone(), keep=span, output=False)
+        assert len(keys) == n
+        for i in range(n):
+            assert (keys[i] - cache.layers[i].keys[:, :, span]).abs().max() < 1e-5
+            assert (values[i] - cache.layers[i].values[:, :, span]).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_encoder_equals_the_clip_layers():
+    """vidqa.fast.encoder is CLIP's encoder layers, for CLIP-L's QuickGELU and for exact GELU."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from vidqa.fast import encoder, supports_encoder
+
+    for act in ("quick_gelu", "gelu"):
+        cfg = CLIPVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                               image_size=28, patch_size=7, hidden_act=act)
+        cfg._attn_implementation = "sdpa"
+        torch.manual_seed(0)
+        tower = CLIPVisionModel(cfg).eval()
+        for p in tower.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        layers = getattr(tower, "vision_model", tower).encoder.layers
+        assert supports_encoder(layers)
+        h = torch.randn(3, 17, 48)
+        ref = h
+        for layer in layers:
+            ref = layer(ref, attention_mask=None)
+            ref = ref[0] if isinstance(ref, tuple) else ref
+        assert (encoder(layers, h) - ref).abs().max() < 1e-5
+
 
 
 @torch.no_grad()

@@ -97,11 +97,16 @@ class VisionEncoder(nn.Module):
         return next(self.tower.parameters()).dtype
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        from vidqa import fast
+
         vm = self.core
         h = vm.pre_layrnorm(vm.embeddings(pixel_values))
-        for layer in self.layers:
-            h = layer(h, attention_mask=None)
-            h = h[0] if isinstance(h, tuple) else h
+        if not torch.is_grad_enabled() and fast.supports_encoder(self.layers):  # inference: compilable layers
+            h = fast.encoder(self.layers, h)
+        else:
+            for layer in self.layers:
+                h = layer(h, attention_mask=None)
+                h = h[0] if isinstance(h, tuple) else h
         return h[:, 1:] if self.select_feature == "patch" else h
 
     @torch.inference_mode()
