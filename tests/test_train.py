@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vidqa import synthetic
+from vidqa.mini import IMAGE_TOKEN_INDEX
 from vidqa.train import (JsonData, DataError, Sample, SyntheticData, TinyConfig, TrainConfig, build_tiny, export,
                          learning_rate, make_word_tokenizer, train)
 
@@ -119,11 +120,12 @@ def test_bad_json_records_are_reported_by_index_and_skipped_or_refused(tmp_path)
         JsonData(tmp_path / "bad.json")
 
 
-@pytest.mark.parametrize("variant", ["voco", "full", "pool"])
+@pytest.mark.parametrize("variant", ["voco", "full", "pool", "mini"])
 def test_packed_questions_equal_their_own_passes(tmp_path, variant):
-    """All of a clip's questions in one sequence: each gets the logits of its own single pass."""
+    """All of a clip's questions in one sequence: each gets the logits of its own single pass (for
+    LLaVA-Mini the pre-fusion is packed too, and each question's LLM text is what follows <image>)."""
     tok = make_word_tokenizer(tmp_path / "tok", ["what colour is it ?", "red", "which way does the circle move ?",
-                                                 "left", "how many ?", "two"], "voco")
+                                                 "left", "how many ?", "two"], "mini" if variant == "mini" else "voco")
     torch.manual_seed(0)
     learner = build_tiny(variant, tok, TINY, tokens_per_frame=2).eval()
     clips = [synthetic.render_frames(synthetic.make_clip(0, i), size=32, fps=1)[:3] for i in (1, 2)]
@@ -133,21 +135,25 @@ def test_packed_questions_equal_their_own_passes(tmp_path, variant):
     feats = learner.features(torch.from_numpy(np.stack(clips)))
     prompts = [learner.prompt_ids(s.question) for s in samples]
     answers = [learner.answer_ids(s.answer) for s in samples]
-    E, M, P, starts = learner._packed(feats, prompts, answers, owner)
+    pack = learner._mini_packed if variant == "mini" else learner._packed
+    E, M, P, starts = pack(feats, prompts, answers, owner)
     packed = _logits(learner, E, M, P)
     for i, c in enumerate(owner):
         e, m, p, st = learner._inputs(feats[c], prompts[i], answers[i])
         single = _logits(learner, e[None], m[None, None], p[None])[0]
-        n = len(prompts[i]) + len(answers[i])
-        first = starts[i] - len(prompts[i])  # where this question's text begins in the packed row
+        text = len(prompts[i]) - (prompts[i].index(IMAGE_TOKEN_INDEX) + 1 if variant == "mini" else 0)  # the question's own
+        n = text + len(answers[i])
+        first = starts[i] - text  # where this question's text begins in the packed row
         assert (packed[c, first: first + n] - single[-n:]).abs().max() < 1e-4
-        assert st - len(prompts[i]) == e.shape[0] - n  # same offset of the answer inside the question
+        assert (packed[c, : e.shape[0] - n] - single[: e.shape[0] - n]).abs().max() < 1e-4  # the shared part
+        assert st - text == e.shape[0] - n  # same offset of the answer inside the question
 
 
-def test_packed_loss_equals_the_unpacked_loss(tmp_path):
-    tok = make_word_tokenizer(tmp_path / "tok", ["what colour is it ?", "red", "how many ?", "two"], "voco")
+@pytest.mark.parametrize("variant", ["voco", "mini"])
+def test_packed_loss_equals_the_unpacked_loss(tmp_path, variant):
+    tok = make_word_tokenizer(tmp_path / "tok", ["what colour is it ?", "red", "how many ?", "two"], variant)
     torch.manual_seed(0)
-    learner = build_tiny("voco", tok, TINY).eval()
+    learner = build_tiny(variant, tok, TINY).eval()
     clips = [synthetic.render_frames(synthetic.make_clip(0, i), size=32, fps=1)[:2] for i in (1, 2)]
     owner = [0, 0, 1]
     samples = [Sample(clips[c], q, a) for c, (q, a) in zip(owner, [("what colour is it ?", "red"), ("how many ?", "two"),

@@ -281,14 +281,19 @@ class Learner(nn.Module):
         ``owner`` packs a batch: ``pixels`` holds clips and ``owner[i]`` is the clip of sample i. VoCo,
         full and pool then put all of a clip's questions in one sequence after its frames (each question
         sees the frames and itself only), so the frames' positions go through the LLM once per clip
-        instead of once per question; LLaVA-Mini runs the vision tower once per clip.
+        instead of once per question. LLaVA-Mini packs both stages: the pre-fusion runs each frame once
+        with all of the clip's questions after it, and the LLM runs the clip's tokens once.
         """
         feats = self.features(pixels)
         device = feats.device
         prompts = [self.prompt_ids(s.question) for s in samples]
         answers = [self.answer_ids(s.answer) for s in samples]
         rows = list(range(len(samples)))
-        if self.variant == "mini":  # each prompt goes through the pre-fusion with its own frames
+        packed = None if owner is None or self.variant != "mini" else self._mini_packed(feats, prompts, answers, owner)
+        if packed is not None:
+            E, M, P, starts = packed
+            rows = list(owner)
+        elif self.variant == "mini":  # each prompt goes through the pre-fusion with its own frames
             f = feats if owner is None else feats[torch.tensor(owner, device=device)]
             E, M, P, starts = self._mini_batched(f, prompts, answers)
         elif owner is None:
@@ -352,6 +357,102 @@ class Learner(nn.Module):
         M[:, P:, P:] = (text & valid[:, :, None]) | (eye & ~valid[:, :, None])  # padding sees only itself
         pos = torch.cat([layout_pos[:P].expand(C, -1), layout_pos[P] + off], dim=1)
         return E, M.unsqueeze(1), pos, starts
+
+    def _mini_packed(self, feats: torch.Tensor, prompts: list[list[int]], answers: list[list[int]], owner: list[int]):
+        """LLaVA-Mini with a clip's questions packed, or None when the prompts differ before ``<image>``.
+
+        Pre-fusion, per frame: ``[vision prefix, text before <image>, q1 after <image>, q2 ..., pad]``;
+        the shared text sees the prefix, each question the prefix, the shared text and itself, causally,
+        at the positions it has alone (the placeholder is no key and takes no position, as in the
+        official pass). LLM, per clip: ``[fused text before <image>, T vision tokens, q1 + a1, q2 + a2,
+        ...]`` with ``_packed``'s rule. ``tests/test_train.py`` checks every question against its own pass.
+        """
+        from vidqa import mini
+
+        where = {p.index(mini.IMAGE_TOKEN_INDEX) for p in prompts}
+        if len(where) != 1:
+            return None
+        i = where.pop()
+        pre = prompts[0][:i]
+        if any(p[:i] != pre for p in prompts):
+            return None
+        C, T = feats.shape[:2]
+        device = feats.device
+        embed = self.llm.get_input_embeddings()
+        frames = mini.encode_frames(feats.flatten(0, 1), self.compressor, self.projector, 1)
+        n_prefix, n_comp = frames.num_prefix, frames.compressed.shape[1]
+        # ---- the pre-fusion rows: host lists, then one copy to the device
+        text: list[list[int]] = [list(pre) for _ in range(C)]
+        qid: list[list[int]] = [[-1] * i for _ in range(C)]
+        pos: list[list[int]] = [[] for _ in range(C)]
+        vis_pre = [t > 0 for t in pre]
+        shared = sum(vis_pre)
+        for c in range(C):
+            k = 0
+            for v in vis_pre:
+                pos[c].append(n_prefix + k if v else 1)
+                k += v
+        where_post: list[int] = []  # where each question's post-<image> text starts in its clip's row
+        for q, (p, c) in enumerate(zip(prompts, owner)):
+            post = p[i + 1:]
+            where_post.append(len(text[c]))
+            text[c] += post
+            qid[c] += [q] * len(post)
+            k = shared
+            for t in post:
+                pos[c].append(n_prefix + k if t > 0 else 1)
+                k += t > 0
+        n = max(len(t) for t in text)
+        rows = torch.tensor([[t + [0] * (n - len(t)) for t in text], [q + [-2] * (n - len(q)) for q in qid],
+                             [x + [1] * (n - len(x)) for x in pos]], device=device)
+        ids, q_of, t_pos = rows[0], rows[1], rows[2]
+        t_emb, visible = mini.prompt_embeddings(embed, ids)  # [C, n, H], [C, n]
+        L = n_prefix + n
+        kind = torch.cat([torch.full((C, n_prefix), -1, device=device), q_of], dim=1)  # -1 prefix/shared
+        keys = torch.cat([torch.ones(C, n_prefix, dtype=torch.bool, device=device), visible], dim=1)
+        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        same = (kind[:, None, :] == -1) | (kind[:, None, :] == kind[:, :, None])
+        allowed = causal[None] & keys[:, None, :] & same  # [C, L, L]
+        mask = torch.zeros(C, 1, L, L, dtype=frames.vision.dtype, device=device)
+        mask = mask.masked_fill(~allowed[:, None], torch.finfo(mask.dtype).min).repeat_interleave(T, 0)
+        x = torch.cat([frames.prefix(), t_emb.to(frames.vision.dtype).repeat_interleave(T, 0)], dim=1)
+        p_ids = torch.cat([torch.arange(n_prefix, device=device).expand(C, -1), t_pos], dim=1).repeat_interleave(T, 0)
+        out = mini._run_layers(self.prefusion, self.llm.model.rotary_emb, x, p_ids, mask)
+        vis = visible.repeat_interleave(T, 0)
+        fused = torch.where(vis[:, :, None], out[:, n_prefix:], x[:, n_prefix:])
+        fused = fused.view(C, T, n, -1).float().mean(dim=1).to(fused.dtype)  # mean over frames, in float32
+        vision = out[:, n_prefix - n_comp: n_prefix].reshape(C, T * n_comp, -1).to(fused.dtype)
+        # ---- the LLM rows: [fused shared text, vision, then per question its fused text and its answer]
+        P = i + T * n_comp
+        src: list[list[int]] = [[] for _ in range(C)]  # index into the clip's fused text, or -1: plain answer
+        plain: list[list[int]] = [[] for _ in range(C)]
+        sq: list[list[int]] = [[] for _ in range(C)]
+        local: list[list[int]] = [[] for _ in range(C)]
+        starts = []
+        for q, (p, a, c) in enumerate(zip(prompts, answers, owner)):
+            m = len(p) - i - 1
+            starts.append(P + len(src[c]) + m)
+            src[c] += list(range(where_post[q], where_post[q] + m)) + [-1] * len(a)
+            plain[c] += [0] * m + list(a)
+            sq[c] += [q] * (m + len(a))
+            local[c] += list(range(m + len(a)))
+        w = max(len(x) for x in src)
+        llm_rows = torch.tensor([[x + [-1] * (w - len(x)) for x in src], [x + [0] * (w - len(x)) for x in plain],
+                                 [x + [-1] * (w - len(x)) for x in sq], [x + [0] * (w - len(x)) for x in local]],
+                                device=device)
+        s_idx, s_plain, s_q, s_off = llm_rows
+        gathered = torch.gather(fused, 1, s_idx.clamp(min=0)[:, :, None].expand(-1, -1, fused.shape[-1]))
+        stream = torch.where((s_idx >= 0)[:, :, None], gathered, embed(s_plain).to(fused.dtype))
+        E = torch.cat([fused[:, :i], vision, stream], dim=1)
+        valid = s_q >= 0
+        M = torch.zeros(C, P + w, P + w, dtype=torch.bool, device=device)
+        M[:, :P, :P] = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+        M[:, P:, :P] = valid[:, :, None]
+        tri = torch.ones(w, w, dtype=torch.bool, device=device).tril()[None] & (s_q[:, :, None] == s_q[:, None, :])
+        eye = torch.eye(w, dtype=torch.bool, device=device)[None]
+        M[:, P:, P:] = (tri & valid[:, :, None]) | (eye & ~valid[:, :, None])  # padding sees only itself
+        positions = torch.cat([torch.arange(P, device=device).expand(C, -1), P + s_off], dim=1)
+        return E, M.unsqueeze(1), positions, starts
 
     def _batched(self, feats: torch.Tensor, prompts: list[list[int]], answers: list[list[int]]):
         """Vectorised inputs for voco / full / pool: one layout for the batch, text padded on the right."""
