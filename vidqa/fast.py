@@ -179,13 +179,15 @@ def _kernels(compile: bool):
     if not compile:
         return _block, _rows, _qkv
     if not _compiled:  # one graph serves every layer: the weights are arguments, not module attributes
+        mode = os.environ.get("VIDQA_COMPILE_MODE") or None  # e.g. max-autotune-no-cudagraphs
         for name, fn in (("block", _block), ("rows", _rows), ("qkv", _qkv), ("encoder", _encoder_block)):
-            _compiled[name] = torch.compile(fn, dynamic=False)
+            _compiled[name] = torch.compile(fn, dynamic=False, mode=mode)
     return _compiled["block"], _compiled["rows"], _compiled["qkv"]
 
 
 def compile_enabled() -> bool:
-    """``VIDQA_COMPILE=1`` turns on torch.compile for the fast paths (it costs a compile per shape)."""
+    """``VIDQA_COMPILE=1`` turns on torch.compile for the fast paths (it costs a compile per shape);
+    ``VIDQA_COMPILE_MODE`` passes a torch.compile mode (``max-autotune-no-cudagraphs``: slower to compile)."""
     return os.environ.get("VIDQA_COMPILE") == "1"
 
 
