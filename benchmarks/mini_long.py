@@ -36,7 +36,7 @@ def main():
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     qa, _, _ = build(args.tiny, device, dtype)
     m, llm = qa.method, qa.llm
-    from vidqa import mini
+    from vidqa.methods import mini
     from vidqa.generate import GenerationConfig, generate
 
     g = torch.Generator().manual_seed(0)

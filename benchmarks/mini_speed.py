@@ -34,7 +34,7 @@ from voco_speed import PEAK_BYTES, sync, timed  # noqa: E402 (the shared timing 
 def build(tiny: bool, device, dtype):
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-    from vidqa import mini
+    from vidqa.methods import mini
     from vidqa.checkpoint import load_tokenizer, quiet_transformers
     from vidqa.pipeline import VideoQA
     from vidqa.vision import Preprocess, VisionEncoder, build_projector
@@ -67,7 +67,7 @@ def build(tiny: bool, device, dtype):
     for mod in (llm, tower, projector, compressor, prefusion):
         mod.to(device).requires_grad_(False)  # the sin-cos table is built from numpy, on the CPU
     tokdir = Path(tempfile.mkdtemp()) / "tok"
-    mini.write_tiny_tokenizer(tokdir)
+    testing.write_tiny_tokenizer(tokdir)
     tok = load_tokenizer(tokdir)
     options = mini.LlavaMiniOptions(compressor_size=1, mm_hidden_size=clip_cfg.hidden_size,
                                     mm_projector_type="mlp2x_gelu")
@@ -94,7 +94,7 @@ def main():
     import numpy as np
     import transformers
 
-    from vidqa import mini
+    from vidqa.methods import mini
     from vidqa.generate import DecodeStats, GenerationConfig, generate
     from vidqa.vision import preprocess
 

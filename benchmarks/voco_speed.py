@@ -58,7 +58,7 @@ def build(tiny: bool, device, dtype, tokens_per_frame: int):
     from vidqa.pipeline import VideoQA
     from vidqa.testing import write_vicuna_tokenizer
     from vidqa.vision import Preprocess, VisionEncoder, build_projector
-    from vidqa.voco import VoCo
+    from vidqa.methods.voco import VoCo
 
     quiet_transformers()
     if tiny:

@@ -27,7 +27,7 @@ def voco_qa(voco_dir):
 
 @pytest.fixture(scope="session")
 def mini_dir(tmp_path_factory) -> Path:
-    from vidqa.mini import write_tiny_official_checkpoint
+    from vidqa.testing import write_tiny_official_checkpoint
 
     return write_tiny_official_checkpoint(tmp_path_factory.mktemp("models") / "mini", clip_image_size=56)
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from vidqa.compress import FrameCache
+from vidqa.methods.base import FrameCache
 from vidqa.fast import StaticDecoder, supports
 from vidqa.generate import GenerationConfig, generate
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from vidqa import mini
+from vidqa import testing
+from vidqa.methods import mini
 
 
 
@@ -28,7 +29,7 @@ def _no_grad():
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return mini.write_tiny_official_checkpoint(tmp_path_factory.mktemp("llava-mini-tiny"))
+    return testing.write_tiny_official_checkpoint(tmp_path_factory.mktemp("llava-mini-tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import media
-from vidqa import mini
+from vidqa import testing
+from vidqa.methods import mini
 from vidqa.cli import main
-from vidqa.compress import FrameCache
+from vidqa.methods.base import FrameCache
 from vidqa.generate import GenerationConfig
 from vidqa.pipeline import VideoQA
 
@@ -64,7 +65,7 @@ def test_mini_video_end_to_end(tmp_path, capsys, mini_dir):
 
 
 def test_mini_hd_mode_end_to_end(tmp_path):
-    ckpt = mini.write_tiny_official_checkpoint(tmp_path / "hd", clip_image_size=56, resolution_ratio=2)
+    ckpt = testing.write_tiny_official_checkpoint(tmp_path / "hd", clip_image_size=56, resolution_ratio=2)
     qa = VideoQA.from_pretrained(str(ckpt), device="cpu", dtype="float32")
     video = media.make_video(tmp_path / "v.mp4", num_frames=10, fps=10, size=(64, 48))
     from vidqa.video import Sampling, load_frames
@@ -87,7 +88,7 @@ def test_mini_bad_input_is_one_line(tmp_path, capsys, mini_dir, maker):
 
 
 def test_mini_question_too_long(tmp_path, capsys):
-    ckpt = mini.write_tiny_official_checkpoint(tmp_path / "m", clip_image_size=56)
+    ckpt = testing.write_tiny_official_checkpoint(tmp_path / "m", clip_image_size=56)
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["max_position_embeddings"] = 200
     (ckpt / "config.json").write_text(json.dumps(cfg))

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import vidqa
-from vidqa.compress import FrameCache
+from vidqa.methods.base import FrameCache
 from vidqa.errors import VideoError, VidqaError
 from vidqa.store import CacheError, CacheLocked, CacheWarning, Store, default_root
 import vidqa.store as store_mod

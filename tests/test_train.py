@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vidqa import synthetic
-from vidqa.mini import IMAGE_TOKEN_INDEX
+from vidqa.methods.mini import IMAGE_TOKEN_INDEX
 from vidqa.train import (JsonData, DataError, Sample, SyntheticData, TinyConfig, TrainConfig, build_tiny, export,
                          learning_rate, make_word_tokenizer, train)
 

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from vidqa.compress import FrameCache
-from vidqa.context import frame_slots, rerotate, voco_context
+from vidqa.methods.base import FrameCache
+from vidqa.methods.rope import frame_slots, rerotate, voco_context
 
 TOL = 1e-4
 

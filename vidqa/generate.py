@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from vidqa.compress import Prefill
+from vidqa.methods.base import Prefill
 
 
 @dataclass(frozen=True)

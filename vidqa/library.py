@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from vidqa.compress import FrameCache
+from vidqa.methods.base import FrameCache
 from vidqa.errors import VideoError, VidqaError
 from vidqa.store import CacheLocked, Store
 from vidqa.video import Sampling, load_frames, plan, probe

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 
 from vidqa import checkpoint
-from vidqa.compress import FrameCache
+from vidqa.methods.base import FrameCache
 from vidqa.errors import ModelError
 from vidqa.generate import DecodeStats, Detokenizer, GenerationConfig, generate
 if TYPE_CHECKING:
     from vidqa.video import Frames
-from vidqa.vision import CLIP_MEAN, CLIP_STD, Preprocess, VisionEncoder, build_projector, load_vision_tower
+from vidqa.checkpoint import load_llm, load_projector, load_vision
+from vidqa.vision import VisionEncoder
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -97,7 +98,7 @@ class VideoQA:
         if kind not in ("voco", "mini"):
             raise ModelError(f"unknown method {kind!r} (use voco or mini)")
         if kind == "mini":
-            from vidqa.mini import load_mini  # noqa: PLC0415 (the Mini path pulls in more code)
+            from vidqa.methods.mini import load_mini  # noqa: PLC0415 (the Mini path pulls in more code)
 
             qa_method, vision = load_mini(path, cfg, dev, dt, vision_tower=vision_tower)
             tok = qa_method.tokenizer
@@ -106,7 +107,7 @@ class VideoQA:
             llm = load_llm(path, cfg, dev, dt)
             vision = load_vision(path, cfg, dev, dt, vision_tower)
             projector = load_projector(path, cfg, llm.config.hidden_size).to(dev, dt)
-            from vidqa.voco import VoCo
+            from vidqa.methods.voco import VoCo
 
             n = tokens_per_frame or int(cfg.get("voco_num", 2))
             qa_method = VoCo(llm, projector, tok, vision.num_patches, tokens_per_frame=n)
@@ -185,7 +186,7 @@ class VideoQA:
         r = getattr(self.method, "resolution_ratio", 1)
         if r == 1:
             return self.vision.encode(pixels, batch_size=batch_size)
-        from vidqa.mini import hd_crop_boxes
+        from vidqa.methods.mini import hd_crop_boxes
 
         T, H, W, _ = pixels.shape
         parts = [pixels[:, top:bottom, left:right] for left, top, right, bottom in hd_crop_boxes(W, H, r)]
@@ -237,48 +238,3 @@ def host_available() -> int:
     except OSError:
         pass
     return 1 << 50
-
-
-def load_llm(path: Path, cfg: dict, device: torch.device, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
-
-    config = checkpoint.llm_config(cfg)
-    checkpoint.weight_files(path)  # a clear error for a directory with no or partial weights
-    try:
-        llm, info = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype,
-                                                         output_loading_info=True)
-    except Exception as e:
-        raise ModelError(f"cannot load the LLM from {path}: {type(e).__name__}: {str(e).splitlines()[0]}")
-    missing = [k for k in info.get("missing_keys", []) if "rotary_emb" not in k]
-    if missing:
-        raise ModelError(f"{path} lacks LLM weights ({len(missing)} keys, e.g. {missing[0]})")
-    return llm.to(device).eval()
-
-
-def load_projector(path: Path, cfg: dict, hidden: int):
-    projector = build_projector(cfg.get("mm_projector_type", "linear"), int(cfg["mm_hidden_size"]), hidden)
-    state = checkpoint.load_tensors(path, "model.mm_projector.")
-    try:
-        projector.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ModelError(f"{path}: model.mm_projector does not match {cfg.get('mm_projector_type')}: "
-                         f"{str(e).splitlines()[0]}")
-    return projector.eval()
-
-
-def load_vision(path: Path, cfg: dict, device, dtype, override: str | None = None) -> VisionEncoder:
-    name = override or cfg.get("mm_vision_tower")
-    if not name:
-        raise ModelError(f"{path}/config.json names no mm_vision_tower; pass --vision-tower")
-    local = (path / name)
-    if not override and not Path(name).is_absolute() and local.is_dir():
-        name = str(local)  # a tower shipped inside the model directory
-    tower = load_vision_tower(name, dtype, device)
-    mean, std = CLIP_MEAN, CLIP_STD
-    pp = Path(name) / "preprocessor_config.json"
-    if pp.is_file():
-        data = json.loads(pp.read_text())
-        mean, std = data.get("image_mean", mean), data.get("image_std", std)
-    spec = Preprocess.from_config(cfg, tower.config.image_size, mean, std)
-    return VisionEncoder(tower, int(cfg.get("mm_vision_select_layer", -2)),
-                         cfg.get("mm_vision_select_feature", "patch"), spec)

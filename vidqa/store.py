@@ -56,7 +56,7 @@ import torch
 import struct
 
 import vidqa
-from vidqa.compress import FrameCache
+from vidqa.methods.base import FrameCache
 from vidqa.errors import VideoError, VidqaError
 
 STORE_FORMAT = 1  # part of every key: a new on-disk format simply misses old entries

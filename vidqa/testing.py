@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
+
+from vidqa.methods.mini.layers import Compressor, build_prefusion_layers
+from vidqa.methods.mini.method import _COMPRESSOR, _PREFUSION, _PROJECTOR
+from vidqa.vision import build_projector
 
 CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant of the image.",
@@ -106,3 +113,186 @@ def make_voco_checkpoint(directory: Path, *, hidden: int = 64, layers: int = 2, 
         cfg["voco_num"] = voco_num
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
     return directory
+
+
+# Tiny checkpoint in the official layout (for tests and offline experiments)
+# ----------------------------------------------------------------------------------------------------
+
+_LLAMA31_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                     "<|eom_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>", "<|python_tag|>")
+
+# A Llama-3.1-style chat template (system block with the knowledge/today dates, trimmed contents,
+# ``<|eot_id|>`` after each turn, optional assistant header). Written for the tiny tokenizer; real
+# checkpoints bring their own template in tokenizer_config.json.
+TINY_LLAMA31_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] | trim %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{%- if not date_string is defined %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}{{- 'Today Date: ' + date_string + '\\n\\n' }}"
+    "{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+
+def _byte_level_alphabet() -> list[str]:
+    """GPT-2 byte-to-unicode characters in byte order, so id 0 is ``"!"`` as in the Llama-3 vocabulary."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    order = printable + [b for b in range(256) if b not in printable]
+    return [chars[b] for b in order]
+
+
+def write_tiny_tokenizer(directory: str | Path) -> dict[str, int]:
+    """A byte-level ``PreTrainedTokenizerFast`` with Llama-3.1 special tokens and chat template.
+
+    Written like the release: ``tokenizer.json`` plus a ``tokenizer_config.json`` that names
+    ``PreTrainedTokenizerFast`` and holds the chat template. Returns the special tokens' ids.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {ch: i for i, ch in enumerate(_byte_level_alphabet())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in _LLAMA31_SPECIALS])
+    ids = {s: tok.token_to_id(s) for s in _LLAMA31_SPECIALS}
+    bos = "<|begin_of_text|>"
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, ids[bos])])
+    tok.save(str(directory / "tokenizer.json"))
+    added = {str(i): {"content": s, "special": True, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
+             for s, i in ids.items()}
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "added_tokens_decoder": added, "bos_token": bos, "eos_token": "<|eot_id|>", "chat_template": TINY_LLAMA31_CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": True, "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": 131072, "tokenizer_class": "PreTrainedTokenizerFast",
+    }, indent=2))
+    (directory / "special_tokens_map.json").write_text(json.dumps({"bos_token": bos, "eos_token": "<|eot_id|>"}, indent=2))
+    return ids
+
+
+def write_tiny_official_checkpoint(
+    directory: str | Path,
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 2,
+    num_key_value_heads: int = 1,
+    clip_hidden_size: int = 32,
+    clip_layers: int = 2,
+    clip_heads: int = 2,
+    clip_image_size: int = 336,
+    clip_patch_size: int = 14,
+    compressor_size: int = 1,
+    prefusion_layer_num: int = 2,
+    resolution_ratio: int = 1,
+    num_shards: int = 4,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random LLaVA-Mini checkpoint with the official key names, relative shapes and files.
+
+    ``directory`` gets config.json (the release's keys, old-style llama3 ``rope_scaling``, no
+    ``rope_parameters``), ``num_shards`` safetensors shards plus ``model.safetensors.index.json``, and the
+    tokenizer files; the CLIP vision tower goes to ``directory/clip-vision`` (keys ``vision_model.*``),
+    whose path is ``mm_vision_tower``. Every tensor is random (norm weights near 1) except
+    ``pos_embed``, the sin-cos table. The compressor's head count is not stored anywhere (it does
+    not change any shape); the loader uses the official 8, so ``clip_hidden_size`` must divide by 8.
+    """
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    special = write_tiny_tokenizer(directory)
+    vocab_size = 256 + len(_LLAMA31_SPECIALS)
+    vocab_size += -vocab_size % 16  # embedding rows beyond the tokenizer, as real checkpoints often have
+
+    torch.manual_seed(seed)
+    clip_dir = directory / "clip-vision"
+    clip_config = CLIPVisionConfig(hidden_size=clip_hidden_size, intermediate_size=2 * clip_hidden_size,
+                                   num_hidden_layers=clip_layers, num_attention_heads=clip_heads,
+                                   image_size=clip_image_size, patch_size=clip_patch_size, projection_dim=clip_hidden_size)
+    # transformers 5 names the tower's tensors without the "vision_model." prefix that the hub file
+    # (written by transformers 4) carries; write them with the prefix, as the hub has them.
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    clip_config.to_json_file(str(clip_dir / "config.json"))
+    tower_state = {f"vision_model.{k}": v.contiguous() for k, v in CLIPVisionModel(clip_config).state_dict().items()}
+    save_file(tower_state, str(clip_dir / "model.safetensors"), metadata={"format": "pt"})
+    (clip_dir / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": {"height": clip_image_size, "width": clip_image_size}, "do_center_crop": True, "do_convert_rgb": True,
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_processor_type": "CLIPImageProcessor", "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": clip_image_size},
+    }, indent=2))
+
+    llm_keys = dict(
+        attention_bias=False, attention_dropout=0.0, bos_token_id=special["<|begin_of_text|>"],
+        eos_token_id=[special["<|end_of_text|>"], special["<|eom_id|>"], special["<|eot_id|>"]], hidden_act="silu",
+        hidden_size=hidden_size, initializer_range=0.02, intermediate_size=intermediate_size,
+        max_position_embeddings=131072, mlp_bias=False, num_attention_heads=num_attention_heads,
+        num_hidden_layers=num_hidden_layers, num_key_value_heads=num_key_value_heads, pretraining_tp=1,
+        rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False, use_cache=True, vocab_size=vocab_size,
+        rope_scaling={"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    )
+    config = {
+        "_name_or_path": str(directory), "architectures": ["LlavaMiniLlamaForCausalLM"], "model_type": "llava_mini_llama",
+        **llm_keys,
+        "compressor_size": compressor_size, "freeze_mm_mlp_adapter": False, "image_aspect_ratio": "square",
+        "mm_hidden_size": clip_hidden_size, "mm_patch_merge_type": "flat", "mm_projector_lr": None,
+        "mm_projector_type": "mlp2x_gelu", "mm_use_im_patch_token": False, "mm_use_im_start_end": False,
+        "mm_vision_select_feature": "patch", "mm_vision_select_layer": -2, "mm_vision_tower": str(clip_dir),
+        "prefusion_layer_num": prefusion_layer_num, "resolution_ratio": resolution_ratio,
+        "tokenizer_model_max_length": 4096, "tokenizer_padding_side": "right", "torch_dtype": "float32",
+        "transformers_version": "4.43.1", "tune_mm_mlp_adapter": False, "use_mm_proj": True,
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+    # Modules only provide the key names and shapes; every tensor is then replaced by seeded noise.
+    llm_config = LlamaConfig(**{k: v for k, v in llm_keys.items() if k not in ("rope_theta", "rope_scaling")},
+                             rope_parameters={**llm_keys["rope_scaling"], "rope_theta": llm_keys["rope_theta"]})
+    parts: list[tuple[str, nn.Module]] = [
+        ("", LlamaForCausalLM(llm_config)),
+        (_PROJECTOR, build_projector("mlp2x_gelu", clip_hidden_size, hidden_size)),
+        (_COMPRESSOR, Compressor(compressor_size, clip_hidden_size)),
+        (_PREFUSION, build_prefusion_layers(llm_config, prefusion_layer_num)),
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, Tensor] = {}
+    for prefix, module in parts:
+        for key, value in module.state_dict().items():
+            if key == "pos_embed":
+                tensor = value.clone()
+            elif key.endswith("norm.weight") or re.search(r"ln_(q|kv)\.weight$", key):
+                tensor = 1.0 + 0.1 * torch.randn(value.shape, generator=generator)
+            else:
+                tensor = 0.05 * torch.randn(value.shape, generator=generator)
+            state[prefix + key] = tensor.contiguous()
+
+    keys = sorted(state)
+    per_shard = math.ceil(len(keys) / num_shards)
+    weight_map: dict[str, str] = {}
+    for s in range(num_shards):
+        name = f"model-{s + 1:05d}-of-{num_shards:05d}.safetensors"
+        chunk = keys[s * per_shard : (s + 1) * per_shard]
+        save_file({k: state[k] for k in chunk}, str(directory / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in chunk})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return directory
+
+
+# ----------------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class DataError(VidqaError):
 
 def template_words(method: str) -> list[str]:
     """Every word the prompts of a method use, so that a small word-level vocabulary covers them."""
-    from vidqa import mini, voco
+    from vidqa.methods import mini, voco
 
     text = voco.vicuna_prompt("x") if method == "voco" else mini.LLAVA_MINI_SYSTEM_PROMPT + \
         " Cutting Knowledge Date: December 2023 Today Date: 26 Jul 2024 system user assistant"
@@ -81,7 +81,7 @@ def make_word_tokenizer(directory: Path, corpus: list[str], method: str) -> Any:
                                   eos_token="</s>" if method == "voco" else "<|eot_id|>",
                                   additional_special_tokens=[VOCO] if method == "voco" else LLAMA31_SPECIALS[1:])
     if method == "mini":
-        from vidqa.mini import TINY_LLAMA31_CHAT_TEMPLATE
+        from vidqa.testing import TINY_LLAMA31_CHAT_TEMPLATE
 
         kwargs["chat_template"] = TINY_LLAMA31_CHAT_TEMPLATE
     out = PreTrainedTokenizerFast(**kwargs)
@@ -230,12 +230,12 @@ class Learner(nn.Module):
     def __init__(self, variant: str, vision, projector, llm, tokenizer, *, tokens_per_frame: int = 1,
                  mini_modules=None, pool: nn.Module | None = None):
         super().__init__()
-        from vidqa.voco import VoCo
+        from vidqa.methods.voco import VoCo
 
         self.variant, self.vision, self.projector, self.llm, self.tokenizer = variant, vision, projector, llm, tokenizer
         self.pool = pool
         if variant == "mini":
-            from vidqa.mini import Mini
+            from vidqa.methods.mini import Mini
 
             self.mini = Mini(mini_modules, tokenizer)
             self.compressor, self.prefusion = mini_modules.compressor, mini_modules.prefusion_layers
@@ -367,7 +367,7 @@ class Learner(nn.Module):
         official pass). LLM, per clip: ``[fused text before <image>, T vision tokens, q1 + a1, q2 + a2,
         ...]`` with ``_packed``'s rule. ``tests/test_train.py`` checks every question against its own pass.
         """
-        from vidqa import mini
+        from vidqa.methods import mini
 
         where = {p.index(mini.IMAGE_TOKEN_INDEX) for p in prompts}
         if len(where) != 1:
@@ -490,7 +490,7 @@ class Learner(nn.Module):
         ``[fused text before <image>, T*C vision tokens, fused text after, answer]``, padded on the right.
         ``tests/test_train.py`` checks each sample against its own ``_inputs`` pass.
         """
-        from vidqa import mini
+        from vidqa.methods import mini
 
         where = {p.index(mini.IMAGE_TOKEN_INDEX) for p in prompts}
         if len(where) != 1:  # the placeholder moved (a different template per sample): one at a time
@@ -556,7 +556,7 @@ class Learner(nn.Module):
             e, m, p = self.voco.masked_inputs(feats, prompt + answer)
             return e, m, p, e.shape[0] - len(answer)
         if self.variant == "mini":
-            from vidqa import mini
+            from vidqa.methods import mini
 
             ids = torch.tensor(prompt, device=device)
             frames = mini.encode_frames(feats, self.compressor, self.projector, 1)
@@ -582,7 +582,7 @@ def build_tiny(variant: str, tokenizer, cfg: TinyConfig, tokens_per_frame: int =
     """A from-scratch Learner with the demo architecture."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-    from vidqa import mini
+    from vidqa.methods import mini
     from vidqa.vision import Preprocess, VisionEncoder, build_projector
 
     clip_cfg = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,

@@ -59,7 +59,7 @@ BUILTIN = {
 
 
 def builtin_dir(name: str) -> Path:
-    return Path(__file__).parent / "models" / name
+    return Path(__file__).parent.parent / "models" / name
 
 
 def resolve(model: str | os.PathLike) -> Path:

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
-from vidqa.compress import FrameCache, Prefill
-from vidqa.context import check_rerotatable, voco_context
+from vidqa.methods.base import FrameCache, Prefill
+from vidqa.methods.rope import check_rerotatable, voco_context
 from vidqa.errors import ContextError, ModelError
 
 VOCO_TOKEN = "<voco>"

@@ -1,0 +1,1 @@
+"""Compression methods behind one interface (``base``): VoCo-LLaMA (``voco``), LLaVA-Mini (``mini``)."""

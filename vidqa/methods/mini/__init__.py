@@ -1,0 +1,7 @@
+"""LLaVA-Mini: a query compressor plus modality pre-fusion layers (``layers``), the official prompt
+(``prompt``), and the method with its checkpoint loader (``method``)."""
+
+from vidqa.methods.mini.layers import *  # noqa: F401,F403
+from vidqa.methods.mini.layers import _NON_LLM_KEYS, _run_layers  # noqa: F401
+from vidqa.methods.mini.method import *  # noqa: F401,F403
+from vidqa.methods.mini.prompt import *  # noqa: F401,F403

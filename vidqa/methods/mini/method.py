@@ -1,0 +1,264 @@
+"""LLaVA-Mini behind vidqa's method interface, and its loader for the official checkpoint layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vidqa.errors import ContextError, ModelError
+from vidqa.methods.base import Prefill
+from vidqa.methods.mini.layers import (Compressor, PrefusionKV, assemble_llm_inputs, build_prefusion_layers,
+                                       encode_frames, prefusion_prefix_kv, prefusion_text_from_kv, prompt_embeddings)
+from vidqa.methods.mini.prompt import LlavaMiniOptions, build_prompt_ids, llm_config_from_llava_mini, stop_token_ids
+from vidqa.vision import build_projector
+
+class CheckpointKeyError(ModelError):
+    """The checkpoint's keys do not match the LLaVA-Mini layout; ``missing`` and ``unexpected`` list them."""
+
+    def __init__(self, path: Path, missing: list[str], unexpected: list[str]):
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f", ... (+{len(keys) - 8} more)" if len(keys) > 8 else "") if keys else "none"
+
+        super().__init__(f"{path}: {len(missing)} missing keys ({show(missing)}); "
+                         f"{len(unexpected)} unexpected keys ({show(unexpected)})")
+        self.missing = missing
+        self.unexpected = unexpected
+
+
+@dataclass
+class LlavaMiniModules:
+    """Everything of a LLaVA-Mini checkpoint except the CLIP tower (loaded from ``options.mm_vision_tower``)."""
+
+    llm: nn.Module
+    projector: nn.Module
+    compressor: Compressor
+    prefusion_layers: nn.ModuleList
+    options: LlavaMiniOptions
+    config: dict[str, Any]
+    ignored_keys: list[str] = field(default_factory=list)  # model.vision_tower.* keys, if any
+
+    @property
+    def rotary_emb(self) -> nn.Module:
+        return self.llm.model.rotary_emb
+
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+
+# Checkpoint prefixes of the parts; the LLM's keys are its own (model.embed_tokens, model.layers, ...).
+_PROJECTOR = "model.mm_projector."
+_COMPRESSOR = "model.compressor."
+_PREFUSION = "model.prefusion_layers."
+_VISION_TOWER = "model.vision_tower."
+
+
+def _weight_map(path: Path) -> dict[str, str]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return dict(json.loads(index.read_text())["weight_map"])
+    single = path / "model.safetensors"
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(single), framework="pt") as f:
+            return {k: single.name for k in f.keys()}
+    raise ModelError(f"{path} has neither model.safetensors.index.json nor model.safetensors")
+
+
+def load_llava_mini_state(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                          compressor_heads: int = 8) -> LlavaMiniModules:
+    """Build the LLM, projector, compressor and pre-fusion layers and fill them key for key.
+
+    Reads ``config.json``, the safetensors index and its shards. Modules are created on the meta device
+    and the checkpoint tensors are assigned, so nothing is initialised twice. Raises
+    :class:`CheckpointKeyError` listing missing and unexpected keys; ``model.vision_tower.*`` keys are
+    tolerated and listed in ``ignored_keys``. ``dtype`` None keeps the stored dtypes.
+    ``compressor_heads`` is not in the checkpoint; the official code hard-codes 8.
+    """
+    from safetensors import safe_open
+    from transformers import LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    path = Path(path)
+    cfg = json.loads((path / "config.json").read_text())
+    options = dataclasses.replace(LlavaMiniOptions.from_config(cfg), compressor_heads=compressor_heads)
+    llm_config = llm_config_from_llava_mini(cfg)
+
+    with torch.device("meta"):
+        llm = LlamaForCausalLM(llm_config)
+        projector = build_projector(options.mm_projector_type, options.mm_hidden_size, llm_config.hidden_size)
+        compressor = Compressor(options.compressor_size, options.mm_hidden_size, options.compressor_heads)
+        prefusion = build_prefusion_layers(llm.config, options.prefusion_layer_num)
+    parts: list[tuple[str, nn.Module]] = [(_PROJECTOR, projector), (_COMPRESSOR, compressor), (_PREFUSION, prefusion), ("", llm)]
+    expected = {prefix + k: v.shape for prefix, module in parts for k, v in module.state_dict().items()}
+    if llm_config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+
+    weight_map = _weight_map(path)
+    ignored = sorted(k for k in weight_map if k.startswith(_VISION_TOWER))
+    present = {k for k in weight_map if not k.startswith(_VISION_TOWER)}
+    missing = sorted(set(expected) - present)
+    unexpected = sorted(present - set(expected))
+    if missing or unexpected:
+        raise CheckpointKeyError(path, missing, unexpected)
+
+    by_part: dict[str, dict[str, Tensor]] = {prefix: {} for prefix, _ in parts}
+    for shard in sorted(set(weight_map[k] for k in present)):
+        with safe_open(str(path / shard), framework="pt", device=str(device)) as f:
+            for key in f.keys():
+                if key not in present:
+                    continue
+                tensor = f.get_tensor(key)
+                if tuple(tensor.shape) != tuple(expected[key]):
+                    raise ModelError(f"{path}: {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key])}")
+                if dtype is not None and tensor.is_floating_point():
+                    tensor = tensor.to(dtype)
+                prefix = next(p for p, _ in parts if key.startswith(p))
+                by_part[prefix][key[len(prefix):]] = tensor
+    for prefix, module in parts:
+        module.load_state_dict(by_part[prefix], strict=False, assign=True)
+    if llm_config.tie_word_embeddings:
+        llm.tie_weights()
+    # RoPE tables are not in the checkpoint: rebuild them in float32 on the target device.
+    llm.model.rotary_emb = LlamaRotaryEmbedding(config=llm.config).to(device)
+    left = [n for m in (llm, projector, compressor, prefusion) for n, t in [*m.named_parameters(), *m.named_buffers()] if t.is_meta]
+    if left:
+        raise ModelError(f"{path}: tensors left uninitialised after loading: {', '.join(left[:8])}")
+    for module in (llm, projector, compressor, prefusion):
+        module.eval()
+    return LlavaMiniModules(llm, projector, compressor, prefusion, options, cfg, ignored)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 6. The method behind vidqa's protocol (vidqa.methods.base.Method)
+# ----------------------------------------------------------------------------------------------------
+
+
+class Mini(nn.Module):
+    """LLaVA-Mini behind vidqa's compression protocol.
+
+    A frame's cache is *cache (b)*: the pre-fusion layers' K/V over its ``576 + C*C`` vision positions
+    plus its fused compressed token(s). Both are question independent (causal attention), so a second
+    question never runs CLIP, the compressor or the vision half of the pre-fusion again: it runs only
+    its prompt tokens through the pre-fusion against each frame's K/V. It stores about twice the bytes
+    of the projected features (cache a) and saves ~6x the per-question compute at 8B shapes.
+
+    Frames go through the pre-fusion in chunks of ``chunk_frames`` while the fused text is summed in
+    float32, so a long video's caches may stay on the CPU and stream to the GPU chunk by chunk.
+    """
+
+    name = "mini"
+
+    def __init__(self, modules: LlavaMiniModules, tokenizer, chunk_frames: int = 64):
+        super().__init__()
+        self.llm = modules.llm
+        self.projector, self.compressor, self.prefusion = modules.projector, modules.compressor, modules.prefusion_layers
+        self.options = modules.options
+        self.tokenizer = tokenizer
+        self.tokens_per_frame = modules.options.tokens_per_frame
+        self.resolution_ratio = modules.options.resolution_ratio
+        self.chunk_frames = chunk_frames
+        self.compact_chunk_frames = 16
+        self.max_context = int(getattr(self.llm.config, "max_position_embeddings", 131072))
+        self._stop = set(stop_token_ids(tokenizer))
+        eos = tokenizer.eos_token_id
+        if isinstance(eos, int):
+            self._stop.add(eos)
+
+    @property
+    def stop_ids(self) -> set[int]:
+        return self._stop
+
+    # The official prompt ends at the user's <|eot_id|> with no assistant header, so the model writes
+    # the header itself; it is not part of the answer.
+    answer_prefix = "assistant"
+
+    def prompt_ids(self, question: str, history=()) -> list[int]:
+        return build_prompt_ids(self.tokenizer, question, history=history).ids
+
+    def cache_meta(self) -> dict[str, Any]:
+        return {"method": self.name, "tokens_per_frame": self.tokens_per_frame,
+                "resolution_ratio": self.resolution_ratio, "prefusion_layers": len(self.prefusion)}
+
+    def max_frames(self, question: str, max_new_tokens: int, history=()) -> int:
+        text = len(self.prompt_ids(question, history)) - 1  # the placeholder's slot is replaced by the frames
+        room = self.max_context - text - max_new_tokens
+        if room < self.tokens_per_frame:
+            raise ContextError(f"the question takes {text} tokens: with one frame and {max_new_tokens} new tokens "
+                               f"it does not fit the model's context of {self.max_context}")
+        return room // self.tokens_per_frame
+
+    # A compact cache: the raw CLIP features (1.2 MB a frame at CLIP-L, 8x less than the K/V). A question
+    # then reruns projector, compressor and the whole pre-fusion per frame (about 6x the compute of the
+    # K/V cache's prompt-only pass). vidqa.pipeline picks it when the K/V of a long video would not fit
+    # in host memory (10,000 frames at 8B: 95 GB of K/V, 12 GB of features).
+    supports_compact = True
+
+    def _dtype(self) -> torch.dtype:
+        return self.projector[0].weight.dtype if isinstance(self.projector, nn.Sequential) else self.projector.weight.dtype
+
+    @torch.inference_mode()
+    def compress(self, features: Tensor, compact: bool = False) -> dict[str, Tensor]:
+        dtype = self._dtype()
+        if compact:
+            return {"clip": features.to(dtype)}
+        frames = encode_frames(features.to(dtype), self.compressor, self.projector, self.resolution_ratio)
+        kv = prefusion_prefix_kv(self.prefusion, self.llm.model.rotary_emb, frames)
+        return {"keys": torch.stack(kv.keys, dim=1), "values": torch.stack(kv.values, dim=1),
+                "vision_tokens": kv.vision_tokens}
+
+    @torch.inference_mode()
+    def prefill(self, cache, question: str, history=()):
+        from transformers import DynamicCache
+
+        if cache.meta.get("method") != self.name or cache.meta.get("resolution_ratio") != self.resolution_ratio:
+            raise ModelError("this frame cache was made with other LLaVA-Mini settings; recompute it")
+        device = self.llm.get_input_embeddings().weight.device
+        ids = torch.tensor(self.prompt_ids(question, history), device=device)
+        embeds, visible = prompt_embeddings(self.llm.get_input_embeddings(), ids)
+        total, tokens = None, []
+        # a compact cache reruns the whole pre-fusion per frame: smaller chunks bound its activations
+        # (a 64-frame chunk at 8B peaks at ~5 GB; 16 frames at ~1.3 GB)
+        step = self.compact_chunk_frames if "clip" in cache.tensors else self.chunk_frames
+        for i in range(0, cache.num_frames, step):
+            kv = self._chunk_kv(cache, slice(i, i + step), device)
+            text = prefusion_text_from_kv(self.prefusion, self.llm.model.rotary_emb, kv, embeds, visible)
+            chunk_sum = text.float().sum(0)
+            total = chunk_sum if total is None else total + chunk_sum
+            tokens.append(kv.vision_tokens)
+        fused_text = (total / cache.num_frames).to(embeds.dtype)  # mean over frames, in float32, as the official code
+        vision = torch.cat(tokens)
+        frames_tokens = vision.reshape(-1, vision.shape[-1])
+        inputs = assemble_llm_inputs(fused_text, ids, frames_tokens)[None]
+        pos = torch.arange(inputs.shape[1], device=device)[None]
+        return Prefill(past_key_values=DynamicCache(), position_ids=pos, inputs_embeds=inputs)
+
+
+    def _chunk_kv(self, cache, part: slice, device) -> PrefusionKV:
+        """The pre-fusion K/V of some frames: read from a K/V cache, or recomputed from a compact one."""
+        t = cache.tensors
+        if "clip" in t:
+            frames = encode_frames(t["clip"][part].to(device), self.compressor, self.projector, self.resolution_ratio)
+            return prefusion_prefix_kv(self.prefusion, self.llm.model.rotary_emb, frames)
+        keys, values = t["keys"], t["values"]
+        return PrefusionKV(tuple(keys[part, l].to(device) for l in range(keys.shape[1])),
+                           tuple(values[part, l].to(device) for l in range(values.shape[1])),
+                           t["vision_tokens"][part].to(device), keys.shape[3])
+
+
+def load_mini(path: Path, cfg: dict[str, Any], device: torch.device, dtype: torch.dtype, vision_tower: str | None = None):
+    """The LLaVA-Mini method and its vision encoder from a checkpoint in the official layout."""
+    from vidqa import checkpoint
+
+    modules = load_llava_mini_state(path, dtype=dtype, device=device)
+    tokenizer = checkpoint.load_tokenizer(path)
+    # The official video path squashes every frame to the tower's square size (its image path crops).
+    vision = checkpoint.load_vision(path, {**cfg, "image_aspect_ratio": "squash"}, device, dtype, vision_tower)
+    return Mini(modules, tokenizer), vision

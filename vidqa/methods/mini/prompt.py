@@ -1,0 +1,145 @@
+"""LLaVA-Mini's prompt and config: the official Llama-3.1 prompt around ``<image>``, stop ids, options.
+
+Facts (from ``ictnlp/LLaVA-Mini``) are described in ``vidqa/methods/mini/layers.py``'s docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vidqa.errors import ModelError, VidqaError
+from vidqa.methods.mini.layers import (IMAGE_TOKEN, IMAGE_TOKEN_INDEX, LLAVA_MINI_SYSTEM_PROMPT, MM_CONFIG_KEYS,
+                                       STOP_TOKENS, _NON_LLM_KEYS)
+
+# 5. Config, prompt, checkpoint
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LlavaMiniOptions:
+    """The multimodal settings of a LLaVA-Mini config.json, with the official code's defaults."""
+
+    compressor_size: int
+    prefusion_layer_num: int = 4
+    resolution_ratio: int = 1
+    mm_hidden_size: int = 1024
+    mm_projector_type: str = "linear"
+    mm_vision_tower: str | None = None
+    mm_vision_select_layer: int = -2
+    mm_vision_select_feature: str = "patch"
+    image_aspect_ratio: str | None = None
+    mm_use_im_start_end: bool = False
+    compressor_heads: int = 8  # not a config key: the official code hard-codes 8
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.compressor_size * self.compressor_size
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "LlavaMiniOptions":
+        if "compressor_size" not in cfg:
+            raise ModelError("config.json has no compressor_size: not a LLaVA-Mini checkpoint")
+        if cfg.get("mm_use_im_start_end"):
+            raise ModelError("mm_use_im_start_end is true in config.json; LLaVA-Mini with image start/end tokens is not supported")
+        if "mm_vision_select_layer" not in cfg or "mm_hidden_size" not in cfg:
+            raise ModelError("config.json lacks mm_vision_select_layer or mm_hidden_size")
+        return cls(
+            compressor_size=int(cfg["compressor_size"]),
+            prefusion_layer_num=int(cfg.get("prefusion_layer_num", 4)),
+            resolution_ratio=int(cfg.get("resolution_ratio", 1) or 1),
+            mm_hidden_size=int(cfg["mm_hidden_size"]),
+            mm_projector_type=str(cfg.get("mm_projector_type", "linear")),
+            mm_vision_tower=cfg.get("mm_vision_tower"),
+            mm_vision_select_layer=int(cfg["mm_vision_select_layer"]),
+            mm_vision_select_feature=str(cfg.get("mm_vision_select_feature", "patch")),
+            image_aspect_ratio=cfg.get("image_aspect_ratio"),
+            mm_use_im_start_end=bool(cfg.get("mm_use_im_start_end", False)),
+        )
+
+
+def llm_config_from_llava_mini(config_dict: dict[str, Any]):
+    """A transformers ``LlamaConfig`` for the LLM of a LLaVA-Mini config.json, llama3 RoPE kept.
+
+    The release's config was written by transformers 4.43: ``rope_theta`` plus an old-style
+    ``rope_scaling`` (``rope_type: llama3`` or the older ``type``) and no ``rope_parameters``.
+    They are merged explicitly into transformers 5's ``rope_parameters``; multimodal keys and the
+    unknown ``model_type`` are left out so the result is a plain Llama config.
+    """
+    from transformers import LlamaConfig
+
+    clean = {k: v for k, v in config_dict.items() if k not in MM_CONFIG_KEYS and k not in _NON_LLM_KEYS}
+    rope_theta = clean.pop("rope_theta", None)
+    rope_scaling = clean.pop("rope_scaling", None)
+    rope = dict(clean.pop("rope_parameters", None) or {})
+    if not rope:
+        if rope_scaling:
+            rope = dict(rope_scaling)
+            if "rope_type" not in rope and "type" in rope:  # pre-4.43 spelling
+                rope["rope_type"] = rope.pop("type")
+        else:
+            rope = {"rope_type": "default"}
+    if rope_theta is not None:
+        rope.setdefault("rope_theta", float(rope_theta))
+    rope.setdefault("rope_theta", 10000.0)
+    dtype = clean.pop("torch_dtype", None) or clean.pop("dtype", None)
+    config = LlamaConfig(rope_parameters=rope, **clean)
+    if dtype is not None:
+        config.dtype = dtype
+    if config.rope_parameters.get("rope_type") != rope.get("rope_type"):
+        raise ModelError(f"rope scaling was not kept: {rope} became {config.rope_parameters}")
+    return config
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """Stop ids ``[<|eot_id|>, <|eom_id|>, <|end_of_text|>]`` looked up by string; Llama-3.1 ids as fallback."""
+    ids: list[int] = []
+    for token, default in STOP_TOKENS:
+        found = tokenizer.convert_tokens_to_ids(token)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        ids.append(found if isinstance(found, int) and found != unk else default)
+    return ids
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    """A LLaVA-Mini prompt split at ``<image>``: ``before`` (starts with the double BOS) and ``after``."""
+
+    before: list[int]
+    after: list[int]
+    stop_ids: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        """The whole prompt with the -200 placeholder, as the pre-fusion sees it."""
+        return [*self.before, IMAGE_TOKEN_INDEX, *self.after]
+
+
+def build_prompt_ids(tokenizer: Any, question: str, system: str | None = LLAVA_MINI_SYSTEM_PROMPT,
+                     history: Sequence[tuple[str, str]] = ()) -> PromptIds:
+    """Token ids of the official inference prompt around the ``<image>`` placeholder.
+
+    Messages ``[system, user "<image>\\n{question}"]`` through the checkpoint's chat template without
+    the generation prompt; the text is split at ``<image>``; each chunk is tokenized with special
+    tokens; the first keeps its BOS (hence a double BOS) and the second loses its first id.
+    ``history``: earlier (question, answer) turns; the image sits in the first user turn.
+    """
+    if IMAGE_TOKEN in question or any(IMAGE_TOKEN in q + a for q, a in history):
+        raise VidqaError(f"the question may not contain the literal {IMAGE_TOKEN} placeholder")
+    turns = [*history, (question, None)]
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    for i, (q, a) in enumerate(turns):
+        messages.append({"role": "user", "content": f"{IMAGE_TOKEN}\n{q}" if i == 0 else q})
+        if a is not None:
+            messages.append({"role": "assistant", "content": a})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    chunks = text.split(IMAGE_TOKEN)
+    if len(chunks) != 2:
+        raise ModelError(f"the chat template kept {len(chunks) - 1} {IMAGE_TOKEN} placeholders instead of 1")
+    first = list(tokenizer(chunks[0]).input_ids)
+    second = list(tokenizer(chunks[1]).input_ids)
+    starts_with_bos = tokenizer.bos_token_id is not None and first[:1] == [tokenizer.bos_token_id]
+    return PromptIds(before=first, after=second[1:] if starts_with_bos else second, stop_ids=stop_token_ids(tokenizer))
+
+
