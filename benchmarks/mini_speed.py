@@ -34,6 +34,7 @@ from voco_speed import PEAK_BYTES, sync, timed  # noqa: E402 (the shared timing 
 def build(tiny: bool, device, dtype):
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
+    from vidqa import testing
     from vidqa.methods import mini
     from vidqa.checkpoint import load_tokenizer, quiet_transformers
     from vidqa.pipeline import VideoQA
@@ -94,6 +95,7 @@ def main():
     import numpy as np
     import transformers
 
+    from vidqa import testing
     from vidqa.methods import mini
     from vidqa.generate import DecodeStats, GenerationConfig, generate
     from vidqa.vision import preprocess
