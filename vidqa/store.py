@@ -58,6 +58,7 @@ import struct
 import vidqa
 from vidqa.methods.base import FrameCache
 from vidqa.errors import VideoError, VidqaError
+from vidqa.options import cache_root as default_root  # noqa: F401 (the store's default folder)
 
 STORE_FORMAT = 1  # part of every key: a new on-disk format simply misses old entries
 REQUIRED_SETTINGS = ("model_fingerprint", "method", "tokens_per_frame", "dtype", "sampling")
@@ -114,16 +115,6 @@ class _Bad(Exception):
 
 # --------------------------------------------------------------------------------------------------
 # small helpers
-
-
-def default_root() -> Path:
-    """``$VIDQA_CACHE_DIR``, else ``$XDG_CACHE_HOME/vidqa``, else ``~/.cache/vidqa``."""
-    if os.environ.get("VIDQA_CACHE_DIR"):
-        return Path(os.environ["VIDQA_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg and os.path.isabs(xdg):  # the XDG spec says relative values are to be ignored
-        return Path(xdg) / "vidqa"
-    return Path.home() / ".cache" / "vidqa"
 
 
 def _canonical(value: Any, where: str = "settings", fold: bool = True) -> Any:

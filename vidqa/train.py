@@ -417,7 +417,7 @@ class Learner(nn.Module):
         mask = mask.masked_fill(~allowed[:, None], torch.finfo(mask.dtype).min).repeat_interleave(T, 0)
         x = torch.cat([frames.prefix(), t_emb.to(frames.vision.dtype).repeat_interleave(T, 0)], dim=1)
         p_ids = torch.cat([torch.arange(n_prefix, device=device).expand(C, -1), t_pos], dim=1).repeat_interleave(T, 0)
-        out = mini._run_layers(self.prefusion, self.llm.model.rotary_emb, x, p_ids, mask)
+        out = mini.run_layers(self.prefusion, self.llm.model.rotary_emb, x, p_ids, mask)
         vis = visible.repeat_interleave(T, 0)
         fused = torch.where(vis[:, :, None], out[:, n_prefix:], x[:, n_prefix:])
         fused = fused.view(C, T, n, -1).float().mean(dim=1).to(fused.dtype)  # mean over frames, in float32
@@ -511,7 +511,7 @@ class Learner(nn.Module):
         mask = torch.zeros(keys.shape[0], 1, *causal.shape, dtype=x.dtype, device=device)
         mask = mask.masked_fill(~(causal[None, None] & keys[:, None, None, :]), torch.finfo(x.dtype).min)
         pos = (keys.long().cumsum(1) - 1).masked_fill(~keys, 1)
-        out = mini._run_layers(self.prefusion, self.llm.model.rotary_emb, x, pos, mask)
+        out = mini.run_layers(self.prefusion, self.llm.model.rotary_emb, x, pos, mask)
         fused = torch.where(vis[:, :, None], out[:, n_prefix:], x[:, n_prefix:])  # [B*T, n, H]
         text = fused.view(B, T, n, -1).float().mean(dim=1).to(fused.dtype)  # mean over frames, in float32
         vision = out[:, n_prefix - n_comp: n_prefix].reshape(B, T * n_comp, -1)

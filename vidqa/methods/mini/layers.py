@@ -354,7 +354,7 @@ def _additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
 
-def _run_layers(layers: nn.ModuleList, rotary_emb: nn.Module, hidden: Tensor, positions: Tensor, mask: Tensor, cache: Any = None) -> Tensor:
+def run_layers(layers: nn.ModuleList, rotary_emb: nn.Module, hidden: Tensor, positions: Tensor, mask: Tensor, cache: Any = None) -> Tensor:
     """Run the decoder layers with the LLM's RoPE; positions ``[L]`` are shared by every frame of the
     batch, or ``[F, L]`` give each frame its own (batched training)."""
     position_ids = positions if positions.dim() == 2 else positions.unsqueeze(0)
@@ -387,7 +387,7 @@ def prefusion_full(layers: nn.ModuleList, rotary_emb: nn.Module, frames: FrameFe
     key_visible = torch.cat([torch.ones(n_prefix, dtype=torch.bool, device=x.device), text_visible.to(x.device)])
     causal = torch.ones(total, total, dtype=torch.bool, device=x.device).tril()
     mask = _additive_mask(causal & key_visible[None, :], x.dtype)
-    out = _run_layers(layers, rotary_emb, x, prefusion_positions(n_prefix, text_visible.to(x.device)), mask)
+    out = run_layers(layers, rotary_emb, x, prefusion_positions(n_prefix, text_visible.to(x.device)), mask)
     fused = torch.where(text_visible.to(x.device)[None, :, None], out[:, n_prefix:], x[:, n_prefix:])
     return FusedFrames(vision_tokens=out[:, n_prefix - n_comp : n_prefix], text=fused)
 
@@ -439,7 +439,7 @@ def prefusion_prefix_kv(layers: nn.ModuleList, rotary_emb: nn.Module, frames: Fr
     causal = torch.ones(n_prefix, n_prefix, dtype=torch.bool, device=x.device).tril()
     cache = DynamicCache()
     positions = torch.arange(n_prefix, device=x.device)
-    out = _run_layers(layers, rotary_emb, x, positions, _additive_mask(causal, x.dtype), cache)
+    out = run_layers(layers, rotary_emb, x, positions, _additive_mask(causal, x.dtype), cache)
     keys = tuple(cache.layers[i].keys for i in range(len(layers)))
     values = tuple(cache.layers[i].values for i in range(len(layers)))
     return PrefusionKV(keys, values, out[:, n_prefix - n_comp :].clone(), n_prefix)
@@ -463,7 +463,7 @@ def prefusion_text_from_kv(layers: nn.ModuleList, rotary_emb: nn.Module, kv: Pre
     causal = torch.ones(n_text, n_text, dtype=torch.bool, device=device).tril() & text_visible[None, :]
     allowed = torch.cat([torch.ones(n_text, n_prefix, dtype=torch.bool, device=device), causal], dim=1)
     positions = prefusion_positions(n_prefix, text_visible)[n_prefix:]
-    out = _run_layers(layers, rotary_emb, hidden, positions, _additive_mask(allowed, hidden.dtype), cache)
+    out = run_layers(layers, rotary_emb, hidden, positions, _additive_mask(allowed, hidden.dtype), cache)
     return torch.where(text_visible[None, :, None], out, hidden)
 
 
