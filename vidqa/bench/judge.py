@@ -1,7 +1,7 @@
 """The optional GPT judge: the Video-ChatGPT protocol over an OpenAI-compatible endpoint, cached on disk.
 
-The Video-ChatGPT protocol (``quantitative_evaluation/evaluate_activitynet_qa.py``)
-against any OpenAI-compatible ``/chat/completions``: its system and user prompts, a reply parsed as
+The protocol is Video-ChatGPT's (``quantitative_evaluation/evaluate_activitynet_qa.py``), asked of any
+OpenAI-compatible ``/chat/completions``: its system and user prompts, a reply parsed as
 ``{'pred': 'yes'|'no', 'score': 0..5}``; accuracy = yes / (yes + no), score = mean of ``int(score)``
 (the protocol's script truncates). Requests use temperature 0. Replies are cached on disk, keyed by
 judge model, question, gold answer and prediction, under ``<cache store>/judge/``.

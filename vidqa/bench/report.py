@@ -182,7 +182,6 @@ def report_for(dataset: Dataset, selection: list[Item], out: Path, *, records: d
     return report
 
 
-
 def _fmt_pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 

@@ -190,7 +190,6 @@ def _record(it: Item, path: Path | None, prediction: str | None, *, timing: dict
     return rec
 
 
-
 def marker_path(out: Path, shard: tuple[int, int]) -> Path:
     return out / f"predictions.part-{shard[0]}-of-{shard[1]}.done"
 

@@ -35,7 +35,6 @@ class DataError(VidqaError):
     """Training data that cannot be used (with --on-bad refuse)."""
 
 
-
 def template_words(method: str) -> list[str]:
     """Every word the prompts of a method use, so that a small word-level vocabulary covers them."""
     text = voco.vicuna_prompt("x") if method == "voco" else mini.LLAVA_MINI_SYSTEM_PROMPT + \

@@ -272,7 +272,7 @@ class MiniInputs(InputBuilder):
     name = "mini"
     aspect = "squash"
 
-    def __init__(self, llm, projector, tokenizer, modules: "mini.LlavaMiniModules"):
+    def __init__(self, llm, projector, tokenizer, modules: mini.LlavaMiniModules):
         super().__init__(llm, projector, tokenizer)
         self.mini = mini.Mini(modules, tokenizer)
         self.compressor, self.prefusion = modules.compressor, modules.prefusion_layers

@@ -43,7 +43,6 @@ class TrainConfig:
     tiny: TinyConfig = field(default_factory=TinyConfig)
 
 
-
 @torch.no_grad()
 def evaluate(learner: Learner, data, device, batch_size: int = 64, limit: int | None = None) -> dict:
     """First-answer-word accuracy (the answers are single words), overall and per category."""

@@ -1,6 +1,4 @@
-"""``python -m vidqa.train``: the argparse front end of ``vidqa train``.
-
-`vidqa train`: learn VoCo-LLaMA or LLaVA-Mini compression, and make small demo models from scratch.
+"""``python -m vidqa.train``: the argparse front end of ``vidqa train``, moved here unchanged.
 
 To be deleted when ``vidqa train`` is a Typer command of its own (``vidqa/cli/train.py``).
 """
@@ -21,10 +19,12 @@ from vidqa.train.export import export
 from vidqa.train.loop import TrainConfig, train
 from vidqa.train.model import build_tiny, load_vision_from
 
+DESCRIPTION = "`vidqa train`: learn VoCo-LLaMA or LLaVA-Mini compression, and make small demo models from scratch."
+
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m vidqa.train``: the same as ``vidqa train`` (see its --help)."""
-    ap = argparse.ArgumentParser(prog="vidqa train", description=__doc__.split("\n\n")[1])
+    ap = argparse.ArgumentParser(prog="vidqa train", description=DESCRIPTION)
     ap.add_argument("--method", choices=["voco", "mini", "full", "pool"], default="voco",
                     help="what to train (full and pool are the retention table's reference rows)")
     ap.add_argument("--data", default="synthetic", help="'synthetic' or a LLaVA-style JSON file")
