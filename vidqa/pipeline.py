@@ -138,7 +138,7 @@ class VideoQA:
             feats = self.features(pixels[i:i + batch_size], batch_size)
             self._sync()
             t1 = time.perf_counter()
-            out = self.method.compress(feats, compact=bool(compact))
+            out = self.method.compress(feats, compact=True) if compact else self.method.compress(feats)
             if offload is None or compact is None:
                 per_frame = sum(v.numel() * v.element_size() for v in out.values()) / feats.shape[0]
                 total = per_frame * len(pixels)

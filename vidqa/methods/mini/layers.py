@@ -1,8 +1,6 @@
 """LLaVA-Mini building blocks: compressor, modality pre-fusion, per-frame caches, HD mode.
 
-Over 500 lines because the facts below (taken from the public code, which the checkpoint follows)
-document the functions right after them; the prompt (``prompt.py``) and the method with its checkpoint
-loader (``method.py``) live apart.
+The prompt is in ``prompt.py``; the method and its checkpoint loader in ``method.py``.
 
 LLaVA-Mini (arXiv 2501.03895; public code ``ictnlp/LLaVA-Mini``; one public checkpoint,
 ``ICTNLP/llava-mini-llama-3.1-8b``) feeds the LLM ``C*C`` vision tokens per image (C = 1 in the
