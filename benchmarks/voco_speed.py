@@ -298,7 +298,7 @@ def main():
             res[f"vidqa_{name}_ms_per_token"] = statistics.median(r.ms_per_token for r in runs)
             res[f"vidqa_{name}_ttft_ms"] = statistics.median(1000 * r.prefill_s for r in runs)
         if args.compile and device.type == "cuda" and not args.skip_decode:
-            from vidqa.fast import StaticDecoder
+            from vidqa.generate import StaticDecoder
 
             t0 = time.perf_counter()
             dec = StaticDecoder(llm, qa.decoder(ctx_len + args.new_tokens).capacity, compile=True)

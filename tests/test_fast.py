@@ -3,8 +3,8 @@
 import torch
 
 from vidqa.methods.base import FrameCache
-from vidqa.fast import StaticDecoder, supports
-from vidqa.generate import GenerationConfig, generate
+from vidqa.fast import supports
+from vidqa.generate import GenerationConfig, StaticDecoder, generate
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidqa import testing
+from vidqa import checkpoint, testing
 from vidqa.methods import mini
 
 
@@ -317,7 +317,7 @@ def test_llm_config_keeps_llama3_rope(type_key):
                          "original_max_position_embeddings": 8192, type_key: "llama3"},
         "mm_hidden_size": 1024, "compressor_size": 1, "prefusion_layer_num": 4, "mm_vision_tower": "openai/clip-vit-large-patch14-336",
     }
-    config = mini.llm_config_from_llava_mini(cfg)
+    config = checkpoint.llm_config(cfg)
     assert config.model_type == "llama" and not hasattr(config, "compressor_size")
     assert config.rope_parameters["rope_type"] == "llama3" and config.rope_parameters["rope_theta"] == 500000.0
     rope = LlamaRotaryEmbedding(config)

@@ -1,15 +1,10 @@
-"""Fast paths for Llama-family decoder layers: batched causal prefixes (compression) and a static-cache
-decode step replayed as a CUDA graph (gpt-fast's approach).
-
-Why this exists: a transformers decode step at 7B issues several hundred small kernels from Python
-(~23 ms per token measured on an H100, against a 4.4 ms bandwidth floor). Capturing one step into a
-CUDA graph removes the launch overhead, and the graph needs fixed shapes and addresses: a
-preallocated KV cache of fixed capacity, written in place at a position held in a device tensor.
+"""Fused kernels for Llama-family decoder layers and CLIP encoder layers: batched causal prefixes
+(compression), CLIP's encoder, and the per-layer pieces the static-cache decode step
+(``vidqa.generate.StaticDecoder``) is built from.
 
 The weights stay the model's own. ``fuse_projections`` concatenates each layer's Q/K/V weights and its
 gate/up weights into one tensor (the original modules become views into it, so no memory is added):
-one GEMM instead of three and one instead of two, which matters most for one-token decoding. Prefill
-stays on the ordinary transformers path; its KV cache is copied in.
+one GEMM instead of three and one instead of two, which matters most for one-token decoding.
 
 ``causal_prefix`` runs decoder layers over a batch of prefixes with ``is_causal`` attention (flash
 kernels) and returns the per-layer K/V of chosen positions. It is written out here, rather than
@@ -21,12 +16,12 @@ transformers layers.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, rotate_half
+
+from vidqa.options import ComputeOptions
 
 
 def supports(llm) -> bool:
@@ -62,16 +57,17 @@ def fuse_projections(layers) -> None:
             layer._vidqa_fused = (_fuse([a.q_proj, a.k_proj, a.v_proj]), _fuse([m.gate_proj, m.up_proj]))
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Llama's RMSNorm, in float32 and cast back before the weight, as transformers computes it."""
     xf = x.float()
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _qkv(h, cos, sin, ln, eps, w_qkv, b_qkv, n_heads: int, n_kv: int, head_dim: int):
+def qkv(h, cos, sin, ln, eps, w_qkv, b_qkv, n_heads: int, n_kv: int, head_dim: int):
+    """A Llama layer's normed, fused Q/K/V projection with RoPE applied: ``q, k, v [B, heads, L, head_dim]``."""
     B, L, _ = h.shape
-    qkv = F.linear(_rms_norm(h, ln, eps), w_qkv, b_qkv)
-    q, k, v = qkv.split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
+    x = F.linear(rms_norm(h, ln, eps), w_qkv, b_qkv)
+    q, k, v = x.split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
     q = q.view(B, L, n_heads, head_dim).transpose(1, 2)
     k = k.view(B, L, n_kv, head_dim).transpose(1, 2)
     v = v.view(B, L, n_kv, head_dim).transpose(1, 2)
@@ -83,10 +79,10 @@ def _block(h, cos, sin, ln1, eps1, w_qkv, b_qkv, w_o, b_o, ln2, eps2, w_gu, b_gu
            n_heads: int, n_kv: int, head_dim: int, scaling: float, act):
     """One Llama decoder layer over full causal sequences; returns (output, k, v)."""
     B, L, _ = h.shape
-    q, k, v = _qkv(h, cos, sin, ln1, eps1, w_qkv, b_qkv, n_heads, n_kv, head_dim)
+    q, k, v = qkv(h, cos, sin, ln1, eps1, w_qkv, b_qkv, n_heads, n_kv, head_dim)
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=n_kv != n_heads)
     h = h + F.linear(o.transpose(1, 2).reshape(B, L, -1), w_o, b_o)
-    gate, up = F.linear(_rms_norm(h, ln2, eps2), w_gu, b_gu).chunk(2, dim=-1)
+    gate, up = F.linear(rms_norm(h, ln2, eps2), w_gu, b_gu).chunk(2, dim=-1)
     return h + F.linear(act(gate) * up, w_down, b_down), k, v
 
 
@@ -96,7 +92,7 @@ def _rows(h, rows: slice, cos, sin, ln1, eps1, w_qkv, b_qkv, w_o, b_o, ln2, eps2
     K/V for every position, but the queries, attention output and MLP for ``rows`` only."""
     B, L, _ = h.shape
     nq = n_heads * head_dim
-    x = _rms_norm(h, ln1, eps1)
+    x = rms_norm(h, ln1, eps1)
     k, v = F.linear(x, w_qkv[nq:], None if b_qkv is None else b_qkv[nq:]).split(n_kv * head_dim, dim=-1)
     q = F.linear(x[:, rows], w_qkv[:nq], None if b_qkv is None else b_qkv[:nq])
     n = q.shape[1]
@@ -109,7 +105,7 @@ def _rows(h, rows: slice, cos, sin, ln1, eps1, w_qkv, b_qkv, w_o, b_o, ln2, eps2
     visible = where.view(1, -1) <= where[rows].view(-1, 1)  # causal, for queries that are not the first rows
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scaling, enable_gqa=n_kv != n_heads)
     h = h[:, rows] + F.linear(o.transpose(1, 2).reshape(B, n, -1), w_o, b_o)
-    gate, up = F.linear(_rms_norm(h, ln2, eps2), w_gu, b_gu).chunk(2, dim=-1)
+    gate, up = F.linear(rms_norm(h, ln2, eps2), w_gu, b_gu).chunk(2, dim=-1)
     return h + F.linear(act(gate) * up, w_down, b_down), k, v
 
 
@@ -177,10 +173,10 @@ _compiled: dict[str, object] = {}
 
 def _kernels(compile: bool):
     if not compile:
-        return _block, _rows, _qkv
+        return _block, _rows, qkv
     if not _compiled:  # one graph serves every layer: the weights are arguments, not module attributes
-        mode = os.environ.get("VIDQA_COMPILE_MODE") or None  # e.g. max-autotune-no-cudagraphs
-        for name, fn in (("block", _block), ("rows", _rows), ("qkv", _qkv), ("encoder", _encoder_block)):
+        mode = ComputeOptions.from_env().compile_mode  # e.g. max-autotune-no-cudagraphs
+        for name, fn in (("block", _block), ("rows", _rows), ("qkv", qkv), ("encoder", _encoder_block)):
             _compiled[name] = torch.compile(fn, dynamic=False, mode=mode)
     return _compiled["block"], _compiled["rows"], _compiled["qkv"]
 
@@ -188,7 +184,7 @@ def _kernels(compile: bool):
 def compile_enabled() -> bool:
     """``VIDQA_COMPILE=1`` turns on torch.compile for the fast paths (it costs a compile per shape);
     ``VIDQA_COMPILE_MODE`` passes a torch.compile mode (``max-autotune-no-cudagraphs``: slower to compile)."""
-    return os.environ.get("VIDQA_COMPILE") == "1"
+    return ComputeOptions.from_env().compile
 
 
 def causal_prefix(layers, rotary_emb, h: torch.Tensor, keep: slice | None = None, output: bool = True,
@@ -244,92 +240,3 @@ def supports_layers(layers) -> bool:
     cfg = a.config
     sliding = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
     return all(p is not None for p in parts) and not sliding and getattr(a, "q_norm", None) is None
-
-
-class StaticDecoder:
-    """One-token decode steps over a KV cache of fixed capacity; ``graph=True`` replays a CUDA graph."""
-
-    def __init__(self, llm, capacity: int, graph: bool | None = None, compile: bool = False):
-        cfg = llm.config
-        self.llm = llm
-        p = next(llm.parameters())
-        self.device, self.dtype = p.device, p.dtype
-        self.capacity = capacity
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-        shape = (1, self.n_kv, capacity, self.head_dim)
-        self.keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in llm.model.layers]
-        self.values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in llm.model.layers]
-        # the step's inputs live in fixed tensors so that a captured graph reads them
-        self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        self.position = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # RoPE position
-        self.slot = torch.zeros(1, dtype=torch.long, device=self.device)  # index in the cache
-        self.arange = torch.arange(capacity, device=self.device)
-        fuse_projections(llm.model.layers)
-        self.use_graph = (self.device.type == "cuda") if graph is None else graph
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None
-        self.length = 0
-        # torch.compile fuses the small ops between the matmuls (norms, RoPE, SiLU): fewer kernels
-        # in the graph. It costs a compile at the first step, so it is opt-in (VIDQA_COMPILE=1).
-        self._run = torch.compile(self._step, dynamic=False) if compile else self._step
-
-    def load(self, cache) -> None:
-        """Copy a transformers cache (after prefill) into the static buffers."""
-        n = cache.layers[0].keys.shape[-2]
-        if n >= self.capacity:
-            raise ValueError(f"context of {n} tokens does not fit a static cache of {self.capacity}")
-        for i, layer in enumerate(cache.layers):
-            self.keys[i][:, :, :n].copy_(layer.keys)
-            self.values[i][:, :, :n].copy_(layer.values)
-        self.length = n
-
-    def _step(self) -> torch.Tensor:
-        m = self.llm.model
-        h = m.embed_tokens(self.token)
-        cos, sin = m.rotary_emb(h, position_ids=self.position)
-        visible = (self.arange <= self.slot).view(1, 1, 1, -1)
-        for i, layer in enumerate(m.layers):
-            attn = layer.self_attn
-            (w_qkv, b_qkv), (w_gu, b_gu) = layer._vidqa_fused  # one GEMV for Q/K/V, one for gate/up
-            q, k, v = _qkv(h, cos, sin, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
-                           w_qkv, b_qkv, self.n_heads, self.n_kv, self.head_dim)
-            self.keys[i].index_copy_(2, self.slot, k)
-            self.values[i].index_copy_(2, self.slot, v)
-            o = F.scaled_dot_product_attention(q, self.keys[i], self.values[i], attn_mask=visible,
-                                               scale=attn.scaling, enable_gqa=self.n_kv != self.n_heads)
-            h = h + attn.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
-            gate, up = F.linear(_rms_norm(h, layer.post_attention_layernorm.weight,
-                                          layer.post_attention_layernorm.variance_epsilon), w_gu, b_gu).chunk(2, dim=-1)
-            h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
-        return self.llm.lm_head(m.norm(h))[0, -1]
-
-    def _capture(self) -> None:
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        # Warm-up steps write K/V at slot `length`: the real step overwrites that slot before reading it.
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(3):
-                self._run()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.logits = self._run()
-
-    def step(self, token: int, position: int) -> torch.Tensor:
-        """Append ``token`` at RoPE ``position`` and return the next-token logits ``[V]``."""
-        if self.length >= self.capacity:
-            raise ValueError("static cache is full")
-        self.token.fill_(token)
-        self.position.fill_(position)
-        self.slot.fill_(self.length)
-        if self.use_graph:
-            if self.graph is None:
-                self._capture()
-            self.graph.replay()
-            logits = self.logits
-        else:
-            with torch.inference_mode():
-                logits = self._run()
-        self.length += 1
-        return logits

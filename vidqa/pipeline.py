@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +17,15 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
-from vidqa import checkpoint
-from vidqa.methods.base import FrameCache
+from vidqa import checkpoint, fast
 from vidqa.errors import ModelError
-from vidqa.generate import DecodeStats, Detokenizer, GenerationConfig, generate
-if TYPE_CHECKING:
-    from vidqa.video import Frames
-from vidqa.checkpoint import load_llm, load_projector, load_vision
+from vidqa.generate import DecodeStats, Detokenizer, GenerationConfig, StaticDecoder, generate
+from vidqa.methods.base import FrameCache, Method, get_method
+from vidqa.options import ComputeOptions, ModelOptions
 from vidqa.vision import VisionEncoder
+
+if TYPE_CHECKING:  # annotations only: video decoding is not needed to answer from a cache
+    from vidqa.video import Frames
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -52,15 +51,6 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def fingerprint(path: Path, cfg: dict) -> str:
-    """Identity of a checkpoint: its config and the names, sizes and times of its weight files."""
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
-    for f in checkpoint.weight_files(path):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
 @dataclass
 class Timings:
     vision_s: float = 0.0
@@ -70,12 +60,17 @@ class Timings:
 
 
 class VideoQA:
-    def __init__(self, method, vision: VisionEncoder, tokenizer, *, model_id: str = "", model_fingerprint: str = ""):
+    """A method, its vision encoder and tokenizer, and how they run (``compute``)."""
+
+    def __init__(self, method: Method, vision: VisionEncoder, tokenizer, *, model_id: str = "",
+                 model_fingerprint: str = "", compute: ComputeOptions | None = None):
         self.method, self.vision, self.tokenizer = method, vision, tokenizer
         self.model_id, self.model_fingerprint = model_id, model_fingerprint
+        # None: torch.compile follows ComputeOptions.from_env() at each call (the kernels' own default)
+        self.compute = compute
+        if compute is not None:
+            method.compile_kernels = vision.compile_kernels = compute.compile
         self.device = vision.device
-        from vidqa import fast
-
         # CUDA-graph decoding where it applies; the transformers path everywhere else
         self.fast = self.device.type == "cuda" and fast.supports(method.llm)
         self._decoder = None
@@ -86,32 +81,27 @@ class VideoQA:
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model: str, *, device: str | None = None, dtype: str | None = None,
-                        method: str | None = None, vision_tower: str | None = None,
-                        tokens_per_frame: int | None = None) -> "VideoQA":
+    def from_pretrained(cls, model: str, *, method: str | None = None, vision_tower: str | None = None,
+                        tokens_per_frame: int | None = None, compute: ComputeOptions | None = None,
+                        device: str | None = None, dtype: str | None = None) -> "VideoQA":
+        """Load a checkpoint (a folder, a built-in demo name, or a hub id) with the method its config names.
+
+        ``compute``: where and how to run (None: ``ComputeOptions.from_env()``); ``device`` and ``dtype``
+        override its fields.
+        """
+        compute = compute or ComputeOptions.from_env()
+        compute = dataclasses.replace(compute, **{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
+        options = ModelOptions(model=str(model), method=method, vision_tower=vision_tower,
+                               tokens_per_frame=tokens_per_frame)
         checkpoint.quiet_transformers()
-        dev = pick_device(device)
-        dt = pick_dtype(dtype, dev)
+        dev = pick_device(compute.device)
+        dt = pick_dtype(compute.dtype, dev)
         path = checkpoint.resolve(model)
         cfg = checkpoint.read_config(path)
-        kind = method or checkpoint.detect_method(cfg)
-        if kind not in ("voco", "mini"):
-            raise ModelError(f"unknown method {kind!r} (use voco or mini)")
-        if kind == "mini":
-            from vidqa.methods.mini import load_mini  # noqa: PLC0415 (the Mini path pulls in more code)
-
-            qa_method, vision = load_mini(path, cfg, dev, dt, vision_tower=vision_tower)
-            tok = qa_method.tokenizer
-        else:
-            tok = checkpoint.load_tokenizer(path)
-            llm = load_llm(path, cfg, dev, dt)
-            vision = load_vision(path, cfg, dev, dt, vision_tower)
-            projector = load_projector(path, cfg, llm.config.hidden_size).to(dev, dt)
-            from vidqa.methods.voco import VoCo
-
-            n = tokens_per_frame or int(cfg.get("voco_num", 2))
-            qa_method = VoCo(llm, projector, tok, vision.num_patches, tokens_per_frame=n)
-        return cls(qa_method, vision, tok, model_id=str(model), model_fingerprint=fingerprint(path, cfg))
+        method_class = get_method(options.method or checkpoint.detect_method(cfg))
+        qa_method, vision, tok = method_class.load(path, cfg, dev, dt, options)
+        return cls(qa_method, vision, tok, model_id=str(model), model_fingerprint=checkpoint.fingerprint(path, cfg),
+                   compute=compute)
 
     # ---- the two halves --------------------------------------------------------------------------
     def max_frames(self, question: str, max_new_tokens: int = 256, history=()) -> int:
@@ -133,10 +123,10 @@ class VideoQA:
         available host memory (10,000 frames at 8B: 95 GB of K/V, 12 GB of features). The answer step
         streams either kind to the GPU in chunks.
         """
-        can_compact = getattr(self.method, "supports_compact", False)
+        can_compact = self.method.supports_compact
         if compact and not can_compact:
             raise ModelError(f"the {self.method.name} method has no compact cache")
-        batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
+        batch_size = batch_size or (self.compute and self.compute.batch_size) or (16 if self.device.type == "cuda" else 4)
         timings = timings if timings is not None else Timings()
         parts: dict[str, list[torch.Tensor]] = {}
         arr = frames.pixels if frames.pixels.flags.writeable else frames.pixels.copy()  # image decoders hand out read-only arrays
@@ -181,17 +171,12 @@ class VideoQA:
                           self.method.tokens_per_frame, meta)
 
     def features(self, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Vision features of uint8 frames: ``[T, P, C]``, or ``[T, r*r + 1, P, C]`` in LLaVA-Mini HD mode
-        (r*r crops in row-major order, then the whole frame, each through CLIP on its own)."""
-        r = getattr(self.method, "resolution_ratio", 1)
-        if r == 1:
-            return self.vision.encode(pixels, batch_size=batch_size)
-        from vidqa.methods.mini import hd_crop_boxes
-
-        T, H, W, _ = pixels.shape
-        parts = [pixels[:, top:bottom, left:right] for left, top, right, bottom in hd_crop_boxes(W, H, r)]
-        feats = [self.vision.encode(p.contiguous(), batch_size=batch_size) for p in parts]
-        return torch.stack(feats, dim=1)
+        """Vision features of uint8 frames: ``[T, P, C]`` for one view per frame, else ``[T, V, P, C]``
+        (the method's ``views``, e.g. LLaVA-Mini's HD crops, each through the tower on its own)."""
+        views = self.method.views(pixels)
+        if len(views) == 1:
+            return self.vision.encode(views[0], batch_size=batch_size)
+        return torch.stack([self.vision.encode(v, batch_size=batch_size) for v in views], dim=1)
 
     def answer(self, cache: FrameCache, question: str, gen: GenerationConfig = GenerationConfig(),
                stats: DecodeStats | None = None, history: list[tuple[str, str]] = ()) -> Iterator[str]:
@@ -201,7 +186,7 @@ class VideoQA:
         prefill = self.method.prefill(cache, question, history)  # moves what it needs to the device
         past = prefill.past_key_values.get_seq_length() if prefill.past_key_values is not None else 0
         decoder = self.decoder(past + prefill.position_ids.shape[1] + gen.max_new_tokens)
-        detok = Detokenizer(self.tokenizer, getattr(self.method, "answer_prefix", None))
+        detok = Detokenizer(self.tokenizer, self.method.answer_prefix)
         for token in generate(self.llm, prefill, gen, self.method.stop_ids, stats, decoder=decoder):
             delta = detok.push(token)
             if delta:
@@ -215,13 +200,11 @@ class VideoQA:
         """
         if not self.fast:
             return None
-        from vidqa.fast import StaticDecoder
-
         d = self._decoder
         if d is None or d.capacity < needed or d.capacity > 4 * max(needed, 256):
             self._decoder = None
-            self._decoder = StaticDecoder(self.llm, 256 * -(-needed // 256),
-                                          compile=os.environ.get("VIDQA_COMPILE") == "1")
+            compute = self.compute or ComputeOptions.from_env()
+            self._decoder = StaticDecoder(self.llm, 256 * -(-needed // 256), compile=compute.compile)
         return self._decoder
 
     def _sync(self):

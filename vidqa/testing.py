@@ -4,21 +4,28 @@
 ``config.json`` with ``model_type: llava_llama`` and the ``mm_*`` keys, one safetensors file with the
 Llama weights plus ``model.mm_projector.{0,2}``, a slow SentencePiece ``tokenizer.model`` with
 ``<voco>`` added after the base vocabulary, and a CLIP vision tower in its own directory.
+``make_pool_checkpoint`` is the same layout with ``vidqa_method: pool`` and ``model.pool.*``;
+``write_tiny_official_checkpoint`` is LLaVA-Mini's official layout. All write through
+``vidqa.checkpoint.export``.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import re
 from pathlib import Path
 
+import sentencepiece as spm
 import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 from torch import Tensor, nn
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
+from vidqa.checkpoint.export import llava_config, write_checkpoint, write_tower
+from vidqa.checkpoint.llava import COMPRESSOR, PREFUSION, PROJECTOR
 from vidqa.methods.mini.layers import Compressor, build_prefusion_layers
-from vidqa.methods.mini.method import _COMPRESSOR, _PREFUSION, _PROJECTOR
+from vidqa.methods.pool import POOL
 from vidqa.vision import build_projector
 
 CORPUS = [
@@ -30,8 +37,6 @@ CORPUS = [
 
 
 def train_sentencepiece(vocab_size: int = 400) -> bytes:
-    import sentencepiece as spm
-
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS * 10), model_writer=model, vocab_size=vocab_size, model_type="bpe",
@@ -62,57 +67,74 @@ def write_vicuna_tokenizer(directory: Path, vocab_size: int = 400) -> int:
 
 def make_clip(directory: Path, *, image_size: int = 56, patch_size: int = 14, hidden: int = 32, layers: int = 3,
               seed: int = 0) -> Path:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    """A tiny random CLIP vision tower, written as the hub stores one."""
+    return write_tower(directory, _clip(image_size, patch_size, hidden, layers, seed))
 
+
+def _clip(image_size: int, patch_size: int, hidden: int, layers: int, seed: int, heads: int = 2) -> CLIPVisionModel:
     torch.manual_seed(seed)
     cfg = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                           num_attention_heads=2, image_size=image_size, patch_size=patch_size, projection_dim=hidden)
-    CLIPVisionModel(cfg).save_pretrained(directory)
-    (directory / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": {"height": image_size, "width": image_size}, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711], "size": {"shortest_edge": image_size}}))
-    return directory
+                           num_attention_heads=heads, image_size=image_size, patch_size=patch_size, projection_dim=hidden)
+    return CLIPVisionModel(cfg)
 
 
-def make_voco_checkpoint(directory: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                         max_positions: int = 512, voco_num: int | None = None, seed: int = 0,
-                         aspect: str = "pad") -> Path:
-    from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    directory = Path(directory)
-    vision = make_clip(directory.parent / (directory.name + "-clip"), seed=seed)
-    vocab = write_vicuna_tokenizer(directory)
+def _vicuna_llm(vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, max_positions: int, seed: int):
+    """A random Llama with VoCo-LLaMA's (Vicuna's) special ids, wider than the default init so that
+    positions and masks visibly matter."""
     torch.manual_seed(seed)
     llm_cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
                           num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                           max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2, pad_token_id=0,
                           tie_word_embeddings=False)
     llm = LlamaForCausalLM(llm_cfg)
-    for p in llm.parameters():  # wider than the default init, so that positions and masks visibly matter
+    for p in llm.parameters():
         p.data.normal_(0, 0.3 if p.ndim > 1 else 0.05).add_(1.0 if p.ndim == 1 else 0.0)
-    state = {k: v.contiguous() for k, v in llm.state_dict().items()}
-    clip_hidden = 32
-    state["model.mm_projector.0.weight"] = torch.randn(hidden, clip_hidden) * 0.3
-    state["model.mm_projector.0.bias"] = torch.randn(hidden) * 0.1
-    state["model.mm_projector.2.weight"] = torch.randn(hidden, hidden) * 0.3
-    state["model.mm_projector.2.bias"] = torch.randn(hidden) * 0.1
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    cfg = llm_cfg.to_dict()
-    for k in ("transformers_version", "dtype", "torch_dtype", "rope_parameters"):
-        cfg.pop(k, None)
-    cfg.update({
-        "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"], "rope_theta": 10000.0,
-        "rope_scaling": None, "torch_dtype": "float32", "transformers_version": "4.31.0",
-        "mm_vision_tower": str(vision), "mm_hidden_size": clip_hidden, "mm_projector_type": "mlp2x_gelu",
+    return llm
+
+
+def _llava15_config(llm, clip_hidden: int, aspect: str, **extra) -> dict:
+    """LLaVA-1.5's config.json as VoCo-LLaMA's training code writes it (transformers 4.31)."""
+    return llava_config(llm.config, **{
+        "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"], "torch_dtype": "float32",
+        "transformers_version": "4.31.0", "mm_hidden_size": clip_hidden, "mm_projector_type": "mlp2x_gelu",
         "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "mm_use_im_start_end": False,
         "mm_use_im_patch_token": False, "image_aspect_ratio": aspect, "tokenizer_padding_side": "left",
-        "tokenizer_model_max_length": 2048, "use_mm_proj": True, "freeze_mm_mlp_adapter": False,
-    })
-    if voco_num is not None:
-        cfg["voco_num"] = voco_num
-    (directory / "config.json").write_text(json.dumps(cfg, indent=2))
-    return directory
+        "tokenizer_model_max_length": 2048, "use_mm_proj": True, "freeze_mm_mlp_adapter": False, **extra})
+
+
+def make_voco_checkpoint(directory: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                         max_positions: int = 512, voco_num: int | None = None, seed: int = 0,
+                         aspect: str = "pad") -> Path:
+    directory = Path(directory)
+    tower = _clip(56, 14, 32, 3, seed)
+    vocab = write_vicuna_tokenizer(directory)
+    llm = _vicuna_llm(vocab, hidden, layers, heads, kv_heads, max_positions, seed)
+    state = {k: v.contiguous() for k, v in llm.state_dict().items()}
+    clip_hidden = 32
+    state[PROJECTOR + "0.weight"] = torch.randn(hidden, clip_hidden) * 0.3
+    state[PROJECTOR + "0.bias"] = torch.randn(hidden) * 0.1
+    state[PROJECTOR + "2.weight"] = torch.randn(hidden, hidden) * 0.3
+    state[PROJECTOR + "2.bias"] = torch.randn(hidden) * 0.1
+    vision = write_tower(directory.parent / (directory.name + "-clip"), tower)  # beside the model, as a hub id would be
+    cfg = _llava15_config(llm, clip_hidden, aspect, mm_vision_tower=str(vision),
+                          **({"voco_num": voco_num} if voco_num is not None else {}))
+    return write_checkpoint(directory, cfg, state)
+
+
+def make_pool_checkpoint(directory: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                         max_positions: int = 512, seed: int = 0, aspect: str = "pad") -> Path:
+    """The pool method's layout (``vidqa.methods.pool``): LLaVA-1.5's plus ``vidqa_method: pool`` and
+    ``model.pool.{weight,bias}``; the CLIP tower in ``directory/clip`` (``mm_vision_tower: clip``)."""
+    directory = Path(directory)
+    tower = _clip(56, 14, 32, 3, seed)
+    vocab = write_vicuna_tokenizer(directory)
+    llm = _vicuna_llm(vocab, hidden, layers, heads, kv_heads, max_positions, seed)
+    clip_hidden = 32
+    state = {k: v.contiguous() for k, v in llm.state_dict().items()}
+    state[POOL + "weight"] = torch.randn(hidden, clip_hidden) * 0.3
+    state[POOL + "bias"] = torch.randn(hidden) * 0.1
+    cfg = _llava15_config(llm, clip_hidden, aspect, vidqa_method="pool")
+    return write_checkpoint(directory, cfg, state, tower=tower, tower_dir="clip")
 
 
 # Tiny checkpoint in the official layout (for tests and offline experiments)
@@ -159,8 +181,6 @@ def write_tiny_tokenizer(directory: str | Path) -> dict[str, int]:
     Written like the release: ``tokenizer.json`` plus a ``tokenizer_config.json`` that names
     ``PreTrainedTokenizerFast`` and holds the chat template. Returns the special tokens' ids.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vocab = {ch: i for i, ch in enumerate(_byte_level_alphabet())}
@@ -211,32 +231,13 @@ def write_tiny_official_checkpoint(
     ``pos_embed``, the sin-cos table. The compressor's head count is not stored anywhere (it does
     not change any shape); the loader uses the official 8, so ``clip_hidden_size`` must divide by 8.
     """
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     special = write_tiny_tokenizer(directory)
     vocab_size = 256 + len(_LLAMA31_SPECIALS)
     vocab_size += -vocab_size % 16  # embedding rows beyond the tokenizer, as real checkpoints often have
-
-    torch.manual_seed(seed)
     clip_dir = directory / "clip-vision"
-    clip_config = CLIPVisionConfig(hidden_size=clip_hidden_size, intermediate_size=2 * clip_hidden_size,
-                                   num_hidden_layers=clip_layers, num_attention_heads=clip_heads,
-                                   image_size=clip_image_size, patch_size=clip_patch_size, projection_dim=clip_hidden_size)
-    # transformers 5 names the tower's tensors without the "vision_model." prefix that the hub file
-    # (written by transformers 4) carries; write them with the prefix, as the hub has them.
-    clip_dir.mkdir(parents=True, exist_ok=True)
-    clip_config.to_json_file(str(clip_dir / "config.json"))
-    tower_state = {f"vision_model.{k}": v.contiguous() for k, v in CLIPVisionModel(clip_config).state_dict().items()}
-    save_file(tower_state, str(clip_dir / "model.safetensors"), metadata={"format": "pt"})
-    (clip_dir / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": {"height": clip_image_size, "width": clip_image_size}, "do_center_crop": True, "do_convert_rgb": True,
-        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_processor_type": "CLIPImageProcessor", "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": clip_image_size},
-    }, indent=2))
+    tower = _clip(clip_image_size, clip_patch_size, clip_hidden_size, clip_layers, seed, heads=clip_heads)
 
     llm_keys = dict(
         attention_bias=False, attention_dropout=0.0, bos_token_id=special["<|begin_of_text|>"],
@@ -259,16 +260,14 @@ def write_tiny_official_checkpoint(
         "tokenizer_model_max_length": 4096, "tokenizer_padding_side": "right", "torch_dtype": "float32",
         "transformers_version": "4.43.1", "tune_mm_mlp_adapter": False, "use_mm_proj": True,
     }
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
-
     # Modules only provide the key names and shapes; every tensor is then replaced by seeded noise.
     llm_config = LlamaConfig(**{k: v for k, v in llm_keys.items() if k not in ("rope_theta", "rope_scaling")},
                              rope_parameters={**llm_keys["rope_scaling"], "rope_theta": llm_keys["rope_theta"]})
     parts: list[tuple[str, nn.Module]] = [
         ("", LlamaForCausalLM(llm_config)),
-        (_PROJECTOR, build_projector("mlp2x_gelu", clip_hidden_size, hidden_size)),
-        (_COMPRESSOR, Compressor(compressor_size, clip_hidden_size)),
-        (_PREFUSION, build_prefusion_layers(llm_config, prefusion_layer_num)),
+        (PROJECTOR, build_projector("mlp2x_gelu", clip_hidden_size, hidden_size)),
+        (COMPRESSOR, Compressor(compressor_size, clip_hidden_size)),
+        (PREFUSION, build_prefusion_layers(llm_config, prefusion_layer_num)),
     ]
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, Tensor] = {}
@@ -282,17 +281,4 @@ def write_tiny_official_checkpoint(
                 tensor = 0.05 * torch.randn(value.shape, generator=generator)
             state[prefix + key] = tensor.contiguous()
 
-    keys = sorted(state)
-    per_shard = math.ceil(len(keys) / num_shards)
-    weight_map: dict[str, str] = {}
-    for s in range(num_shards):
-        name = f"model-{s + 1:05d}-of-{num_shards:05d}.safetensors"
-        chunk = keys[s * per_shard : (s + 1) * per_shard]
-        save_file({k: state[k] for k in chunk}, str(directory / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in chunk})
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    return directory
-
-
-# ----------------------------------------------------------------------------------------------------
+    return write_checkpoint(directory, config, state, tower=tower, tower_dir=clip_dir.name, shards=num_shards)

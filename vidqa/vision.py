@@ -15,9 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import CLIPVisionModel
 
+from vidqa import fast
 from vidqa.errors import ModelError
 
+# OpenAI CLIP's normalisation (its preprocessor_config.json): the one definition in vidqa
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -87,6 +90,7 @@ class VisionEncoder(nn.Module):
         self.spec = preprocess_spec or Preprocess(size=cfg.image_size)
         self.num_patches = (cfg.image_size // cfg.patch_size) ** 2
         self.hidden_size = cfg.hidden_size
+        self.compile_kernels: bool | None = None  # torch.compile the encoder; None: ComputeOptions.from_env()
 
     @property
     def device(self) -> torch.device:
@@ -97,12 +101,10 @@ class VisionEncoder(nn.Module):
         return next(self.tower.parameters()).dtype
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        from vidqa import fast
-
         vm = self.core
         h = vm.pre_layrnorm(vm.embeddings(pixel_values))
         if not torch.is_grad_enabled() and fast.supports_encoder(self.layers):  # inference: compilable layers
-            h = fast.encoder(self.layers, h)
+            h = fast.encoder(self.layers, h, compile=self.compile_kernels)
         else:
             for layer in self.layers:
                 h = layer(h, attention_mask=None)
@@ -122,8 +124,6 @@ class VisionEncoder(nn.Module):
 
 def load_vision_tower(name: str, dtype: torch.dtype, device: torch.device | str) -> nn.Module:
     """A ``CLIPVisionModel`` from a hub id or a local directory (hub CLIP stores ``vision_model.*`` keys)."""
-    from transformers import CLIPVisionModel
-
     path = Path(name).expanduser()
     if not path.is_dir() and (str(name).startswith((".", "/", "~")) or str(name).count("/") != 1):
         raise ModelError(f"vision tower {name!r} not found: no such directory, and it is not a hub id")

@@ -9,6 +9,7 @@ the raw config dict, a transformers config for the LLM, the tokenizer, and tenso
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,6 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
+from huggingface_hub import snapshot_download
+from huggingface_hub.utils import disable_progress_bars
+from safetensors import safe_open
+from transformers.utils import logging as hf_logging
 
 from vidqa.errors import ModelError
 
@@ -26,30 +32,12 @@ KNOWN_MODEL_TYPES: dict[str, tuple[str, str]] = {
     "llava_mini_llama": ("mini", "llama"),
 }
 
-# Keys that LLaVA-style configs carry beside the LLM's own; they are dropped from the LLM config.
-MM_KEYS = (
-    "mm_vision_tower", "mm_hidden_size", "mm_projector_type", "mm_vision_select_layer",
-    "mm_vision_select_feature", "mm_use_im_start_end", "mm_use_im_patch_token",
-    "mm_patch_merge_type", "mm_projector_lr", "mm_vision_tower_lr", "image_aspect_ratio",
-    "image_grid_pinpoints", "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "use_mm_proj",
-    "compressor_size", "prefusion_layer_num", "resolution_ratio", "tokenizer_padding_side",
-    "tokenizer_model_max_length", "vidqa_method", "voco_num",
-)
-
-
 def quiet_transformers() -> None:
     """transformers warns loudly about model types it does not know; those warnings are ours to handle."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    except ImportError:  # pragma: no cover - older hub clients
-        pass
+    disable_progress_bars()
 
 
 BUILTIN = {
@@ -81,8 +69,6 @@ def resolve(model: str | os.PathLike) -> Path:
     if text.startswith((".", "/", "~")) or text.count("/") != 1:
         raise ModelError(f"model {text!r} not found: no such directory, and it is not a hub id (owner/name)")
     try:
-        from huggingface_hub import snapshot_download
-
         local = snapshot_download(
             text, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.bin"], tqdm_class=None
         )
@@ -99,7 +85,10 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def detect_method(cfg: dict[str, Any]) -> str:
-    if cfg.get("vidqa_method") in ("voco", "mini"):
+    """The method a config names: ``vidqa_method`` (vidqa's own key) else what its ``model_type`` implies.
+
+    The name is checked against the method registry by the caller (``vidqa.methods.get``)."""
+    if isinstance(cfg.get("vidqa_method"), str) and cfg["vidqa_method"]:
         return cfg["vidqa_method"]
     kind = cfg.get("model_type")
     if kind not in KNOWN_MODEL_TYPES:
@@ -108,35 +97,11 @@ def detect_method(cfg: dict[str, Any]) -> str:
     return KNOWN_MODEL_TYPES[kind][0]
 
 
-def llm_config(cfg: dict[str, Any]):
-    """The transformers config of the LLM inside a LLaVA-style config.
-
-    Old (transformers 4.x) files carry ``rope_theta`` and ``rope_scaling``; transformers 5 reads them
-    into ``rope_parameters`` when they are passed to the config class, so the llama3 scaling is kept.
-    """
-    from transformers import AutoConfig
-
-    kind = cfg.get("model_type")
-    llm_type = KNOWN_MODEL_TYPES.get(kind, (None, kind))[1]
-    if cfg.get("vidqa_method") and kind not in KNOWN_MODEL_TYPES:
-        llm_type = cfg.get("llm_model_type", "llama")
-    clean = {k: v for k, v in cfg.items() if k not in MM_KEYS and k not in ("model_type", "architectures", "auto_map")}
-    try:
-        config = AutoConfig.for_model(llm_type, **clean)
-    except Exception as e:
-        raise ModelError(f"cannot build the {llm_type} LLM config from config.json: {e}")
-    if not hasattr(config, "rope_parameters") or config.rope_parameters is None:
-        raise ModelError("the LLM has no rotary position embedding; vidqa needs a RoPE decoder")
-    return config
-
-
 def load_tokenizer(path: Path):
     """Load the tokenizer by the class its own tokenizer_config.json names.
 
     ``AutoTokenizer`` would first read config.json and stumble on the unknown LLaVA model type.
     """
-    import transformers
-
     tok_cfg_file = path / "tokenizer_config.json"
     name = None
     if tok_cfg_file.is_file():
@@ -172,31 +137,45 @@ def weight_files(path: Path) -> list[Path]:
     raise ModelError(f"{path} has no weights (model.safetensors or pytorch_model.bin, sharded or not)")
 
 
-def load_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+def weight_map(path: Path) -> dict[str, Path]:
+    """Every tensor key of a checkpoint and the weight file that holds it (sharded or not).
+
+    Sharded checkpoints are read from their index; a single file is opened to list its keys.
+    """
+    out: dict[str, Path] = {}
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = path / index_name
+        if index.is_file():
+            weight_files(path)  # a clear error for missing shards
+            return {k: path / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+    for file in weight_files(path):
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as f:
+                out.update({k: file for k in f.keys()})
+        else:
+            out.update({k: file for k in torch.load(file, map_location="cpu", weights_only=True)})
+    return out
+
+
+def load_tensors(path: Path, prefix: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Every tensor whose key starts with ``prefix``, with the prefix removed."""
     out: dict[str, torch.Tensor] = {}
     for file in weight_files(path):
         if file.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(file), framework="pt") as f:
+            with safe_open(str(file), framework="pt", device=str(device)) as f:
                 for key in f.keys():
                     if key.startswith(prefix):
                         out[key[len(prefix):]] = f.get_tensor(key)
         else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = torch.load(file, map_location=device, weights_only=True)
             out.update({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     return out
 
 
-def checkpoint_keys(path: Path) -> list[str]:
-    keys: list[str] = []
-    for file in weight_files(path):
-        if file.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(file), framework="pt") as f:
-                keys.extend(f.keys())
-        else:
-            keys.extend(torch.load(file, map_location="cpu", weights_only=True).keys())
-    return keys
+def fingerprint(path: Path, cfg: dict) -> str:
+    """Identity of a checkpoint: its config and the names, sizes and times of its weight files."""
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    for f in weight_files(path):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]

@@ -1,19 +1,36 @@
-"""Features to per-frame caches: the protocol every compression method implements.
+"""Features to per-frame caches: the interface every compression method implements, and the registry.
 
 A method turns the raw vision features of a batch of frames into a ``FrameCache`` that does not
 depend on the question (so it can be computed once and stored), and later turns a cache plus a
 question into a ``Prefill``: what the LLM must run before it decodes the answer.
 
-Implementations: ``vidqa.voco.VoCo`` (the LLM distils each frame into VoCo tokens' K/V) and
-``vidqa.mini.Mini`` (a query compressor plus modality pre-fusion layers).
+``Method`` declares everything ``vidqa.pipeline.VideoQA`` uses of a method, and the pipeline uses
+nothing else. It is an abstract base class rather than a Protocol because methods share defaults
+(one view per frame, no compact cache, no answer prefix) and are looked up and built by class
+(``Method.load``) through the registry; a subclass that misses an abstract method fails when it is
+built, not in the middle of an answer.
+
+Implementations register themselves by name with ``@register``: ``voco`` (``vidqa.methods.voco``:
+the LLM distils each frame into VoCo tokens' K/V), ``mini`` (``vidqa.methods.mini``: a query
+compressor plus modality pre-fusion layers), ``pool`` (``vidqa.methods.pool``: each frame's features
+averaged and mapped to one token). ``get_method(name)`` imports the built-in method modules on first use
+(``BUILTIN_MODULES``), so that importing ``FrameCache`` (the cache store does) loads no model code.
 """
 
 from __future__ import annotations
 
+import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
 
 import torch
+from torch import nn
+
+from vidqa.errors import ModelError
+from vidqa.options import ModelOptions
+from vidqa.vision import VisionEncoder
 
 
 @dataclass
@@ -25,6 +42,11 @@ class FrameCache:
     timestamps: list[float]
     tokens_per_frame: int
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def compact(self) -> bool:
+        """A compact cache (a method's smaller, costlier-per-question form: LLaVA-Mini's raw features)."""
+        return self.meta.get("cache_kind") == "features"
 
     @property
     def num_frames(self) -> int:
@@ -73,33 +95,87 @@ class Prefill:
     inputs_embeds: torch.Tensor | None = None  # [1, L, D]
 
 
-class Method(Protocol):
-    name: str
+class Method(nn.Module, ABC):
+    """A compression method: what ``VideoQA`` calls, and all it calls.
+
+    Attributes every method sets: ``llm`` (the causal LM that prefills and decodes; Llama-shaped for
+    the CUDA-graph decoder), ``tokenizer``, ``tokens_per_frame`` (LLM context positions per frame).
+    """
+
+    name: ClassVar[str]
+    supports_compact: ClassVar[bool] = False  # compress(..., compact=True) gives a smaller cache
+    answer_prefix: ClassVar[str | None] = None  # text the model writes before its answer (not shown)
+    llm: nn.Module
+    tokenizer: Any
     tokens_per_frame: int
+    compile_kernels: bool | None = None  # torch.compile the fused kernels; None: ``ComputeOptions.from_env()``
 
-    def compress(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Raw vision features ``[B, P, C]`` of B frames to their cache tensors (frame axis first).
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, cfg: dict[str, Any], device: torch.device, dtype: torch.dtype,
+             options: ModelOptions) -> tuple["Method", VisionEncoder, Any]:
+        """The method, its vision encoder and its tokenizer from a checkpoint directory and its config."""
 
-        A method with ``supports_compact = True`` also takes ``compact=True``: a smaller cache that
-        costs more per question (``vidqa.pipeline.VideoQA.compress`` chooses it for very long videos).
+    def views(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """The views of uint8 frames ``[T, H, W, 3]`` that each go through the vision tower on their own.
+
+        One view (the frames) by default; ``compress`` then gets features ``[T, P, C]``. With several
+        views it gets ``[T, V, P, C]`` (LLaVA-Mini's HD mode: r*r crops, then the whole frame).
         """
-        ...
+        return [pixels]
 
+    @abstractmethod
+    def compress(self, features: torch.Tensor, compact: bool = False) -> dict[str, torch.Tensor]:
+        """Raw vision features of B frames to their cache tensors (frame axis first).
+
+        ``compact=True`` (only where ``supports_compact``): a smaller cache that costs more per
+        question (``VideoQA.compress`` chooses it for very long videos).
+        """
+
+    @abstractmethod
     def cache_meta(self) -> dict[str, Any]:
         """What a cache must agree on with the model that reads it (method, positions, prefix ids)."""
-        ...
 
-    def prompt_ids(self, question: str) -> list[int]:
-        """The prompt tokens that follow the frames."""
-        ...
+    @abstractmethod
+    def prompt_ids(self, question: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """The prompt tokens that go with the frames (``history``: earlier (question, answer) turns)."""
 
-    def max_frames(self, question: str, max_new_tokens: int) -> int:
+    @abstractmethod
+    def max_frames(self, question: str, max_new_tokens: int, history: Sequence[tuple[str, str]] = ()) -> int:
         """How many frames fit the context with this question and answer budget (ContextError if none)."""
-        ...
 
-    def prefill(self, cache: FrameCache, question: str) -> Prefill:
-        ...
+    @abstractmethod
+    def prefill(self, cache: FrameCache, question: str, history: Sequence[tuple[str, str]] = ()) -> Prefill:
+        """The LLM's input for a question on a cache (moved to the LLM's device)."""
 
     @property
+    @abstractmethod
     def stop_ids(self) -> set[int]:
-        ...
+        """Token ids that end the answer."""
+
+
+# ---- the registry ---------------------------------------------------------------------------------
+
+METHODS: dict[str, type[Method]] = {}
+# Modules that register the built-in methods; imported by ``get_method`` and ``method_names`` on first use.
+BUILTIN_MODULES = ("vidqa.methods.voco", "vidqa.methods.mini", "vidqa.methods.pool")
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name`` (``--method NAME``)."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name`` (ModelError for an unknown name)."""
+    known = method_names()
+    if name not in METHODS:
+        raise ModelError(f"unknown method {name!r} (use {' or '.join(known)})")
+    return METHODS[name]

@@ -18,6 +18,7 @@ Values carry no position. This is what lets one stored frame cache serve any tem
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import rotate_half
 
 from vidqa.errors import ModelError
@@ -52,8 +53,6 @@ def voco_context(keys: torch.Tensor, values: torch.Tensor, rotary_emb):
 
     Frame t's keys are rotated by ``t * N`` positions; see the module docstring.
     """
-    from transformers import DynamicCache
-
     T, L, H, N, D = keys.shape
     k = keys.permute(1, 2, 0, 3, 4).reshape(L, H, T * N, D)
     v = values.permute(1, 2, 0, 3, 4).reshape(L, H, T * N, D)

@@ -18,15 +18,19 @@ so the VoCo span never drifts.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
-from vidqa.methods.base import FrameCache, Prefill
-from vidqa.methods.rope import check_rerotatable, voco_context
+from vidqa import checkpoint, fast
 from vidqa.errors import ContextError, ModelError
+from vidqa.methods.base import FrameCache, Method, Prefill, register
+from vidqa.methods.rope import check_rerotatable, voco_context
+from vidqa.options import ModelOptions
+from vidqa.vision import VisionEncoder
 
 VOCO_TOKEN = "<voco>"
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant of the image. "
@@ -61,7 +65,10 @@ class _KeepSpan(DynamicLayer):
         return key_states, value_states
 
 
-class VoCo(nn.Module):
+@register
+class VoCo(Method):
+    """VoCo-LLaMA (LLaVA-1.5 layout, ``model_type: llava_llama``; ``voco_num`` VoCo tokens per frame)."""
+
     name = "voco"
 
     def __init__(self, llm: nn.Module, projector: nn.Module, tokenizer, num_patches: int, tokens_per_frame: int = 2,
@@ -86,6 +93,16 @@ class VoCo(nn.Module):
         first = ids.index(self.voco_id)
         self.pre_voco_ids = ids[:first]
         self.p0 = 1 + num_patches + len(self.pre_voco_ids)  # position of the first VoCo token
+
+    @classmethod
+    def load(cls, path: Path, cfg: dict[str, Any], device: torch.device, dtype: torch.dtype,
+             options: ModelOptions) -> tuple["VoCo", VisionEncoder, Any]:
+        tokenizer = checkpoint.load_tokenizer(path)
+        llm = checkpoint.load_llm(path, cfg, device, dtype)
+        vision = checkpoint.load_vision(path, cfg, device, dtype, options.vision_tower)
+        projector = checkpoint.load_projector(path, cfg, llm.config.hidden_size).to(device, dtype)
+        n = options.tokens_per_frame or int(cfg.get("voco_num", 2))
+        return cls(llm, projector, tokenizer, vision.num_patches, tokens_per_frame=n), vision, tokenizer
 
     # ---- prompts ---------------------------------------------------------------------------
     def _chunk_ids(self, question: str, history=()) -> list[int]:
@@ -128,13 +145,14 @@ class VoCo(nn.Module):
         return torch.cat([bos.expand(B, 1, -1), image, text.expand(B, -1, -1)], dim=1)
 
     @torch.inference_mode()
-    def compress(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        from vidqa import fast
-
+    def compress(self, features: torch.Tensor, compact: bool = False) -> dict[str, torch.Tensor]:
+        if compact:
+            raise ModelError("the voco method has no compact cache")
         embeds = self.frame_embeds(features)
         span = slice(self.p0, self.p0 + self.tokens_per_frame)
         if fast.supports_layers(self.llm.model.layers):  # fused GEMMs, flash attention, last layer K/V only
-            _, keys, values = fast.causal_prefix(self.llm.model.layers, self.rotary_emb, embeds, keep=span, output=False)
+            _, keys, values = fast.causal_prefix(self.llm.model.layers, self.rotary_emb, embeds, keep=span, output=False,
+                                                 compile=self.compile_kernels)
             return {"keys": torch.stack(keys, dim=1), "values": torch.stack(values, dim=1)}
         return self.compress_reference(features)
 

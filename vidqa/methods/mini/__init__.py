@@ -2,6 +2,5 @@
 (``prompt``), and the method with its checkpoint loader (``method``)."""
 
 from vidqa.methods.mini.layers import *  # noqa: F401,F403
-from vidqa.methods.mini.layers import _NON_LLM_KEYS  # noqa: F401
 from vidqa.methods.mini.method import *  # noqa: F401,F403
 from vidqa.methods.mini.prompt import *  # noqa: F401,F403

@@ -1,4 +1,6 @@
-"""LLaVA-Mini building blocks: compressor, modality pre-fusion, per-frame caches, HD mode, checkpoint.
+"""LLaVA-Mini building blocks: compressor, modality pre-fusion, per-frame caches, HD mode.
+
+The prompt is in ``prompt.py``; the method and its checkpoint loader in ``method.py``.
 
 LLaVA-Mini (arXiv 2501.03895; public code ``ictnlp/LLaVA-Mini``; one public checkpoint,
 ``ICTNLP/llava-mini-llama-3.1-8b``) feeds the LLM ``C*C`` vision tokens per image (C = 1 in the
@@ -23,8 +25,9 @@ Compressor (``llavamini/model/llavamini_arch.py``: ``Resampler``, ``get_abs_pos`
 
 Pre-fusion (``encode_images_mini`` in ``llavamini_arch.py``)
     * ``prefusion_layer_num`` (default 4) transformers ``LlamaDecoderLayer``\\s built with the LLM's own
-      config (transformers 4.43.1, pinned in ``pyproject.toml``); in 4.43 each layer's attention owns a
-      ``LlamaRotaryEmbedding(config)`` that honours the llama3 rope scaling, i.e. the LLM's RoPE.
+      config (the release pins transformers 4.43.1 in its own ``pyproject.toml``); in 4.43 each layer's
+      attention owns a ``LlamaRotaryEmbedding(config)`` that honours the llama3 rope scaling, i.e. the
+      LLM's RoPE. vidqa's layers get the LLM's own rotary embedding passed in, which is the same.
     * Input per image: ``[576 projected CLIP tokens, C*C projected compressed tokens, embeddings of the
       *whole* prompt]`` — the prompt text before ``<image>`` (system turn, headers) also goes after
       the vision tokens here.
@@ -90,22 +93,19 @@ Checkpoint (``LlavaMiniConfig(LlamaConfig)`` in ``language_model/llavamini_llama
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import DynamicCache
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from vidqa.errors import ContextError, ModelError, VidqaError
-from vidqa.vision import build_projector  # noqa: F401 (part of this module's API)
+from vidqa import fast
 
 # ----------------------------------------------------------------------------------------------------
 # Constants
@@ -119,17 +119,6 @@ LLAVA_MINI_SYSTEM_PROMPT = (
 )
 # Stop tokens of the Llama-3.1 release, by string and by their ids in the Llama-3.1 vocabulary.
 STOP_TOKENS: tuple[tuple[str, int], ...] = (("<|eot_id|>", 128009), ("<|eom_id|>", 128008), ("<|end_of_text|>", 128001))
-
-# Config keys that belong to the multimodal wrapper, not to the Llama LLM.
-MM_CONFIG_KEYS = frozenset({
-    "mm_vision_tower", "mm_hidden_size", "mm_projector_type", "mm_vision_select_layer",
-    "mm_vision_select_feature", "mm_patch_merge_type", "mm_use_im_start_end", "mm_use_im_patch_token",
-    "mm_projector_lr", "use_mm_proj", "compressor_size", "prefusion_layer_num", "resolution_ratio",
-    "image_aspect_ratio", "image_grid_pinpoints", "tokenizer_padding_side", "tokenizer_model_max_length",
-    "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower", "s2", "s2_scales",
-})
-# Keys that are bookkeeping of the saving library, never LlamaConfig arguments.
-_NON_LLM_KEYS = frozenset({"model_type", "architectures", "auto_map", "_name_or_path", "transformers_version"})
 
 
 def _isqrt_exact(n: int, what: str) -> int:
@@ -230,8 +219,6 @@ def build_prefusion_layers(config: Any, num_layers: int) -> nn.ModuleList:
     Pass the LLM's config object itself (``llm.config``) so the layers share its attention backend.
     Their ``layer_idx`` runs 0..n-1: they index their own cache, separate from the LLM's.
     """
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-
     return nn.ModuleList([LlamaDecoderLayer(config, layer_idx=i) for i in range(num_layers)])
 
 
@@ -419,21 +406,19 @@ class PrefusionKV:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def prefusion_prefix_kv(layers: nn.ModuleList, rotary_emb: nn.Module, frames: FrameFeatures) -> PrefusionKV:
+def prefusion_prefix_kv(layers: nn.ModuleList, rotary_emb: nn.Module, frames: FrameFeatures,
+                        compile: bool | None = None) -> PrefusionKV:
     """Run only the frames' prefix through the pre-fusion and keep its per-layer K/V (cache b).
 
     Valid because attention is causal and the prefix is never masked: no prompt token can change the
-    prefix's hidden states, and the prompt's positions start right after it.
+    prefix's hidden states, and the prompt's positions start right after it. ``compile``: torch.compile
+    the fused kernels (None: ``ComputeOptions.from_env()``).
     """
-    from transformers import DynamicCache
-
-    from vidqa import fast
-
     x = frames.prefix()
     n_prefix = frames.num_prefix
     n_comp = frames.compressed.shape[1]
     if fast.supports_layers(layers):  # is_causal flash attention and fused GEMMs; same result
-        out, keys, values = fast.causal_prefix(layers, rotary_emb, x)
+        out, keys, values = fast.causal_prefix(layers, rotary_emb, x, compile=compile)
         # a copy: a view would keep the whole [F, prefix, H] output alive as long as the cache lives
         return PrefusionKV(keys, values, out[:, n_prefix - n_comp:].clone(), n_prefix)
     causal = torch.ones(n_prefix, n_prefix, dtype=torch.bool, device=x.device).tril()
@@ -450,8 +435,6 @@ def prefusion_text_from_kv(layers: nn.ModuleList, rotary_emb: nn.Module, kv: Pre
 
     The stored K/V are not modified: a fresh ``DynamicCache`` is seeded with them per call.
     """
-    from transformers import DynamicCache
-
     device = kv.vision_tokens.device
     text_visible = text_visible.to(device)
     n_prefix, n_text = kv.num_prefix, text_embeds.shape[0]
@@ -501,6 +484,3 @@ def assemble_llm_inputs(text: Tensor, ids: Tensor, vision: Tensor) -> Tensor:
         raise ValueError(f"the prompt must hold exactly one {IMAGE_TOKEN} placeholder, found {len(where)}")
     i = where[0]
     return torch.cat([text[:i], vision.to(text.dtype), text[i + 1 :]], dim=0)
-
-
-# ----------------------------------------------------------------------------------------------------

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
+from transformers import DynamicCache, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+from vidqa import checkpoint
+from vidqa.checkpoint.llava import COMPRESSOR, PREFUSION, PROJECTOR, VISION_TOWER
 from vidqa.errors import ContextError, ModelError
-from vidqa.methods.base import Prefill
+from vidqa.methods.base import FrameCache, Method, Prefill, register
 from vidqa.methods.mini.layers import (Compressor, PrefusionKV, assemble_llm_inputs, build_prefusion_layers,
-                                       encode_frames, prefusion_prefix_kv, prefusion_text_from_kv, prompt_embeddings)
-from vidqa.methods.mini.prompt import LlavaMiniOptions, build_prompt_ids, llm_config_from_llava_mini, stop_token_ids
-from vidqa.vision import build_projector
+                                       encode_frames, hd_crop_boxes, prefusion_prefix_kv, prefusion_text_from_kv,
+                                       prompt_embeddings)
+from vidqa.methods.mini.prompt import LlavaMiniOptions, build_prompt_ids, stop_token_ids
+from vidqa.options import ModelOptions
+from vidqa.vision import VisionEncoder, build_projector
+
 
 class CheckpointKeyError(ModelError):
     """The checkpoint's keys do not match the LLaVA-Mini layout; ``missing`` and ``unexpected`` list them."""
@@ -52,26 +59,6 @@ class LlavaMiniModules:
         return self.llm.get_input_embeddings()
 
 
-# Checkpoint prefixes of the parts; the LLM's keys are its own (model.embed_tokens, model.layers, ...).
-_PROJECTOR = "model.mm_projector."
-_COMPRESSOR = "model.compressor."
-_PREFUSION = "model.prefusion_layers."
-_VISION_TOWER = "model.vision_tower."
-
-
-def _weight_map(path: Path) -> dict[str, str]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        return dict(json.loads(index.read_text())["weight_map"])
-    single = path / "model.safetensors"
-    if single.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(single), framework="pt") as f:
-            return {k: single.name for k in f.keys()}
-    raise ModelError(f"{path} has neither model.safetensors.index.json nor model.safetensors")
-
-
 def load_llava_mini_state(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                           compressor_heads: int = 8) -> LlavaMiniModules:
     """Build the LLM, projector, compressor and pre-fusion layers and fill them key for key.
@@ -82,28 +69,24 @@ def load_llava_mini_state(path: str | Path, *, dtype: torch.dtype | None = None,
     tolerated and listed in ``ignored_keys``. ``dtype`` None keeps the stored dtypes.
     ``compressor_heads`` is not in the checkpoint; the official code hard-codes 8.
     """
-    from safetensors import safe_open
-    from transformers import LlamaForCausalLM
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
     path = Path(path)
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = checkpoint.read_config(path)
     options = dataclasses.replace(LlavaMiniOptions.from_config(cfg), compressor_heads=compressor_heads)
-    llm_config = llm_config_from_llava_mini(cfg)
+    llm_config = checkpoint.llm_config(cfg)
 
     with torch.device("meta"):
         llm = LlamaForCausalLM(llm_config)
         projector = build_projector(options.mm_projector_type, options.mm_hidden_size, llm_config.hidden_size)
         compressor = Compressor(options.compressor_size, options.mm_hidden_size, options.compressor_heads)
         prefusion = build_prefusion_layers(llm.config, options.prefusion_layer_num)
-    parts: list[tuple[str, nn.Module]] = [(_PROJECTOR, projector), (_COMPRESSOR, compressor), (_PREFUSION, prefusion), ("", llm)]
+    parts: list[tuple[str, nn.Module]] = [(PROJECTOR, projector), (COMPRESSOR, compressor), (PREFUSION, prefusion), ("", llm)]
     expected = {prefix + k: v.shape for prefix, module in parts for k, v in module.state_dict().items()}
     if llm_config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
 
-    weight_map = _weight_map(path)
-    ignored = sorted(k for k in weight_map if k.startswith(_VISION_TOWER))
-    present = {k for k in weight_map if not k.startswith(_VISION_TOWER)}
+    weight_map = checkpoint.weight_map(path)
+    ignored = sorted(k for k in weight_map if k.startswith(VISION_TOWER))
+    present = {k for k in weight_map if not k.startswith(VISION_TOWER)}
     missing = sorted(set(expected) - present)
     unexpected = sorted(present - set(expected))
     if missing or unexpected:
@@ -111,7 +94,7 @@ def load_llava_mini_state(path: str | Path, *, dtype: torch.dtype | None = None,
 
     by_part: dict[str, dict[str, Tensor]] = {prefix: {} for prefix, _ in parts}
     for shard in sorted(set(weight_map[k] for k in present)):
-        with safe_open(str(path / shard), framework="pt", device=str(device)) as f:
+        with safe_open(str(shard), framework="pt", device=str(device)) as f:
             for key in f.keys():
                 if key not in present:
                     continue
@@ -136,12 +119,8 @@ def load_llava_mini_state(path: str | Path, *, dtype: torch.dtype | None = None,
     return LlavaMiniModules(llm, projector, compressor, prefusion, options, cfg, ignored)
 
 
-# ----------------------------------------------------------------------------------------------------
-# 6. The method behind vidqa's protocol (vidqa.methods.base.Method)
-# ----------------------------------------------------------------------------------------------------
-
-
-class Mini(nn.Module):
+@register
+class Mini(Method):
     """LLaVA-Mini behind vidqa's compression protocol.
 
     A frame's cache is *cache (b)*: the pre-fusion layers' K/V over its ``576 + C*C`` vision positions
@@ -163,6 +142,7 @@ class Mini(nn.Module):
         self.options = modules.options
         self.tokenizer = tokenizer
         self.tokens_per_frame = modules.options.tokens_per_frame
+        # HD mode: each frame becomes r*r crops plus the whole frame (views), and the crops are compressed
         self.resolution_ratio = modules.options.resolution_ratio
         self.chunk_frames = chunk_frames
         self.compact_chunk_frames = 16
@@ -172,9 +152,28 @@ class Mini(nn.Module):
         if isinstance(eos, int):
             self._stop.add(eos)
 
+    @classmethod
+    def load(cls, path: Path, cfg: dict[str, Any], device: torch.device, dtype: torch.dtype,
+             options: ModelOptions) -> tuple["Mini", VisionEncoder, Any]:
+        """The official layout (``model_type: llava_mini_llama``); ``options.tokens_per_frame`` is ignored
+        (the checkpoint's ``compressor_size`` fixes it)."""
+        modules = load_llava_mini_state(path, dtype=dtype, device=device)
+        tokenizer = checkpoint.load_tokenizer(path)
+        # The official video path squashes every frame to the tower's square size (its image path crops).
+        vision = checkpoint.load_vision(path, {**cfg, "image_aspect_ratio": "squash"}, device, dtype, options.vision_tower)
+        return cls(modules, tokenizer), vision, tokenizer
+
     @property
     def stop_ids(self) -> set[int]:
         return self._stop
+
+    def views(self, pixels: Tensor) -> list[Tensor]:
+        """HD mode (``resolution_ratio`` r > 1): r*r crops in row-major order, then the whole frame."""
+        if self.resolution_ratio == 1:
+            return [pixels]
+        _, H, W, _ = pixels.shape
+        return [pixels[:, top:bottom, left:right].contiguous()
+                for left, top, right, bottom in hd_crop_boxes(W, H, self.resolution_ratio)]
 
     # The official prompt ends at the user's <|eot_id|> with no assistant header, so the model writes
     # the header itself; it is not part of the answer.
@@ -210,14 +209,12 @@ class Mini(nn.Module):
         if compact:
             return {"clip": features.to(dtype)}
         frames = encode_frames(features.to(dtype), self.compressor, self.projector, self.resolution_ratio)
-        kv = prefusion_prefix_kv(self.prefusion, self.llm.model.rotary_emb, frames)
+        kv = prefusion_prefix_kv(self.prefusion, self.llm.model.rotary_emb, frames, compile=self.compile_kernels)
         return {"keys": torch.stack(kv.keys, dim=1), "values": torch.stack(kv.values, dim=1),
                 "vision_tokens": kv.vision_tokens}
 
     @torch.inference_mode()
-    def prefill(self, cache, question: str, history=()):
-        from transformers import DynamicCache
-
+    def prefill(self, cache: FrameCache, question: str, history=()) -> Prefill:
         if cache.meta.get("method") != self.name or cache.meta.get("resolution_ratio") != self.resolution_ratio:
             raise ModelError("this frame cache was made with other LLaVA-Mini settings; recompute it")
         device = self.llm.get_input_embeddings().weight.device
@@ -226,7 +223,7 @@ class Mini(nn.Module):
         total, tokens = None, []
         # a compact cache reruns the whole pre-fusion per frame: smaller chunks bound its activations
         # (a 64-frame chunk at 8B peaks at ~5 GB; 16 frames at ~1.3 GB)
-        step = self.compact_chunk_frames if "clip" in cache.tensors else self.chunk_frames
+        step = self.compact_chunk_frames if cache.compact else self.chunk_frames
         for i in range(0, cache.num_frames, step):
             kv = self._chunk_kv(cache, slice(i, i + step), device)
             text = prefusion_text_from_kv(self.prefusion, self.llm.model.rotary_emb, kv, embeds, visible)
@@ -240,25 +237,13 @@ class Mini(nn.Module):
         pos = torch.arange(inputs.shape[1], device=device)[None]
         return Prefill(past_key_values=DynamicCache(), position_ids=pos, inputs_embeds=inputs)
 
-
-    def _chunk_kv(self, cache, part: slice, device) -> PrefusionKV:
+    def _chunk_kv(self, cache: FrameCache, part: slice, device) -> PrefusionKV:
         """The pre-fusion K/V of some frames: read from a K/V cache, or recomputed from a compact one."""
         t = cache.tensors
-        if "clip" in t:
+        if cache.compact:
             frames = encode_frames(t["clip"][part].to(device), self.compressor, self.projector, self.resolution_ratio)
-            return prefusion_prefix_kv(self.prefusion, self.llm.model.rotary_emb, frames)
+            return prefusion_prefix_kv(self.prefusion, self.llm.model.rotary_emb, frames, compile=self.compile_kernels)
         keys, values = t["keys"], t["values"]
         return PrefusionKV(tuple(keys[part, l].to(device) for l in range(keys.shape[1])),
                            tuple(values[part, l].to(device) for l in range(values.shape[1])),
                            t["vision_tokens"][part].to(device), keys.shape[3])
-
-
-def load_mini(path: Path, cfg: dict[str, Any], device: torch.device, dtype: torch.dtype, vision_tower: str | None = None):
-    """The LLaVA-Mini method and its vision encoder from a checkpoint in the official layout."""
-    from vidqa import checkpoint
-
-    modules = load_llava_mini_state(path, dtype=dtype, device=device)
-    tokenizer = checkpoint.load_tokenizer(path)
-    # The official video path squashes every frame to the tower's square size (its image path crops).
-    vision = checkpoint.load_vision(path, {**cfg, "image_aspect_ratio": "squash"}, device, dtype, vision_tower)
-    return Mini(modules, tokenizer), vision

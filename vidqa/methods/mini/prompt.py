@@ -10,11 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vidqa.errors import ModelError, VidqaError
-from vidqa.methods.mini.layers import (IMAGE_TOKEN, IMAGE_TOKEN_INDEX, LLAVA_MINI_SYSTEM_PROMPT, MM_CONFIG_KEYS,
-                                       STOP_TOKENS, _NON_LLM_KEYS)
-
-# 5. Config, prompt, checkpoint
-# ----------------------------------------------------------------------------------------------------
+from vidqa.methods.mini.layers import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, LLAVA_MINI_SYSTEM_PROMPT, STOP_TOKENS
 
 
 @dataclass(frozen=True)
@@ -57,39 +53,6 @@ class LlavaMiniOptions:
             image_aspect_ratio=cfg.get("image_aspect_ratio"),
             mm_use_im_start_end=bool(cfg.get("mm_use_im_start_end", False)),
         )
-
-
-def llm_config_from_llava_mini(config_dict: dict[str, Any]):
-    """A transformers ``LlamaConfig`` for the LLM of a LLaVA-Mini config.json, llama3 RoPE kept.
-
-    The release's config was written by transformers 4.43: ``rope_theta`` plus an old-style
-    ``rope_scaling`` (``rope_type: llama3`` or the older ``type``) and no ``rope_parameters``.
-    They are merged explicitly into transformers 5's ``rope_parameters``; multimodal keys and the
-    unknown ``model_type`` are left out so the result is a plain Llama config.
-    """
-    from transformers import LlamaConfig
-
-    clean = {k: v for k, v in config_dict.items() if k not in MM_CONFIG_KEYS and k not in _NON_LLM_KEYS}
-    rope_theta = clean.pop("rope_theta", None)
-    rope_scaling = clean.pop("rope_scaling", None)
-    rope = dict(clean.pop("rope_parameters", None) or {})
-    if not rope:
-        if rope_scaling:
-            rope = dict(rope_scaling)
-            if "rope_type" not in rope and "type" in rope:  # pre-4.43 spelling
-                rope["rope_type"] = rope.pop("type")
-        else:
-            rope = {"rope_type": "default"}
-    if rope_theta is not None:
-        rope.setdefault("rope_theta", float(rope_theta))
-    rope.setdefault("rope_theta", 10000.0)
-    dtype = clean.pop("torch_dtype", None) or clean.pop("dtype", None)
-    config = LlamaConfig(rope_parameters=rope, **clean)
-    if dtype is not None:
-        config.dtype = dtype
-    if config.rope_parameters.get("rope_type") != rope.get("rope_type"):
-        raise ModelError(f"rope scaling was not kept: {rope} became {config.rope_parameters}")
-    return config
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:
@@ -141,5 +104,3 @@ def build_prompt_ids(tokenizer: Any, question: str, system: str | None = LLAVA_M
     second = list(tokenizer(chunks[1]).input_ids)
     starts_with_bos = tokenizer.bos_token_id is not None and first[:1] == [tokenizer.bos_token_id]
     return PromptIds(before=first, after=second[1:] if starts_with_bos else second, stop_ids=stop_token_ids(tokenizer))
-
-

@@ -1,0 +1,63 @@
+"""vidqa.generate: sampling, detokenizing, the generate loop and the static-cache decoder on the CPU."""
+
+import torch
+
+from vidqa.generate import DecodeStats, Detokenizer, GenerationConfig, StaticDecoder, generate, sample
+from vidqa.methods.base import FrameCache
+
+
+def test_sample_greedy_and_nucleus():
+    logits = torch.tensor([0.0, 5.0, 1.0, -2.0])
+    assert sample(logits, GenerationConfig(), None) == 1
+    g = torch.Generator().manual_seed(0)
+    picks = {sample(logits, GenerationConfig(temperature=1.0, top_p=0.5), g) for _ in range(50)}
+    assert picks == {1}  # the top token alone holds over half of the mass
+    g = torch.Generator().manual_seed(0)
+    picks = {sample(torch.zeros(4), GenerationConfig(temperature=1.0), g) for _ in range(200)}
+    assert picks == {0, 1, 2, 3}
+
+
+class _Bytes:
+    """A tokenizer whose tokens are single UTF-8 bytes."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_detokenizer_waits_for_whole_characters_and_drops_a_prefix():
+    d = Detokenizer(_Bytes())
+    text = "é ok"
+    deltas = [d.push(b) for b in text.encode()]
+    assert deltas[0] == "" and "".join(deltas) == text
+    d = Detokenizer(_Bytes(), drop_prefix="assistant")
+    assert "".join(d.push(b) for b in "assistant\n\nhi".encode()) == "hi"
+    d = Detokenizer(_Bytes(), drop_prefix="assistant")
+    assert "".join(d.push(b) for b in "as if".encode()) == "as if"
+
+
+@torch.no_grad()
+def test_generate_stops_on_a_stop_id_or_the_length(voco_qa):
+    m, llm = voco_qa.method, voco_qa.llm
+    feats = torch.randn(2, voco_qa.vision.num_patches, voco_qa.vision.hidden_size)
+    cache = FrameCache("voco", m.compress(feats), [0.0, 1.0], m.tokens_per_frame, m.cache_meta())
+    stats = DecodeStats()
+    tokens = list(generate(llm, m.prefill(cache, "q?"), GenerationConfig(max_new_tokens=5), set(), stats))
+    assert len(tokens) == 5 and stats.stopped == "length" and stats.tokens == 5 and stats.decode_steps == 4
+    stats = DecodeStats()
+    cut = list(generate(llm, m.prefill(cache, "q?"), GenerationConfig(max_new_tokens=5), {tokens[2]}, stats))
+    assert cut == tokens[:tokens.index(tokens[2])] and stats.stopped == "stop"
+
+
+@torch.no_grad()
+def test_static_decoder_on_the_cpu_equals_transformers(voco_qa):
+    m, llm = voco_qa.method, voco_qa.llm
+    feats = torch.randn(2, voco_qa.vision.num_patches, voco_qa.vision.hidden_size)
+    cache = FrameCache("voco", m.compress(feats), [0.0, 1.0], m.tokens_per_frame, m.cache_meta())
+    gen = GenerationConfig(max_new_tokens=8)
+    pre = m.prefill(cache, "q?")
+    context = pre.past_key_values.get_seq_length() + pre.position_ids.shape[1]
+    dec = StaticDecoder(llm, context + 8, graph=False)
+    assert not dec.use_graph and dec.capacity == context + 8
+    plain = list(generate(llm, m.prefill(cache, "q?"), gen, set()))
+    assert list(generate(llm, pre, gen, set(), decoder=dec)) == plain and len(plain) == 8
+    assert dec.length == context + len(plain) - 1  # the last token is yielded, never fed back
