@@ -22,3 +22,17 @@ def test_exported_demo_checkpoint_loads_and_answers(tmp_path):
     assert isinstance(text, str)
     # the trained weights are what the pipeline runs: same logits for the first answer token
     assert torch.equal(qa.method.llm.lm_head.weight, learner.llm.lm_head.weight.float())
+
+
+def test_exported_pool_row_is_the_pool_inference_method(tmp_path):
+    """`vidqa train --method pool` exports what `--method pool` reads: same pooled tokens, same answer."""
+    learner, _ = tiny_run(tmp_path, 1, variant="pool")
+    export(learner, tmp_path / "model", TINY, dtype=torch.float32)
+    qa = VideoQA.from_pretrained(str(tmp_path / "model"), device="cpu", dtype="float32")
+    assert qa.method.name == "pool"
+    frames = synthetic.render_frames(synthetic.make_clip(0, 3), size=32, fps=1)
+    cache = qa.compress(SimpleNamespace(pixels=frames, timestamps=np.arange(len(frames)) + 0.5))
+    with torch.no_grad():
+        feats = learner.features(torch.from_numpy(frames)[None])[0]  # [T, P, C]
+        expected = learner.pool(feats.mean(dim=1))
+    torch.testing.assert_close(cache.tensors["tokens"].reshape(expected.shape), expected, atol=1e-5, rtol=1e-5)

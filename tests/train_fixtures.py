@@ -14,10 +14,10 @@ def logits(learner, E, M, P):
     return learner.llm(inputs_embeds=E, attention_mask=mask, position_ids=P).logits
 
 
-def tiny_run(tmp_path, steps):
+def tiny_run(tmp_path, steps, variant="voco"):
     data = SyntheticData(3, seed=1, size=32)
     tok = make_word_tokenizer(tmp_path / "tok", data.texts() + list(synthetic.ANSWERS), "voco")
     torch.manual_seed(0)
-    learner = build_tiny("voco", tok, TINY)
+    learner = build_tiny(variant, tok, TINY)
     cfg = TrainConfig(steps=steps, batch_size=2, warmup=1, save_every=2, log_every=1, tiny=TINY)
     return learner, train(learner, data, cfg, tmp_path / "run", torch.device("cpu"), log=lambda m: None)

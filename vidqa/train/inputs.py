@@ -28,8 +28,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from vidqa.checkpoint import COMPRESSOR, PREFUSION, prefixed
 from vidqa.errors import VidqaError
 from vidqa.methods import mini
+from vidqa.methods.pool import POOL
 from vidqa.methods.voco import VoCo
 
 Rows = tuple[Tensor, Tensor, Tensor, list[int]]  # embeds [B, L, D], mask [B, 1, L, L], positions [B, L], starts
@@ -64,6 +66,11 @@ class InputBuilder(ABC):
     @abstractmethod
     def prompt_ids(self, question: str) -> list[int]:
         """The question's prompt ids, as inference tokenises it."""
+
+    @abstractmethod
+    def checkpoint_layout(self) -> tuple[dict[str, Tensor], dict, int | None]:
+        """How this variant is exported (``vidqa.train.export``): its own weights under their checkpoint
+        keys, its config.json keys, and the shard count (None: one ``model.safetensors``)."""
 
     def answer_ids(self, answer: str) -> list[int]:
         """What the model must write after the prompt (VoCo's Vicuna turn ends with </s>)."""
@@ -119,6 +126,11 @@ class PrefixInputs(InputBuilder):
 
     def prompt_ids(self, question: str) -> list[int]:
         return self.voco.prompt_ids(question)
+
+    def checkpoint_layout(self):
+        # the LLaVA-1.5 layout; "full" has no vidqa inference method (LLaVA-1.5's own code reads it)
+        return {}, {"model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],
+                    "image_aspect_ratio": "pad"}, None
 
     @abstractmethod
     def prefix(self, feats: Tensor) -> Tensor:
@@ -199,6 +211,10 @@ class VoCoInputs(PrefixInputs):
     def layout(self, num_frames, n_prefix, n_text, device):
         return self.voco.single_pass_layout(num_frames, n_text, device)
 
+    def checkpoint_layout(self):
+        state, config, shards = super().checkpoint_layout()
+        return state, {**config, "voco_num": self.voco.tokens_per_frame}, shards
+
     def single(self, feats, prompt, answer):
         e, m, p = self.voco.masked_inputs(feats, prompt + answer)
         return e, m, p, e.shape[0] - len(answer)
@@ -262,6 +278,10 @@ class PoolInputs(CausalPrefixInputs):
     def vision(self, feats: Tensor) -> Tensor:
         return self.pool(feats.mean(dim=-2))
 
+    def checkpoint_layout(self):
+        state, config, shards = super().checkpoint_layout()  # vidqa.methods.pool reads this layout
+        return {**state, **prefixed(POOL, self.pool)}, {**config, "vidqa_method": "pool"}, shards
+
 
 # ---- LLaVA-Mini: a compressor and pre-fusion layers before the LLM ------------------------------
 
@@ -290,6 +310,13 @@ class MiniInputs(InputBuilder):
 
     def modules(self) -> dict[str, nn.Module]:
         return {"mini": self.mini, "compressor": self.compressor, "prefusion": self.prefusion}
+
+    def checkpoint_layout(self):
+        # the official LLaVA-Mini layout: one shard with its index, as the release has four
+        state = {**prefixed(COMPRESSOR, self.compressor), **prefixed(PREFUSION, self.prefusion)}
+        return state, {"model_type": "llava_mini_llama", "architectures": ["LlavaMiniLlamaForCausalLM"],
+                       "compressor_size": 1, "prefusion_layer_num": len(self.prefusion), "resolution_ratio": 1,
+                       "image_aspect_ratio": "square"}, 1
 
     def prompt_ids(self, question: str) -> list[int]:
         return self.mini.prompt_ids(question)
