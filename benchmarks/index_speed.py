@@ -2,6 +2,7 @@
 
     python benchmarks/index_speed.py --out index.json                          # one GPU
     torchrun --nproc-per-node 2 benchmarks/index_speed.py --index-only         # several GPUs, one store
+    python benchmarks/index_speed.py --tiny                                    # a CPU smoke run (seconds)
 
 Videos are made here with PyAV (640x360, 10 fps). Everything runs through vidqa.library, the code
 behind `vidqa index` and `vidqa ask`, with the random-weight model built in memory (benchmarks/voco_speed.py).
@@ -23,16 +24,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 
+from vidqa.generate import GenerationConfig, generate
+from vidqa.library import index_videos, load_or_compress
+from vidqa.store import Store
+from vidqa.video import Sampling, load_frames
+from vidqa.vision import preprocess
+
 sys.path.insert(0, str(Path(__file__).parent))
-from voco_speed import build, sync  # noqa: E402
+from voco_speed import build, sizes, sync  # noqa: E402
+
+FULL = {"videos": 6, "seconds": 60, "long_frames": 1000}
+TINY = {"videos": 2, "seconds": 2, "long_frames": 20}
 
 
 def make_video(path: Path, seconds: int, fps: int = 10, size=(640, 360), seed: int = 0) -> Path:
-    import av
-
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 255, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
     with av.open(str(path), "w") as c:
@@ -49,25 +58,23 @@ def make_video(path: Path, seconds: int, fps: int = 10, size=(640, 360), seed: i
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--videos", type=int, default=6)
-    ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--tiny", action="store_true", help="small shapes and sizes, for a CPU smoke run")
+    ap.add_argument("--videos", type=int, default=None, help=f"{FULL['videos']} ({TINY['videos']} with --tiny)")
+    ap.add_argument("--seconds", type=int, default=None, help=f"{FULL['seconds']} ({TINY['seconds']} with --tiny)")
     ap.add_argument("--fps", type=float, default=2.0, help="sampling rate for index")
-    ap.add_argument("--long-frames", type=int, default=1000)
+    ap.add_argument("--long-frames", type=int, default=None,
+                    help=f"{FULL['long_frames']} ({TINY['long_frames']} with --tiny)")
     ap.add_argument("--index-only", action="store_true")
     ap.add_argument("--work", default=None, help="folder for videos and the store (shared by ranks)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    sizes(args, FULL, TINY)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-
-    from vidqa.library import index_videos, load_or_compress
-    from vidqa.store import Store
-    from vidqa.video import Sampling, load_frames
-    from vidqa.vision import preprocess
 
     work = Path(args.work or tempfile.mkdtemp())
     vids_dir = work / "videos"
@@ -80,7 +87,7 @@ def main():
     while not all(v.exists() for v in videos):  # other ranks wait for rank 0's videos
         time.sleep(0.5)
 
-    qa, naive_tower, _, _ = build(False, device, dtype, 2)
+    qa, naive_tower, _, _ = build(args.tiny, device, dtype, 2)
     qa.model_fingerprint = "random-7b"
     store = Store(work / "store")
     sampling = Sampling(fps=args.fps)
@@ -126,8 +133,6 @@ def main():
     res["naive_frames_per_s"] = frames_done / (time.perf_counter() - t0)
 
     # ---- ask: time to first token on a 1,000-frame video, indexed vs not ----------------------------------
-    from vidqa.generate import GenerationConfig, generate
-
     long = make_video(work / "long.mp4", int(np.ceil(args.long_frames / 10)), seed=99)
     long_sampling = Sampling(fps=10.0)
     q = "what happens after the door opens?"

@@ -1,6 +1,7 @@
 """One question on a very long video at LLaVA-3.1-8B + CLIP-L/336 shapes: GPU memory and time.
 
     python benchmarks/mini_long.py --frames 10000 --out long.json
+    python benchmarks/mini_long.py --tiny                  # a CPU smoke run of the same code (seconds)
 
 ``VideoQA.compress`` sees that the pre-fusion K/V (9.46 MB a frame, 95 GB here) would not fit in host
 memory and keeps the compact cache (raw CLIP features, 1.18 MB a frame) in pinned host memory; the
@@ -20,25 +21,29 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from vidqa.generate import GenerationConfig, generate
+from vidqa.methods import mini
+
 sys.path.insert(0, str(Path(__file__).parent))
 from mini_speed import build  # noqa: E402
 from voco_speed import sync  # noqa: E402
 
+FULL_FRAMES, TINY_FRAMES = 10000, 24
+
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--frames", type=int, default=10000)
-    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--frames", type=int, default=None, help=f"{FULL_FRAMES} ({TINY_FRAMES} with --tiny)")
+    ap.add_argument("--tiny", action="store_true", help="small shapes and sizes, for a CPU smoke run")
     ap.add_argument("--prompt-tokens", type=int, default=100)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.frames is None:
+        args.frames = TINY_FRAMES if args.tiny else FULL_FRAMES
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     qa, _, _ = build(args.tiny, device, dtype)
     m, llm = qa.method, qa.llm
-    from vidqa.methods import mini
-    from vidqa.generate import GenerationConfig, generate
-
     g = torch.Generator().manual_seed(0)
     body = torch.randint(1, 120000, (args.prompt_tokens - 3,), generator=g).tolist()
     ids = [128000, 128000] + body[:20] + [mini.IMAGE_TOKEN_INDEX] + body[20:]

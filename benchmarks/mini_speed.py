@@ -1,7 +1,7 @@
 """LLaVA-Mini speed at LLaMA-3.1-8B + CLIP-L/336 shapes (random weights), against the official approach.
 
     python benchmarks/mini_speed.py --out results.json      # on a GPU (the device tool)
-    python benchmarks/mini_speed.py --tiny                   # a CPU smoke run of the same code
+    python benchmarks/mini_speed.py --tiny                   # a CPU smoke run of the same code (seconds)
 
 vidqa:  frames -> CLIP -> compressor -> projector -> pre-fusion over the 577 vision positions, once per
         frame (the cache: pre-fusion K/V + the fused frame token). A question then runs only its
@@ -17,29 +17,36 @@ drawn at random: the real Llama-3.1 tokenizer is not available here, and ids do 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-import sys
-
+import numpy as np
 import torch
+import transformers
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+from vidqa import testing
+from vidqa.checkpoint import load_tokenizer, quiet_transformers
+from vidqa.generate import DecodeStats, GenerationConfig, generate
+from vidqa.methods import mini
+from vidqa.pipeline import VideoQA
+from vidqa.vision import Preprocess, VisionEncoder, build_projector, preprocess
 
 sys.path.insert(0, str(Path(__file__).parent))
-from voco_speed import PEAK_BYTES, sync, timed  # noqa: E402 (the shared timing helpers)
+from voco_speed import PEAK_BYTES, shown, sizes, sync, timed  # noqa: E402 (the shared helpers)
+
+FULL = {"frames": [64, 1000], "new_tokens": 32, "repeats": 3, "warmup": 2}
+TINY = {"frames": [4, 8], "new_tokens": 8, "repeats": 1, "warmup": 1}
 
 
 def build(tiny: bool, device, dtype):
-    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
-
-    from vidqa import testing
-    from vidqa.methods import mini
-    from vidqa.checkpoint import load_tokenizer, quiet_transformers
-    from vidqa.pipeline import VideoQA
-    from vidqa.vision import Preprocess, VisionEncoder, build_projector
-
     quiet_transformers()
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192, "rope_theta": 500000.0}
@@ -48,7 +55,7 @@ def build(tiny: bool, device, dtype):
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072,
                               rope_parameters=rope)
         clip_cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2,
-                                    image_size=336, patch_size=14)
+                                    image_size=112, patch_size=14)  # 64 patches: the same code, a fraction of the time
     else:  # meta-llama/Llama-3.1-8B-Instruct and openai/clip-vit-large-patch14-336
         llm_cfg = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                               num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
@@ -74,31 +81,27 @@ def build(tiny: bool, device, dtype):
                                     mm_projector_type="mlp2x_gelu")
     modules = mini.LlavaMiniModules(llm, projector, compressor, prefusion, options, {})
     method = mini.Mini(modules, tok)
-    vision = VisionEncoder(tower, -2, "patch", Preprocess(size=336, aspect="squash"))
+    vision = VisionEncoder(tower, -2, "patch", Preprocess(size=clip_cfg.image_size, aspect="squash"))
     return VideoQA(method, vision, tok, model_id="random", model_fingerprint="random"), tower, llm_cfg
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--frames", type=int, nargs="+", default=[64, 1000])
+    ap.add_argument("--tiny", action="store_true", help="small shapes and sizes, for a CPU smoke run")
+    ap.add_argument("--frames", type=int, nargs="+", default=None, help=f"{FULL['frames']} ({TINY['frames']} with --tiny)")
     ap.add_argument("--prompt-tokens", type=int, default=100)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=None,
+                    help=f"{FULL['new_tokens']} ({TINY['new_tokens']} with --tiny)")
+    ap.add_argument("--repeats", type=int, default=None, help=f"{FULL['repeats']} ({TINY['repeats']} with --tiny)")
+    ap.add_argument("--warmup", type=int, default=None, help=f"{FULL['warmup']} ({TINY['warmup']} with --tiny)")
     ap.add_argument("--long", type=int, default=0, help="also a question on this many frames (cache offloaded)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    sizes(args, FULL, TINY)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     qa, tower, llm_cfg = build(args.tiny, device, dtype)
     m, llm = qa.method, qa.llm
-    import numpy as np
-    import transformers
-
-    from vidqa import testing
-    from vidqa.methods import mini
-    from vidqa.generate import DecodeStats, GenerationConfig, generate
-    from vidqa.vision import preprocess
 
     # a prompt of the official shape: [BOS, BOS, ..., <image>, ...]
     g = torch.Generator().manual_seed(0)
@@ -111,7 +114,6 @@ def main():
                  "prompt_tokens": len(ids)}
     Tmax = max(args.frames)
     pixels = torch.randint(0, 256, (Tmax, 336, 336, 3), dtype=torch.uint8, generator=g).numpy()
-    from types import SimpleNamespace
 
     def frames(n):
         return SimpleNamespace(pixels=pixels[:n], timestamps=np.arange(n, dtype=np.float64))
@@ -120,19 +122,17 @@ def main():
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     n0 = min(256, Tmax)
-    s = timed(lambda: qa.compress(frames(n0), batch_size=32), args.repeats)
+    s = timed(lambda: qa.compress(frames(n0), batch_size=32), args.repeats, args.warmup)
     res["vidqa_compress_ms_per_frame"] = 1000 * s / n0
-    s = timed(lambda: qa.vision.encode(pixels[:n0], batch_size=32), args.repeats)
+    s = timed(lambda: qa.vision.encode(pixels[:n0], batch_size=32), args.repeats, args.warmup)
     res["vision_ms_per_frame"] = 1000 * s / n0
     if device.type == "cuda":
-        import os
-
         os.environ["VIDQA_COMPILE"] = "1"  # the pre-fusion's per-layer function, compiled
         t0 = time.perf_counter()
         qa.compress(frames(n0), batch_size=32)
         res["compile_compress_first_run_s"] = time.perf_counter() - t0
         res["vidqa_compress_compiled_ms_per_frame"] = 1000 * timed(lambda: qa.compress(frames(n0), batch_size=32),
-                                                                   args.repeats) / n0
+                                                                   args.repeats, args.warmup) / n0
         os.environ.pop("VIDQA_COMPILE")
     caches = {}
     for n in args.frames:
@@ -152,7 +152,7 @@ def main():
             for _ in generate(llm, m.prefill(caches[n], "q"), gen1, set()):
                 pass
 
-        res[f"vidqa_question_ms_{n}"] = 1000 * timed(ask, args.repeats)
+        res[f"vidqa_question_ms_{n}"] = 1000 * timed(ask, args.repeats, args.warmup)
         if device.type == "cuda":
             res[f"vidqa_question_peak_gib_{n}"] = torch.cuda.max_memory_allocated() / 2**30
 
@@ -195,7 +195,8 @@ def main():
         for n in args.frames:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            res[f"naive_question_ms_{n}"] = 1000 * timed(lambda: naive_question(n), 1 if n > 100 else args.repeats)
+            res[f"naive_question_ms_{n}"] = 1000 * timed(lambda: naive_question(n), 1 if n > 100 else args.repeats,
+                                                         args.warmup)
             if device.type == "cuda":
                 res[f"naive_question_peak_gib_{n}"] = torch.cuda.max_memory_allocated() / 2**30
 
@@ -215,10 +216,9 @@ def main():
 
     if args.long:
         del caches
-        import gc
-
         gc.collect()
-        torch.cuda.empty_cache() if device.type == "cuda" else None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         n = args.long
         big = pixels[np.arange(n) % Tmax]  # frames' content does not change timings
         if device.type == "cuda":
@@ -251,19 +251,21 @@ def main():
             if device.type == "cuda" else ""
         lines.append(f"question on {n} frames (to first token): vidqa {v:.1f} ms | naive official loop {nv:.1f} ms "
                      f"| {nv / v:.1f}x{peak}")
-    lines.append(f"decoding ms/token: vidqa static+graph {res.get('vidqa_graph_ms_per_token', float('nan')):.2f} | "
+    lines.append(f"decoding ms/token: vidqa static+graph {shown(res, 'vidqa_graph_ms_per_token')} | "
                  f"transformers path {res['vidqa_hf_ms_per_token']:.2f} | floor {res['decode_floor_ms_per_token']:.2f}")
     lines.append(f"LLM input embeddings, vidqa vs naive loop: rel. err {res['llm_inputs_rel_err_vs_naive']:.2e}")
+    compiled = (f"{res['vidqa_compress_compiled_ms_per_frame']:.2f} ms/frame (first run "
+                f"{res['compile_compress_first_run_s']:.0f} s)" if "vidqa_compress_compiled_ms_per_frame" in res
+                else "n/a (needs CUDA)")
     lines.append(f"compression breakdown: vision tower {res['vision_ms_per_frame']:.2f} ms/frame; compiled "
-                 f"pre-fusion: {res.get('vidqa_compress_compiled_ms_per_frame', float('nan')):.2f} ms/frame (first "
-                 f"run {res.get('compile_compress_first_run_s', float('nan')):.0f} s)")
+                 f"pre-fusion: {compiled}")
     if args.long:
         lines.append(f"{res['long_frames']} frames: compress {res['long_compress_ms_per_frame']:.2f} ms/frame, "
                      f"{res['long_cache_kind']} cache of {res['long_cache_gb']:.1f} GB on {res['long_cache_device']} "
                      f"(the K/V cache would be {res['long_kv_cache_would_be_gb']:.0f} GB), question "
-                     f"{res['long_question_ms']:.0f} ms, peak GPU allocated {res.get('long_question_peak_gib', float('nan')):.1f}"
-                     f" GiB (reserved {res.get('long_question_peak_reserved_gib', float('nan')):.1f}) during the question, "
-                     f"{res.get('long_compress_peak_gib', float('nan')):.1f} GiB during compression")
+                     f"{res['long_question_ms']:.0f} ms, peak GPU allocated {shown(res, 'long_question_peak_gib', '.1f')}"
+                     f" GiB (reserved {shown(res, 'long_question_peak_reserved_gib', '.1f')}) during the question, "
+                     f"{shown(res, 'long_compress_peak_gib', '.1f')} GiB during compression")
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))

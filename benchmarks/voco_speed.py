@@ -1,7 +1,7 @@
 """VoCo pipeline speed at Vicuna-7B + CLIP-L/336 shapes (random weights), against naive transformers.
 
     python benchmarks/voco_speed.py --out results.json        # on a GPU (the device tool)
-    python benchmarks/voco_speed.py --tiny                     # a CPU smoke run of the same code
+    python benchmarks/voco_speed.py --tiny                     # a CPU smoke run of the same code (seconds)
 
 What it times, each in the same process and on the same weights:
   compression   vidqa: uint8 frames -> preprocess -> CLIP (truncated at layer -2) -> projector -> LLM
@@ -26,10 +26,26 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
+import transformers
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+from vidqa.checkpoint import load_tokenizer, quiet_transformers
+from vidqa.generate import StaticDecoder
+from vidqa.generate import DecodeStats, GenerationConfig, generate
+from vidqa.methods.voco import VoCo
+from vidqa.pipeline import VideoQA
+from vidqa.testing import write_vicuna_tokenizer
+from vidqa.vision import Preprocess, VisionEncoder, build_projector, preprocess
 
 PEAK_FLOPS = 800e12
 PEAK_BYTES = 3.0e12
+# defaults of the sizes: the real run, and --tiny (a CPU smoke run of the same code in a few seconds)
+FULL = {"frames": 64, "batch": [8, 16, 32], "new_tokens": 64, "repeats": 3}
+TINY = {"frames": 8, "batch": [4, 8], "new_tokens": 8, "repeats": 1}
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> float:
@@ -51,21 +67,25 @@ def sync():
         torch.cuda.synchronize()
 
 
+def sizes(args, full: dict, tiny: dict) -> None:
+    """Fill the size arguments left at None with the defaults of the run (``tiny`` with --tiny)."""
+    for name, value in (tiny if args.tiny else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+def shown(res: dict, key: str, spec: str = ".2f", missing: str = "n/a (needs CUDA)") -> str:
+    """``res[key]`` formatted, or why it is absent (a CUDA-only figure on a CPU run)."""
+    return format(res[key], spec) if key in res else missing
+
+
 def build(tiny: bool, device, dtype, tokens_per_frame: int):
-    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
-
-    from vidqa.checkpoint import load_tokenizer, quiet_transformers
-    from vidqa.pipeline import VideoQA
-    from vidqa.testing import write_vicuna_tokenizer
-    from vidqa.vision import Preprocess, VisionEncoder, build_projector
-    from vidqa.methods.voco import VoCo
-
     quiet_transformers()
     if tiny:
         llm_cfg = LlamaConfig(vocab_size=32001, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                               num_attention_heads=4, max_position_embeddings=4096)
         clip_cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2,
-                                    image_size=336, patch_size=14)
+                                    image_size=112, patch_size=14)  # 64 patches: the same code, a fraction of the time
     else:  # lmsys/vicuna-7b-v1.5 (+ <voco>) and openai/clip-vit-large-patch14-336
         llm_cfg = LlamaConfig(vocab_size=32001, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                               num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
@@ -86,7 +106,7 @@ def build(tiny: bool, device, dtype, tokens_per_frame: int):
     write_vicuna_tokenizer(tokdir)
     tok = load_tokenizer(tokdir)
     naive_tower = tower  # the same weights; VisionEncoder just stops at layer -2
-    vision = VisionEncoder(tower, -2, "patch", Preprocess(size=336, aspect="pad"))
+    vision = VisionEncoder(tower, -2, "patch", Preprocess(size=clip_cfg.image_size, aspect="pad"))
     method = VoCo(llm, projector, tok, vision.num_patches, tokens_per_frame=tokens_per_frame)
     qa = VideoQA(method, vision, tok, model_id="random", model_fingerprint="random")
     return qa, naive_tower, llm_cfg, clip_cfg
@@ -107,8 +127,6 @@ def kernel_kind(name: str) -> str:
 
 def profile_compress(qa, frames, batch: int) -> dict:
     """GPU time per frame by kernel kind, for one compression call (its frames in batches of ``batch``)."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         qa.compress(frames, batch_size=batch)
         sync()
@@ -142,8 +160,6 @@ def compiled_compress(res: dict, qa, frames, pixels, flops: float, args) -> None
           f"{res['compile_compress_first_run_s']:.0f} s; {res['vidqa_compress_compiled']}; vision "
           f"{res['vision_compiled_ms_per_frame']:.2f} ms/frame", flush=True)
     try:  # the same with cuDNN's attention kernels first (flash otherwise)
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                  SDPBackend.MATH]
         with sdpa_kernel(order, set_priority=True):
@@ -162,12 +178,13 @@ def param_count(module) -> int:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tiny", action="store_true", help="small shapes, for a CPU smoke run")
-    ap.add_argument("--frames", type=int, default=64)
-    ap.add_argument("--batch", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--tiny", action="store_true", help="small shapes and sizes, for a CPU smoke run")
+    ap.add_argument("--frames", type=int, default=None, help=f"{FULL['frames']} ({TINY['frames']} with --tiny)")
+    ap.add_argument("--batch", type=int, nargs="+", default=None, help=f"{FULL['batch']} ({TINY['batch']} with --tiny)")
     ap.add_argument("--tokens-per-frame", type=int, default=2)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=None,
+                    help=f"{FULL['new_tokens']} ({TINY['new_tokens']} with --tiny)")
+    ap.add_argument("--repeats", type=int, default=None, help=f"{FULL['repeats']} ({TINY['repeats']} with --tiny)")
     ap.add_argument("--out", type=str, default=None)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile variants")
     ap.add_argument("--dtype", default=None, help="float32 for an agreement check without bf16 noise")
@@ -176,6 +193,7 @@ def main():
     ap.add_argument("--profile", action="store_true",
                     help="with --compile: GPU time by kernel kind (GEMM, attention, fused/elementwise) per frame")
     args = ap.parse_args()
+    sizes(args, FULL, TINY)
     if args.compile_mode:
         os.environ["VIDQA_COMPILE_MODE"] = args.compile_mode
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -186,16 +204,12 @@ def main():
     llm, m = qa.llm, qa.method
     res: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                  "torch": torch.__version__, "dtype": str(dtype), "tiny": args.tiny,
-                 "tokens_per_frame": m.tokens_per_frame, "frames": args.frames}
-    import transformers
-
-    res["transformers"] = transformers.__version__
+                 "tokens_per_frame": m.tokens_per_frame, "frames": args.frames,
+                 "transformers": transformers.__version__}
 
     T = args.frames
     g = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (T, 336, 336, 3), dtype=torch.uint8, generator=g).numpy()
-    import numpy as np
-
     # decoded frames, as vidqa.video.Frames carries them (pixels and timestamps are all compress() reads)
     frames = SimpleNamespace(pixels=pixels, timestamps=np.arange(T, dtype=np.float64))
 
@@ -214,7 +228,8 @@ def main():
     res["compress_floor_ms_per_frame"] = 1000 * flops / PEAK_FLOPS
 
     # ---- vidqa compression, per batch size -------------------------------------------------------
-    torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     res["vidqa_compress"] = {}
     for bs in args.batch:
         s = timed(lambda: qa.compress(frames, batch_size=bs), args.repeats, warmup=1)
@@ -235,8 +250,6 @@ def main():
     res["reference_compress_ms_per_frame"] = 1000 * s / T
 
     # ---- naive compression: the official code's shape of work ------------------------------------
-    from vidqa.vision import preprocess
-
     def naive(batch: int):
         for i in range(0, T, batch):
             px = preprocess(torch.from_numpy(pixels[i:i + batch]).to(device), qa.vision.spec, dtype)
@@ -247,7 +260,8 @@ def main():
             _ = [(layer.keys[:, :, m.p0:seq], layer.values[:, :, m.p0:seq]) for layer in kv.layers]
 
     with torch.inference_mode():
-        torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         s1 = timed(lambda: naive(1), args.repeats, warmup=1)
         res["naive_compress_b1_ms_per_frame"] = 1000 * s1 / T
         sb = timed(lambda: naive(32 if not args.tiny else 8), args.repeats, warmup=1)
@@ -276,8 +290,6 @@ def main():
 
     def decoding():
         # ---- decoding -------------------------------------------------------------------------------
-        from vidqa.generate import DecodeStats, GenerationConfig, generate
-
         question = "what happens after the door opens?"
         gen = GenerationConfig(max_new_tokens=args.new_tokens)
         no_stop: set[int] = set()
@@ -298,8 +310,6 @@ def main():
             res[f"vidqa_{name}_ms_per_token"] = statistics.median(r.ms_per_token for r in runs)
             res[f"vidqa_{name}_ttft_ms"] = statistics.median(1000 * r.prefill_s for r in runs)
         if args.compile and device.type == "cuda" and not args.skip_decode:
-            from vidqa.generate import StaticDecoder
-
             t0 = time.perf_counter()
             dec = StaticDecoder(llm, qa.decoder(ctx_len + args.new_tokens).capacity, compile=True)
             vidqa_decode(dec)
@@ -321,7 +331,7 @@ def main():
         # is not indexed adds its frames x the compression time
         gen1 = GenerationConfig(max_new_tokens=1)
         res["ttft_indexed_ms"] = {}
-        for n in (8, 64, 1000):
+        for n in (8, 64) if args.tiny else (8, 64, 1000):
             if n * m.tokens_per_frame + 64 > m.max_context:
                 continue
             c = cache.select([i % T for i in range(n)])
@@ -374,7 +384,7 @@ def main():
     if not args.skip_decode:
         ctx_len = res["context_tokens"]
         lines += [
-        f"decoding ms/token ({ctx_len}-token context): vidqa static+graph {res.get('vidqa_graph_ms_per_token', float('nan')):.2f}"
+        f"decoding ms/token ({ctx_len}-token context): vidqa static+graph {shown(res, 'vidqa_graph_ms_per_token')}"
         f" | vidqa transformers path {res['vidqa_hf_ms_per_token']:.2f} | naive generate "
         f"{res['naive_ms_per_token']:.2f} | floor {res['decode_floor_ms_per_token']:.2f}",
         f"vidqa time to first token ({T} frames): {res['vidqa_ttft_ms']:.1f} ms",
@@ -383,14 +393,14 @@ def main():
         f"; not indexed add frames x {b['ms_per_frame']:.2f} ms",
         ]
     if args.compile and device.type == "cuda":
-        lines.append(f"torch.compile: decode {res.get('vidqa_graph_compiled_ms_per_token', float('nan')):.2f} ms/token "
-                     f"(first run {res.get('compile_decoder_first_run_s', float('nan')):.0f} s)")
+        lines.append(f"torch.compile: decode {shown(res, 'vidqa_graph_compiled_ms_per_token', missing='n/a')} ms/token "
+                     f"(first run {shown(res, 'compile_decoder_first_run_s', '.0f', 'n/a')} s)")
         cc = res.get("vidqa_compress_compiled", {})
         lines.append("torch.compile compression ms/frame: " + ", ".join(
             f"b{k}: {v['ms_per_frame']:.2f} ({v['tflops']:.0f} TFLOP/s)" for k, v in cc.items()) +
-            f"; vision tower {res.get('vision_compiled_ms_per_frame', float('nan')):.2f}; cuDNN attention first "
-            f"{res.get('vidqa_compress_compiled_cudnn_ms_per_frame', float('nan')):.2f}; first run "
-            f"{res.get('compile_compress_first_run_s', float('nan')):.0f} s {res.get('vidqa_compress_compiled_error', '')}"
+            f"; vision tower {shown(res, 'vision_compiled_ms_per_frame', missing='n/a')}; cuDNN attention first "
+            f"{shown(res, 'vidqa_compress_compiled_cudnn_ms_per_frame', missing='n/a')}; first run "
+            f"{shown(res, 'compile_compress_first_run_s', '.0f', 'n/a')} s {res.get('vidqa_compress_compiled_error', '')}"
             f" {res.get('cudnn_error', '')}")
         if "compiled_compress_gpu_ms_per_frame_by_kind" in res:
             lines.append(f"  GPU ms/frame by kernel kind: {res['compiled_compress_gpu_ms_per_frame_by_kind']}")

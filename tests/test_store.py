@@ -1,8 +1,8 @@
-"""vidqa.store: round trips, keys, the hash memo, crash safety, corruption, locks across processes.
+"""vidqa.store.store: round trips, crash safety, corruption, listing and removal, locks across processes.
 
 The crash tests use real child processes killed with SIGKILL (no cleanup handlers run), because
-that is what a killed ``vidqa ask`` or an OOM kill does; the children import this module for the
-same ``make_cache``/``settings`` helpers as the parent.
+that is what a killed ``vidqa ask`` or an OOM kill does; the children import ``store_helpers`` for
+the same ``make_cache``/``settings`` helpers as the parent.
 """
 
 from __future__ import annotations
@@ -23,71 +23,12 @@ import pytest
 import torch
 
 import vidqa
-from vidqa.methods.base import FrameCache
-from vidqa.errors import VideoError, VidqaError
+from vidqa.errors import VidqaError
 from vidqa.store import CacheError, CacheLocked, CacheWarning, Store, default_root
-import vidqa.store as store_mod
+from store_helpers import OLD, files, make_cache, make_video, put, same, settings, store, video  # noqa: F401 (fixtures)
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
-OLD = time.time() - 3600  # mtimes in the past: the memo does not trust files modified "just now"
-
-
-# ---- helpers (also used by the child processes) ------------------------------------------------
-
-
-def settings(**over) -> dict:
-    s = {"model_fingerprint": "f" * 16, "method": "voco", "tokens_per_frame": 2, "dtype": "bfloat16",
-         "sampling": {"fps": 1.0, "num_frames": None, "max_frames": 64, "start": None, "end": None}}
-    s.update(over)
-    return s
-
-
-def make_cache(seed: int = 0, frames: int = 3, tpf: int = 2) -> FrameCache:
-    g = torch.Generator().manual_seed(seed)
-    kv = torch.randn(frames, 2, 4, tpf, 8, generator=g)  # K and V as views of one buffer, like a model's
-    tensors = {"k": kv[:, 0],  # float32, not contiguous, shares storage with kv
-               "v": kv[:, 1].to(torch.bfloat16),
-               "emb": torch.randn(frames, tpf, 16, generator=g),
-               "ids": torch.arange(frames, dtype=torch.int64)}
-    return FrameCache("voco", tensors, [0.5 + i for i in range(frames)], tpf,
-                      {"method": "voco", "tokens_per_frame": tpf, "p0": 35, "pre_voco_ids": [1, 319], "scale": 1.0})
-
-
-def make_video(path: Path, data: bytes | None = None, mtime: float = OLD) -> Path:
-    path.write_bytes(data if data is not None else os.urandom(300_000))
-    os.utime(path, (mtime, mtime))
-    return path
-
-
-def same(a: FrameCache, b: FrameCache) -> bool:
-    """Bit-identical: same fields, same tensor names, dtypes and values."""
-    fields = lambda c: (c.method, c.timestamps, c.tokens_per_frame, c.meta, sorted(c.tensors))  # noqa: E731
-    return fields(a) == fields(b) and all(
-        a.tensors[k].dtype == b.tensors[k].dtype and torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
-
-
-def put(store: Store, video: Path, cache: FrameCache | None = None, **over) -> str:
-    s = settings(**over)
-    key = store.key(video, s)
-    cache = cache or make_cache(tpf=s["tokens_per_frame"])
-    store.put(key, cache, {"source": video, "settings": s, "model_id": "tiny/voco",
-                           "frame_indices": list(range(0, 3 * cache.num_frames, 3))})
-    return key
-
-
-def files(store: Store) -> list[str]:
-    return sorted(p.name for p in (store.root / "entries").rglob("*") if p.is_file())
-
-
-@pytest.fixture
-def store(tmp_path) -> Store:
-    return Store(tmp_path / "cache")
-
-
-@pytest.fixture
-def video(tmp_path) -> Path:
-    return make_video(tmp_path / "clip.mp4")
 
 
 # ---- round trip ---------------------------------------------------------------------------------
@@ -127,76 +68,6 @@ def test_root_from_environment(monkeypatch, tmp_path):
     assert default_root() == Path.home() / ".cache" / "vidqa"
 
 
-# ---- keys and the hash memo ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("change", [
-    {"model_fingerprint": "e" * 16}, {"method": "mini"}, {"tokens_per_frame": 4}, {"dtype": "float16"},
-    {"sampling": {"fps": 2.0, "num_frames": None, "max_frames": 64, "start": None, "end": None}},
-    {"sampling": {"fps": 1.0, "num_frames": None, "max_frames": 64, "start": 5.0, "end": None}},
-    {"p0": 36},  # anything extra the caller puts in the settings is covered too
-])
-def test_key_changes_with_every_setting(store, video, change):
-    assert store.key(video, settings(**change)) != store.key(video, settings())
-
-
-def test_key_follows_content_not_name(store, video, tmp_path):
-    key = store.key(video, settings())
-    assert len(key) == 64 and store.key(video, settings()) == key
-    copy = make_video(tmp_path / "renamed copy.mp4", video.read_bytes())
-    assert store.key(copy, settings()) == key  # same bytes, same entry
-    other = make_video(tmp_path / "other.mp4", video.read_bytes()[:-1] + b"\0")
-    assert store.key(other, settings()) != key
-    # equal values in another spelling give the same key: fps 1 == 1.0, a Sampling dataclass == its dict
-    from vidqa.video import Sampling
-
-    assert store.key(video, settings(sampling=Sampling(fps=1, max_frames=64))) == key
-    with pytest.raises(CacheError, match="lack dtype"):
-        store.key(video, {k: v for k, v in settings().items() if k != "dtype"})
-    with pytest.raises(CacheError, match="not JSON-able"):
-        store.key(video, settings(extra=object()))
-    with pytest.raises(VideoError, match="no such file"):
-        store.key(tmp_path / "missing.mp4", settings())
-
-
-def test_unchanged_file_is_hashed_once(store, video, monkeypatch):
-    calls = []
-    real = store_mod._sha256_file
-    monkeypatch.setattr(store_mod, "_sha256_file", lambda f: calls.append(1) or real(f))
-    monkeypatch.setattr(store_mod, "HASH_CHUNK", 4096)  # streamed in many chunks; same digest
-    truth = hashlib.sha256(video.read_bytes()).hexdigest()
-
-    assert store.content_hash(video) == truth and len(calls) == 1
-    assert store.content_hash(video) == truth and len(calls) == 1
-    assert Store(store.root).content_hash(str(video)) == truth and len(calls) == 1  # the memo is on disk
-
-    # touched, same bytes: hashed again (mtime differs), same hash
-    os.utime(video, (OLD + 10, OLD + 10))
-    assert store.content_hash(video) == truth and len(calls) == 2
-    assert store.content_hash(video) == truth and len(calls) == 2
-
-    # same size and a restored mtime but new bytes written in place: the inode is the same, so only
-    # size/mtime can tell -- a changed mtime does
-    data = bytearray(video.read_bytes())
-    data[1000] ^= 0xFF
-    video.write_bytes(bytes(data))
-    os.utime(video, (OLD + 20, OLD + 20))
-    assert store.content_hash(video) == hashlib.sha256(bytes(data)).hexdigest() != truth and len(calls) == 3
-
-    # a file modified "just now" may still change within the same mtime tick: never memoised
-    fresh = make_video(video.parent / "fresh.mp4", b"x" * 1000, mtime=time.time())
-    store.content_hash(fresh)
-    store.content_hash(fresh)
-    assert len(calls) == 5
-
-
-def test_memo_survives_damage(store, video):
-    truth = store.content_hash(video)
-    for memo in (store.root / "hashes").rglob("*.json"):
-        memo.write_text("{not json")
-    assert store.content_hash(video) == truth
-
-
 # ---- atomicity ----------------------------------------------------------------------------------
 
 
@@ -211,10 +82,10 @@ def test_crash_mid_put_leaves_no_entry(store, video, monkeypatch, failing_replac
             raise OSError(28, "No space left on device")
         return real(src, dst)
 
-    monkeypatch.setattr(store_mod.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(CacheError, match="No space left on device"):
         store.put(key, make_cache(), {"source": video, "settings": settings()})
-    monkeypatch.setattr(store_mod.os, "replace", real)
+    monkeypatch.setattr(os, "replace", real)
 
     assert store.get(key) is None and store.entries() == []
     assert not any(f.endswith(".json") for f in files(store))
@@ -403,8 +274,8 @@ def test_remove_ambiguous_prefix(store, video):
 
 
 def _child(code: str, *args: str) -> subprocess.Popen:
-    """A Python child that imports this test module's helpers; it talks to us line by line on stdout."""
-    prelude = f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]\nimport test_store as T\n"
+    """A Python child that imports the tests' store helpers; it talks to us line by line on stdout."""
+    prelude = f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]\nimport store_helpers as T\n"
     return subprocess.Popen([sys.executable, "-c", prelude + textwrap.dedent(code), *args],
                             stdout=subprocess.PIPE, text=True, cwd=REPO)
 
@@ -459,12 +330,13 @@ def test_lock_held_by_another_process_until_it_is_killed(store, video):
 # ``stage`` inside that put, until we SIGKILL it.
 _HANG_CHILD = """
     import os, time
-    import vidqa.store as S
+    from vidqa.store import Store
+    from vidqa.store.io import LockedTemp
     root, video, stage = sys.argv[1:4]
-    store = S.Store(root)
+    store = Store(root)
     writes, commits = [], []  # counted from the fourth put on: 1 = its tensor file, 2 = its JSON
     armed = False
-    real_write, real_commit = S._LockedTemp.write, S._LockedTemp.commit
+    real_write, real_commit = LockedTemp.write, LockedTemp.commit
 
     def hang():
         print("hung", flush=True)
@@ -487,7 +359,7 @@ _HANG_CHILD = """
         if (stage, len(commits)) == ("after-tensor-commit", 1):
             hang()
 
-    S._LockedTemp.write, S._LockedTemp.commit = write, commit
+    LockedTemp.write, LockedTemp.commit = write, commit
     from pathlib import Path
     for tpf in (1, 2, 3):
         T.put(store, Path(video), T.make_cache(seed=tpf, tpf=tpf), tokens_per_frame=tpf)
@@ -547,20 +419,3 @@ def test_writer_killed_at_random_in_a_loop_of_puts(store, video):
         assert same(store.get(e.key, settings(extra_setting=i)), make_cache(seed=i, frames=8))
     assert all("orphan" in p for _, p in store.verify())
     assert store.verify() == [] and len(files(store)) == 2 * len(done)
-
-
-def test_entries_are_plain_safetensors_files(tmp_path):
-    """vidqa writes the bytes itself (no serialisation copy); any safetensors reader must agree."""
-    import torch
-    from safetensors.torch import load_file
-
-    from vidqa.store import _st_decode, _st_encode
-
-    tensors = {"keys": torch.randn(3, 2, 5).bfloat16(), "values": torch.randn(3, 4).float(),
-               "ids": torch.arange(6).view(3, 2), "empty": torch.zeros(3, 0), "flags": torch.tensor([True, False, True])}
-    path = tmp_path / "x.safetensors"
-    path.write_bytes(b"".join(bytes(c) for c in _st_encode(tensors, {"a": "b"})))
-    for loaded in (load_file(str(path)), _st_decode(bytearray(path.read_bytes()))):
-        assert set(loaded) == set(tensors)
-        for k, v in tensors.items():
-            assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v)

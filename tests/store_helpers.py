@@ -1,0 +1,69 @@
+"""Shared helpers of the store tests (tests/test_store*.py), also imported by their child processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidqa.framecache import FrameCache
+from vidqa.store import Store
+
+OLD = time.time() - 3600  # mtimes in the past: the memo does not trust files modified "just now"
+
+
+def settings(**over) -> dict:
+    s = {"model_fingerprint": "f" * 16, "method": "voco", "tokens_per_frame": 2, "dtype": "bfloat16",
+         "sampling": {"fps": 1.0, "num_frames": None, "max_frames": 64, "start": None, "end": None}}
+    s.update(over)
+    return s
+
+
+def make_cache(seed: int = 0, frames: int = 3, tpf: int = 2) -> FrameCache:
+    g = torch.Generator().manual_seed(seed)
+    kv = torch.randn(frames, 2, 4, tpf, 8, generator=g)  # K and V as views of one buffer, like a model's
+    tensors = {"k": kv[:, 0],  # float32, not contiguous, shares storage with kv
+               "v": kv[:, 1].to(torch.bfloat16),
+               "emb": torch.randn(frames, tpf, 16, generator=g),
+               "ids": torch.arange(frames, dtype=torch.int64)}
+    return FrameCache("voco", tensors, [0.5 + i for i in range(frames)], tpf,
+                      {"method": "voco", "tokens_per_frame": tpf, "p0": 35, "pre_voco_ids": [1, 319], "scale": 1.0})
+
+
+def make_video(path: Path, data: bytes | None = None, mtime: float = OLD) -> Path:
+    path.write_bytes(data if data is not None else os.urandom(300_000))
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def same(a: FrameCache, b: FrameCache) -> bool:
+    """Bit-identical: same fields, same tensor names, dtypes and values."""
+    fields = lambda c: (c.method, c.timestamps, c.tokens_per_frame, c.meta, sorted(c.tensors))  # noqa: E731
+    return fields(a) == fields(b) and all(
+        a.tensors[k].dtype == b.tensors[k].dtype and torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def put(store: Store, video: Path, cache: FrameCache | None = None, **over) -> str:
+    s = settings(**over)
+    key = store.key(video, s)
+    cache = cache or make_cache(tpf=s["tokens_per_frame"])
+    store.put(key, cache, {"source": video, "settings": s, "model_id": "tiny/voco",
+                           "frame_indices": list(range(0, 3 * cache.num_frames, 3))})
+    return key
+
+
+def files(store: Store) -> list[str]:
+    return sorted(p.name for p in (store.root / "entries").rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "cache")
+
+
+@pytest.fixture
+def video(tmp_path) -> Path:
+    return make_video(tmp_path / "clip.mp4")

@@ -1,0 +1,119 @@
+"""benchmarks/*.py --tiny: each runs as a subprocess, exits 0, and reports real numbers (none NaN).
+
+The tiny runs are the same code as the GPU runs at small shapes, so a change that breaks a benchmark
+(a moved import, a renamed field) fails here rather than on the device machine. On a CPU the
+CUDA-only figures must say so ("n/a (needs CUDA)"), never print as nan. The four start together
+(one thread each: most of a tiny run is importing torch), so they cost the suite ~the longest one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+NAN = re.compile(r"\bnan\b", re.IGNORECASE)
+NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?"
+SCRIPTS = {"voco_speed.py": [], "mini_speed.py": [], "mini_long.py": [], "index_speed.py": ["--work", "{dir}"]}
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory) -> dict[str, tuple[subprocess.Popen, Path]]:
+    """Every benchmark's --tiny run, started at once: {script: (process, its folder)}; the folder gets
+    its stdout, stderr and JSON (files, not pipes: nobody reads a pipe while the others run)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    runs = {}
+    for script, extra in SCRIPTS.items():
+        folder = tmp_path_factory.mktemp(script.removesuffix(".py"))
+        args = [a.format(dir=folder) for a in extra] + ["--out", str(folder / "r.json")]
+        with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
+            runs[script] = (subprocess.Popen([sys.executable, str(REPO / "benchmarks" / script), "--tiny", *args],
+                                             cwd=REPO, env=env, stdout=out, stderr=err), folder)
+    yield runs
+    for proc, _ in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def run(started, script: str) -> tuple[str, dict]:
+    """The script's stdout (rc 0, no nan in it) and the JSON it wrote (every number finite)."""
+    proc, folder = started[script]
+    proc.wait(timeout=300)
+    out, err = (folder / "stdout").read_text(), (folder / "stderr").read_text()
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{out[-3000:]}\n{err[-3000:]}"
+    assert not NAN.search(out), f"{script} printed nan:\n{out}"
+    res = json.loads((folder / "r.json").read_text())
+    assert numbers(res)
+    return out, res
+
+
+def numbers(value, where: str = "") -> list[float]:
+    """Every number in a JSON value; each must be finite."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return []
+    if isinstance(value, (int, float)):
+        assert math.isfinite(value), f"{where} is {value}"
+        return [float(value)]
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    return [x for k, v in items for x in numbers(v, f"{where}.{k}")]
+
+
+def line(out: str, start: str) -> str:
+    found = [ln for ln in out.splitlines() if ln.startswith(start)]
+    assert found, f"no line starting {start!r} in:\n{out}"
+    return found[0]
+
+
+def test_voco_speed_tiny(started):
+    out, res = run(started, "voco_speed.py")
+    assert res["tiny"] is True and res["frames"] == 8
+    for key in ("naive_compress_b1_ms_per_frame", "naive_compress_b32_ms_per_frame", "vision_ms_per_frame",
+                "reference_compress_ms_per_frame", "vidqa_hf_ms_per_token", "naive_ms_per_token", "vidqa_ttft_ms"):
+        assert res[key] > 0, key
+    assert all(v["ms_per_frame"] > 0 for v in res["vidqa_compress"].values())
+    assert res["kv_rel_err_vs_naive"] < 1e-3 and res["kv_rel_err_vs_naive_same_batch"] < 1e-3  # float32 on CPU
+    assert re.search(rf"compression ms/frame: vidqa {NUMBER} \(batch \d+", line(out, "compression ms/frame"))
+    assert re.search(rf"time to first token from stored caches: 8 frames {NUMBER} ms", out)
+    decoding = line(out, "decoding ms/token")
+    assert re.search(rf"vidqa transformers path {NUMBER} \| naive generate {NUMBER}", decoding)
+    if not torch.cuda.is_available():
+        assert "vidqa static+graph n/a (needs CUDA)" in decoding
+
+
+def test_mini_speed_tiny(started):
+    out, res = run(started, "mini_speed.py")
+    assert res["tiny"] is True
+    for n in (4, 8):
+        assert res[f"vidqa_question_ms_{n}"] > 0 and res[f"naive_question_ms_{n}"] > 0
+        assert re.search(rf"question on {n} frames \(to first token\): vidqa {NUMBER} ms \| naive official loop "
+                         rf"{NUMBER} ms", out)
+    assert res["llm_inputs_rel_err_vs_naive"] < 1e-3 and res["cache_bytes_per_frame"] > 0
+    assert re.search(rf"transformers path {NUMBER}", line(out, "decoding ms/token"))
+    if not torch.cuda.is_available():
+        assert "static+graph n/a (needs CUDA)" in out and "pre-fusion: n/a (needs CUDA)" in out
+
+
+def test_mini_long_tiny(started):
+    out, res = run(started, "mini_long.py")
+    assert json.loads(out) == res
+    assert res["answered"] is True and res["frames"] == 24 and res["compress_ms_per_frame"] > 0
+    assert res["context_tokens"] > res["frames"] and res["question_to_first_token_s"] > 0 and res["cache_gb"] > 0
+
+
+def test_index_speed_tiny(started):
+    out, res = run(started, "index_speed.py")
+    assert len(res["index"]["indexed"]) == 2 and res["index"]["failed"] == [] and res["index_frames_per_s"] > 0
+    assert res["indexed_hit"] is True and res["unindexed_hit"] is False and res["long_frames"] == 20
+    assert res["naive_frames_per_s"] > 0 and res["ask_ttft_indexed_s"] > 0
+    assert re.search(rf"index: {NUMBER} frames/s .* naive per-frame loop: {NUMBER} frames/s", out)
+    assert re.search(rf"ask, 20-frame video, time to first token: indexed {NUMBER} s \| not indexed {NUMBER} s", out)
