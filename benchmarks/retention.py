@@ -64,7 +64,7 @@ def main():
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads)}
 
     def command(row: str, out_dir: Path, minutes: float, extra: list[str]) -> list[str]:
-        return [sys.executable, "-m", "vidqa.train", *ROWS[row], "--out", str(out_dir), "--steps", "1000000000",
+        return [sys.executable, "-m", "vidqa", "train", *ROWS[row], "--out", str(out_dir), "--steps", "1000000000",
                 "--minutes", str(minutes), "--max-minutes", str(minutes + 0.5), "--batch-size",
                 str(args.batch_size), "--lr", str(args.lr), "--warmup", str(args.warmup), "--clips", str(args.clips),
                 "--eval-clips", str(args.eval_clips), "--workers", str(args.workers), "--eval-every",
