@@ -84,7 +84,7 @@ def main():
     # the held-out mp4 set for the end-to-end check, written while the rows train
     bench_data = work / "bench-data"
     if args.bench_videos:
-        subprocess.run([sys.executable, "-m", "vidqa.synthetic", str(bench_data), "--videos", str(args.bench_videos),
+        subprocess.run([sys.executable, "-m", "vidqa", "synthetic", str(bench_data), "--videos", str(args.bench_videos),
                         "--seed", "10000", "--size", "64", "--workers", "2"], check=True, capture_output=True)
     for row, p in procs.items():
         p.wait()

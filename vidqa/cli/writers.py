@@ -34,18 +34,21 @@ def note(message: str) -> None:
 
 
 class _Bar:
-    """A ``library.Progress`` drawn as one transient rich task: a spinner for stages of unknown size,
-    a bar with done/total for the others."""
+    """A ``library.Progress`` drawn as one transient rich line per stage: a spinner for a stage of
+    unknown size, a bar with done/total for the others."""
 
     def __init__(self, progress: Progress):
         self._progress = progress
-        self._task = progress.add_task("", total=None)
+        self._task = None
 
     def stage(self, name: str, total: int | None = None) -> None:
-        self._progress.reset(self._task, total=total, description=name)
+        if self._task is not None:  # a new task: rich cannot turn a sized task back into a spinner
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(name, total=total)
 
     def advance(self, n: int = 1) -> None:
-        self._progress.advance(self._task, n)
+        if self._task is not None:
+            self._progress.advance(self._task, n)
 
 
 class _Quiet:
