@@ -28,6 +28,11 @@ import tarfile
 import time
 from pathlib import Path
 
+import torch
+
+from vidqa.checkpoint import load_tokenizer
+from vidqa.train import SyntheticData, TinyConfig, build_tiny, evaluate
+
 ROWS = {"full": ["--method", "full"], "voco1": ["--method", "voco", "--tokens-per-frame", "1"],
         "voco4": ["--method", "voco", "--tokens-per-frame", "4"], "mini": ["--method", "mini"],
         "pool": ["--method", "pool"]}
@@ -91,12 +96,6 @@ def main():
         print(f"{row}: exit {p.returncode} after {time.time() - t_start:.0f} s", flush=True)
     results = {row: json.loads((work / row / "result.json").read_text()) for row in args.rows
                if (work / row / "result.json").exists()}
-
-    import torch
-
-    from vidqa.checkpoint import load_tokenizer
-    from vidqa.train import SyntheticData, TinyConfig, build_tiny, evaluate
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     table = {row: r["eval"]["accuracy"] for row, r in results.items() if "eval" in r}
     per_category = {r: v["eval"]["per_category"] for r, v in results.items() if "eval" in v}

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from vidqa import synthetic
+from vidqa.train import SyntheticData, TinyConfig, build_tiny, load_batch, make_word_tokenizer
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -21,9 +24,6 @@ def main():
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
-    from vidqa import synthetic
-    from vidqa.train import SyntheticData, TinyConfig, TrainConfig, build_tiny, make_word_tokenizer, _batch
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = SyntheticData(1000, seed=1, workers=4)
     family = "mini" if args.method == "mini" else "voco"
@@ -34,7 +34,7 @@ def main():
     idx = list(range(args.batch_size))
 
     def step():
-        pixels, samples = _batch(data, idx, device)
+        pixels, samples = load_batch(data, idx, device)
         with auto:
             loss, _, _ = learner(pixels, samples)
         opt.zero_grad(set_to_none=True)
