@@ -69,7 +69,7 @@ def main():
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads)}
 
     def command(row: str, out_dir: Path, minutes: float, extra: list[str]) -> list[str]:
-        return [sys.executable, "-m", "vidqa.train", *ROWS[row], "--out", str(out_dir), "--steps", "1000000000",
+        return [sys.executable, "-m", "vidqa", "train", *ROWS[row], "--out", str(out_dir), "--steps", "1000000000",
                 "--minutes", str(minutes), "--max-minutes", str(minutes + 0.5), "--batch-size",
                 str(args.batch_size), "--lr", str(args.lr), "--warmup", str(args.warmup), "--clips", str(args.clips),
                 "--eval-clips", str(args.eval_clips), "--workers", str(args.workers), "--eval-every",
@@ -89,7 +89,7 @@ def main():
     # the held-out mp4 set for the end-to-end check, written while the rows train
     bench_data = work / "bench-data"
     if args.bench_videos:
-        subprocess.run([sys.executable, "-m", "vidqa.synthetic", str(bench_data), "--videos", str(args.bench_videos),
+        subprocess.run([sys.executable, "-m", "vidqa", "synthetic", str(bench_data), "--videos", str(args.bench_videos),
                         "--seed", "10000", "--size", "64", "--workers", "2"], check=True, capture_output=True)
     for row, p in procs.items():
         p.wait()

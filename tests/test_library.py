@@ -214,3 +214,61 @@ def test_ranks_split_the_videos(tmp_path, voco_dir):
     reports = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
     assert [len(r["indexed"]) for r in reports] == [3, 2]
     assert [r["rank"] for r in reports] == [0, 1]
+
+
+# ---- the library's own functions -----------------------------------------------------------------
+
+def test_load_model_needs_a_model_and_open_store_can_be_off(tmp_path):
+    from vidqa import library
+    from vidqa.errors import VidqaError
+    from vidqa.options import CacheOptions, ComputeOptions, ModelOptions
+
+    with pytest.raises(VidqaError, match="--model"):
+        library.load_model(ModelOptions(None), ComputeOptions())
+    assert library.open_store(CacheOptions(enabled=False)) is None
+    assert library.open_store(CacheOptions(cache_dir=str(tmp_path / "s"))).root == tmp_path / "s"
+
+
+class Stages:
+    def __init__(self):
+        self.seen, self.done = [], 0
+
+    def stage(self, name, total=None):
+        self.seen.append((name, total))
+
+    def advance(self, n=1):
+        self.done += n
+
+
+def test_video_cache_thins_to_the_budget_and_reports_progress(tmp_path, voco_qa):
+    from vidqa import library
+    from vidqa.video import Sampling, probe
+
+    (vid,) = videos(tmp_path / "lib", 1, frames=40)
+    notes, stages = [], Stages()
+    cache, hit = library.video_cache(voco_qa, vid, Sampling(fps=10), probe(vid), 5, store=None,
+                                     progress=stages, on_note=notes.append)
+    assert cache.num_frames == 5 and hit is False
+    assert notes and "do not fit the context" in notes[0]
+    assert stages.seen == [("decoding frames", None), ("compressing frames", 5)] and stages.done == 5
+    # an indexed cache of the full sampling serves, thinned, without decoding anything
+    store = Store(tmp_path / "store")
+    library.load_or_compress(voco_qa, vid, Sampling(fps=10), store=store)
+    stages = Stages()
+    cache, hit = library.video_cache(voco_qa, vid, Sampling(fps=10), probe(vid), 5, store=store, progress=stages)
+    assert hit is True and cache.num_frames == 5 and stages.seen == []
+
+
+def test_fit_turn_drops_the_oldest_turns_first(tmp_path, voco_qa):
+    from vidqa import library
+    from vidqa.video import Sampling
+
+    (vid,) = videos(tmp_path / "lib", 1, frames=40)
+    cache, _, _ = library.load_or_compress(voco_qa, vid, Sampling(fps=4), store=None)
+    history = [("a question " * 10, "an answer " * 10) for _ in range(40)]
+    history[-1] = ("last", "kept")
+    turn_cache, dropped = library.fit_turn(voco_qa, cache, "now?", 8, history)
+    assert dropped > 0 and history[-1] == ("last", "kept") and len(history) == 40 - dropped
+    assert voco_qa.max_frames("now?", 8, history) >= turn_cache.num_frames
+    same, none_dropped = library.fit_turn(voco_qa, cache, "now?", 8, [])
+    assert none_dropped == 0 and same.num_frames == min(cache.num_frames, voco_qa.max_frames("now?", 8))

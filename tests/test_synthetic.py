@@ -355,13 +355,13 @@ def test_generate_writes_msrvtt_format(tmp_path):
 
 def test_entry_point(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "vidqa.synthetic", str(tmp_path), "--videos", "3", "--seed", "1", "--size", "64"],
+        [sys.executable, "-m", "vidqa", "synthetic", str(tmp_path), "--videos", "3", "--seed", "1", "--size", "64"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert "majority baseline" in run.stdout and (tmp_path / "test_qa.json").is_file()
     bad = subprocess.run(
-        [sys.executable, "-m", "vidqa.synthetic", str(tmp_path), "--size", "63"],
+        [sys.executable, "-m", "vidqa", "synthetic", str(tmp_path), "--size", "63"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert bad.returncode == 1 and bad.stderr.startswith("error:") and len(bad.stderr.splitlines()) == 1

@@ -1,4 +1,5 @@
-"""A library of videos with stored per-frame caches: find videos, index them, load or compute a cache.
+"""A library of videos with stored per-frame caches: load a model, find videos, index them, load or
+compute a cache that fits the context, and fit a conversation around it.
 
 ``index_videos`` decodes the next video on a CPU thread while the GPU compresses the current one,
 takes a per-entry lock so that concurrent ``vidqa index`` processes (or torchrun ranks) never compute
@@ -15,17 +16,40 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
-from vidqa.methods.base import FrameCache
 from vidqa.errors import VideoError, VidqaError
+from vidqa.methods.base import FrameCache
+from vidqa.options import CacheOptions, ComputeOptions, ModelOptions
+from vidqa.pipeline import Timings, VideoQA
 from vidqa.store import CacheLocked, Store
-from vidqa.video import Sampling, load_frames, plan, probe
+from vidqa.video import Sampling, VideoInfo, load_frames, plan
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
                     ".3gp", ".ogv", ".gif"}
+
+
+class Progress(Protocol):
+    """What long library work reports: a named stage (with its size when known), then steps done."""
+
+    def stage(self, name: str, total: int | None = None) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+
+def load_model(model: ModelOptions, compute: ComputeOptions) -> VideoQA:
+    """The checkpoint ``model`` names, on the device and in the dtype ``compute`` asks for."""
+    if not model.model:
+        raise VidqaError("no model given: pass --model DIR_OR_HUB_ID or set VIDQA_MODEL")
+    return VideoQA.from_pretrained(model.model, device=compute.device, dtype=compute.dtype, method=model.method,
+                                   vision_tower=model.vision_tower, tokens_per_frame=model.tokens_per_frame)
+
+
+def open_store(cache: CacheOptions) -> Store | None:
+    """The cache store ``cache`` names, or None when it is turned off."""
+    return Store(cache.root) if cache.enabled else None
 
 
 def find_videos(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -64,11 +88,12 @@ def put(store: Store, key: str, video: Path, settings: dict, cache: FrameCache, 
 
 
 def load_or_compress(qa, video: str | Path, sampling: Sampling, *, store: Store | None, decoder: str = "auto",
-                     batch_size: int | None = None, timings=None) -> tuple[FrameCache, object | None, bool]:
+                     batch_size: int | None = None, timings=None,
+                     progress: Progress | None = None) -> tuple[FrameCache, object | None, bool]:
     """The video's cache: from the store when a matching entry exists, else computed (and stored).
 
     Returns ``(cache, frames or None, hit)``. A hit runs neither the decoder, the vision tower nor the
-    compression.
+    compression. ``progress`` hears of the stages ``decoding frames`` and ``compressing`` (frames).
     """
     video = Path(video)
     settings = cache_settings(qa, sampling)
@@ -78,11 +103,57 @@ def load_or_compress(qa, video: str | Path, sampling: Sampling, *, store: Store 
         cache = store.get(key, settings)
         if cache is not None:
             return cache, None, True
+    if progress:
+        progress.stage("decoding frames")
     frames = load_frames(video, sampling, decoder=decoder)
-    cache = qa.compress(frames, batch_size=batch_size, timings=timings)
+    if progress:
+        progress.stage("compressing frames", total=len(frames.indices))
+    cache = qa.compress(frames, batch_size=batch_size, timings=timings, progress=progress.advance if progress else None)
     if store is not None:
         put(store, key, video, settings, cache, frames, qa.model_id)
     return cache, frames, False
+
+
+def video_cache(qa, video: str | Path, sampling: Sampling, info: VideoInfo, budget: int, *, store: Store | None,
+                decoder: str = "auto", batch_size: int | None = None, timings=None, progress: Progress | None = None,
+                on_note: Callable[[str], None] | None = None) -> tuple[FrameCache, bool]:
+    """The video's frame cache, from the store if it has it, thinned to ``budget`` frames if needed.
+
+    When the sampling takes more than ``budget`` frames, an indexed cache of the full sampling
+    serves (thinned); else only ``budget`` frames are sampled. Returns ``(cache, from_store)``.
+    """
+    planned = len(plan(info, sampling))
+    if planned > budget:
+        if on_note:
+            on_note(f"{planned} frames do not fit the context with this question; using {budget}, sampled uniformly")
+        if store is not None:  # an indexed cache of the full sampling serves, thinned
+            settings = cache_settings(qa, sampling)
+            full = store.get(store.key(video, settings), settings)
+            if full is not None:
+                return thin(full, budget), True
+        sampling = dataclasses.replace(sampling, max_frames=budget)
+    cache, _, hit = load_or_compress(qa, video, sampling, store=store, decoder=decoder, batch_size=batch_size,
+                                     timings=timings, progress=progress)
+    return thin(cache, budget), hit
+
+
+def fit_turn(qa, cache: FrameCache, question: str, max_new_tokens: int,
+             history: list[tuple[str, str]]) -> tuple[FrameCache, int]:
+    """Make one chat turn fit the context: drop the oldest turns of ``history`` (in place) while the
+    frames and the conversation do not fit, then thin the frames if even no history leaves too little
+    room. Returns ``(the cache to answer from, turns dropped)``.
+    """
+    dropped = 0
+    while history:
+        try:
+            if qa.max_frames(question, max_new_tokens, history) >= cache.num_frames:
+                break
+        except VidqaError:  # not even one frame fits with this history
+            pass
+        history.pop(0)
+        dropped += 1
+    room = qa.max_frames(question, max_new_tokens, history)
+    return (thin(cache, room) if room < cache.num_frames else cache), dropped
 
 
 @dataclass
@@ -120,8 +191,6 @@ def index_videos(qa, store: Store, videos: list[Path], sampling: Sampling, *, de
                  on_frames: Callable[[int], None] | None = None,
                  on_done: Callable[[Path, str], None] | None = None) -> IndexReport:
     """Compress and store every video not yet in the store; never stops for an unreadable one."""
-    from vidqa.pipeline import Timings
-
     report = IndexReport()
     settings = cache_settings(qa, sampling)
     t_start = time.perf_counter()
@@ -228,7 +297,3 @@ def index_videos(qa, store: Store, videos: list[Path], sampling: Sampling, *, de
     report.seconds = time.perf_counter() - t_start
     return report
 
-
-def planned_frames(video: Path, sampling: Sampling) -> int:
-    """How many frames a sampling takes from a video (cheap: probes, decodes nothing)."""
-    return len(plan(probe(video), sampling))

@@ -3,7 +3,7 @@
 Environment variables (each read by one function below, at the moment it is called, so a test or a
 long-running process sees the current value):
 
-- ``VIDQA_MODEL``: the default ``--model`` (read by the CLI's option declaration).
+- ``VIDQA_MODEL`` (``MODEL_ENV``): the default ``--model`` (the CLI's option declaration names it).
 - ``VIDQA_CACHE_DIR``: the cache store's folder (``cache_root``).
 - ``VIDQA_COMPILE=1``: torch.compile for compression and the CUDA-graph decode step; ``VIDQA_COMPILE_MODE``
   passes a torch.compile mode (``ComputeOptions.from_env``).
@@ -15,15 +15,18 @@ long-running process sees the current value):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+
+MODEL_ENV = "VIDQA_MODEL"
 
 
 @dataclass(frozen=True)
 class ModelOptions:
     """Which checkpoint, and how to read it."""
 
-    model: str
+    model: str | None  # a directory, hub id or built-in demo name; None: not given (an error when loading)
     method: str | None = None  # None: what the checkpoint's config says
     vision_tower: str | None = None  # overrides the config's mm_vision_tower
     tokens_per_frame: int | None = None  # VoCo: None takes the config's voco_num, else 2
@@ -46,6 +49,12 @@ class ComputeOptions:
                     compile_mode=os.environ.get("VIDQA_COMPILE_MODE") or None)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
+
+    def for_rank(self, dist: "DistEnv") -> "ComputeOptions":
+        """In a multi-process torchrun launch, ``auto`` means this rank's own GPU (``cuda:LOCAL_RANK``)."""
+        if dist.world_size > 1 and self.device == "auto":
+            return replace(self, device=f"cuda:{dist.local_rank}")
+        return self
 
 
 @dataclass(frozen=True)

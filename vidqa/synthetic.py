@@ -1,6 +1,6 @@
 """Synthetic video QA: short clips of coloured shapes, with MSRVTT-QA style annotations.
 
-    python -m vidqa.synthetic OUT_DIR --videos 200 --seed 0        # writes and prints a summary
+    vidqa synthetic OUT_DIR --videos 200 --seed 0                  # writes and prints a summary
 
     spec = make_clip(seed=0, index=42)         # the timeline, fully determined by (seed, index)
     frames = render_frames(spec, size=112, fps=4)   # uint8 [32, 112, 112, 3]
@@ -84,12 +84,10 @@ each split its own seed (or ``first_index``) so that train and test clips differ
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -813,43 +811,3 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"question-text prior {summary['question_prior_baseline']:.1%}"
     )
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vidqa.synthetic", description=__doc__.split("\n")[0])
-    p.add_argument("out_dir")
-    p.add_argument("--videos", type=int, default=100, help="number of clips (default 100)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--first-index", type=int, default=0, help="index of the first clip (default 0)")
-    p.add_argument("--size", type=int, default=112, help="frame side in pixels (even; default 112)")
-    p.add_argument("--fps", type=float, default=4)
-    p.add_argument("--seconds", type=int, default=8)
-    p.add_argument("--split", default="test", help="writes {split}_qa.json (default test)")
-    p.add_argument("--per-category", type=int, default=1, help="questions per category per clip")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--no-videos", action="store_true", help="write the annotations only")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    args = p.parse_args(argv)
-    try:
-        summary = generate(
-            args.out_dir,
-            args.videos,
-            seed=args.seed,
-            size=args.size,
-            fps=args.fps,
-            seconds=args.seconds,
-            split=args.split,
-            first_index=args.first_index,
-            per_category=args.per_category,
-            workers=args.workers,
-            write_videos=not args.no_videos,
-        )
-    except VidqaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

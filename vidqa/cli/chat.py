@@ -1,0 +1,67 @@
+"""`vidqa chat`: several questions in a row about one video, compressed once."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+import vidqa.cli as cli
+from vidqa.cli import params as P
+from vidqa.cli.writers import err, get_writer, note
+
+
+def chat(
+    video: Annotated[str, typer.Argument(help="Video file or image to talk about.", show_default=False)],
+    model: P.Model = None, method: P.Method = None, vision_tower: P.VisionTower = None,
+    tokens_per_frame: P.TokensPerFrame = None, fps: P.Fps = 1.0, num_frames: P.NumFrames = None,
+    max_frames: P.MaxFrames = None, start: P.Start = None, end: P.End = None, decoder: P.Decoder = "auto",
+    max_new_tokens: P.MaxNewTokens = 256, temperature: P.Temperature = 0.0, top_p: P.TopP = 1.0,
+    seed: P.Seed = None, device: P.Device = "auto", dtype: P.Dtype = "auto", batch_size: P.BatchSize = None,
+    cache_dir: P.CacheDir = None, no_cache: P.NoCache = False,
+    as_json: P.json_flag("Print one JSON object per turn (question, answer, frames), one line each.") = False,
+):
+    """Ask several questions in a row about one video, compressed once.
+
+    Questions are read one per line (type them, or pipe a file); an empty line, `exit` or Ctrl-D
+    ends the chat. Earlier turns are kept in the prompt as the model's chat template expects; when
+    they no longer fit the context, the oldest turns are dropped, with a note.
+    """
+    from vidqa import library  # heavy (torch): imported when the command runs, not for `vidqa --help`
+    from vidqa.generate import GenerationConfig
+    from vidqa.video import probe
+
+    out = get_writer(as_json)
+    info = probe(video)
+    sampling = P.sampling(fps, num_frames, max_frames, start, end)
+    compute = P.compute_options(device, dtype, batch_size)
+    qa = cli._load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, as_json)
+    budget = qa.max_frames("", max_new_tokens)
+    with out.progress() as progress:
+        cache, hit = library.video_cache(qa, video, sampling, info, budget,
+                                         store=library.open_store(P.cache_options(cache_dir, no_cache)),
+                                         decoder=decoder, batch_size=compute.batch_size, progress=progress,
+                                         on_note=note)
+    if not as_json:
+        err.print(f"[dim]{cache.num_frames} frames ready{' (from the cache store)' if hit else ''}; "
+                  "ask away (empty line to end)[/dim]", soft_wrap=True)
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    history: list[tuple[str, str]] = []
+    interactive = sys.stdin.isatty()
+    turn = 0
+    while True:
+        if interactive:
+            err.print("[bold]you>[/bold] ", end="")
+        line = sys.stdin.readline()
+        question = line.strip()
+        if not line or not question or question in ("exit", "quit"):
+            break
+        turn_cache, dropped = library.fit_turn(qa, cache, question, max_new_tokens, history)
+        for _ in range(dropped):
+            err.print("[dim]note: the oldest turn was dropped to fit the context[/dim]")
+        answer = out.answer(qa.answer(turn_cache, question, gen, history=history))
+        out.result({"turn": turn, "question": question, "answer": answer, "frames": turn_cache.num_frames,
+                    "history_turns": len(history), "dropped_turns": dropped, "from_cache": hit})
+        history.append((question, answer))
+        turn += 1

@@ -1,0 +1,84 @@
+"""Every option that more than one command takes, declared once, and the builders of the settings they make.
+
+A command lists the options it takes with these types (``model: params.Model = None``) and hands
+them to a builder (``params.model_options(...)``), which returns the dataclass of ``vidqa.options``
+(or ``vidqa.video.Sampling``) that travels whole into the library.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from vidqa.options import MODEL_ENV, CacheOptions, ComputeOptions, ModelOptions
+
+if TYPE_CHECKING:  # vidqa.video pulls in numpy and the decoders; `vidqa --help` does without them
+    from vidqa.video import Sampling
+
+# ---- the model ---------------------------------------------------------------------------------
+Model = Annotated[Optional[str], typer.Option(
+    "--model", "-m", envvar=MODEL_ENV, show_default=False,
+    help="Checkpoint: a local directory, a hub id (HF cache; HF_HUB_OFFLINE=1 works offline), or a built-in "
+         "demo model for synthetic shape clips: tiny-voco, tiny-mini.")]
+Method = Annotated[Optional[str], typer.Option(help="voco or mini. Default: what the checkpoint's config says.",
+                                               show_default=False)]
+VisionTower = Annotated[Optional[str], typer.Option(help="Override the config's mm_vision_tower (dir or hub id).",
+                                                    show_default=False)]
+TokensPerFrame = Annotated[Optional[int], typer.Option(show_default=False,
+                                                       help="VoCo tokens per frame. Default: config voco_num, or 2.")]
+
+# ---- frames ------------------------------------------------------------------------------------
+Fps = Annotated[float, typer.Option(help="Frames per second to sample (segment midpoints).")]
+NumFrames = Annotated[Optional[int], typer.Option(show_default=False,
+                                                  help="Sample exactly this many frames, uniformly (overrides --fps).")]
+MaxFrames = Annotated[Optional[int], typer.Option(show_default=False,
+                                                  help="Cap on frames; more are thinned out uniformly.")]
+Start = Annotated[Optional[float], typer.Option(show_default=False, help="Start of the window, in seconds.")]
+End = Annotated[Optional[float], typer.Option(show_default=False, help="End of the window, in seconds.")]
+Decoder = Annotated[str, typer.Option(help="auto (decord, PyAV on failure), decord or av.")]
+
+# ---- compute -----------------------------------------------------------------------------------
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Dtype = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
+BatchSize = Annotated[Optional[int], typer.Option(min=1, show_default=False,
+                                                  help="Frames compressed per batch (16 on GPU, 4 on CPU).")]
+Gpus = Annotated[int, typer.Option(min=1, help="Run on this many GPUs (launches torchrun).")]
+
+# ---- the cache store ---------------------------------------------------------------------------
+CacheDir = Annotated[Optional[str], typer.Option(
+    show_default=False, help="Cache store (default: $VIDQA_CACHE_DIR, else $XDG_CACHE_HOME/vidqa or ~/.cache/vidqa).")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache store.")]
+
+# ---- answers -----------------------------------------------------------------------------------
+MaxNewTokens = Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")]
+Temperature = Annotated[float, typer.Option(min=0.0, help="0 decodes greedily; above 0 samples.")]
+TopP = Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0).")]
+Seed = Annotated[Optional[int], typer.Option(show_default=False, help="Seed for sampling, for repeatable answers.")]
+
+
+def json_flag(what: str):
+    """``--json``, with what it prints instead."""
+    return Annotated[bool, typer.Option("--json", help=what)]
+
+
+# ---- builders ----------------------------------------------------------------------------------
+
+def model_options(model: str | None, method: str | None, vision_tower: str | None,
+                  tokens_per_frame: int | None) -> ModelOptions:
+    return ModelOptions(model=model, method=method, vision_tower=vision_tower, tokens_per_frame=tokens_per_frame)
+
+
+def compute_options(device: str, dtype: str, batch_size: int | None) -> ComputeOptions:
+    return ComputeOptions.from_env(device=device, dtype=dtype, batch_size=batch_size)
+
+
+def cache_options(cache_dir: str | None, no_cache: bool = False) -> CacheOptions:
+    return CacheOptions(cache_dir=cache_dir, enabled=not no_cache)
+
+
+def sampling(fps: float, num_frames: int | None, max_frames: int | None, start: float | None = None,
+             end: float | None = None) -> "Sampling":
+    from vidqa.video import Sampling
+
+    return Sampling(fps=fps, num_frames=num_frames, max_frames=max_frames, start=start, end=end)
