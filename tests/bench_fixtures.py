@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import media
-from vidqa import cli
+from vidqa import library
 from vidqa.cli import main
 from vidqa.pipeline import VideoQA
 
@@ -113,7 +113,7 @@ def count_compress(monkeypatch):
 @pytest.fixture
 def shared_model(monkeypatch, voco_qa):
     """The CLI gets the session's loaded model instead of loading it again (saves ~2 s a run)."""
-    monkeypatch.setattr(cli, "_load", lambda *a, **k: voco_qa)
+    monkeypatch.setattr(library, "load_model", lambda *a, **k: voco_qa)
     return voco_qa
 
 

@@ -43,8 +43,8 @@ def load_model(model: ModelOptions, compute: ComputeOptions) -> VideoQA:
     """The checkpoint ``model`` names, on the device and in the dtype ``compute`` asks for."""
     if not model.model:
         raise VidqaError("no model given: pass --model DIR_OR_HUB_ID or set VIDQA_MODEL")
-    return VideoQA.from_pretrained(model.model, device=compute.device, dtype=compute.dtype, method=model.method,
-                                   vision_tower=model.vision_tower, tokens_per_frame=model.tokens_per_frame)
+    return VideoQA.from_pretrained(model.model, method=model.method, vision_tower=model.vision_tower,
+                                   tokens_per_frame=model.tokens_per_frame, compute=compute)
 
 
 def open_store(cache: CacheOptions) -> Store | None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-import vidqa.cli as cli
+from vidqa.cli import common
 from vidqa.cli import params as P
 from vidqa.cli.writers import get_writer, note
 
@@ -42,7 +42,7 @@ def ask(
     info = probe(video)  # fail on a bad file before the model is loaded
     sampling = P.sampling(fps, num_frames, max_frames, start, end)
     compute = P.compute_options(device, dtype, batch_size)
-    qa = cli._load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, as_json)
+    qa = common.load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, as_json)
     budget = qa.max_frames(question, max_new_tokens)
     timings, stats = Timings(), DecodeStats()
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)

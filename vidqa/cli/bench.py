@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-import vidqa.cli as cli
+from vidqa.cli import common
 from vidqa.cli import params as P
 from vidqa.cli.common import relaunch_on_gpus
 from vidqa.cli.writers import err, get_writer, live_progress, note
@@ -130,7 +130,7 @@ def bench(
         return
 
     sampling = P.sampling(fps, num_frames, max_frames)
-    qa = cli._load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, quiet)
+    qa = common.load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, quiet)
     settings = B.run_settings(qa, ds, prompt=template, max_new_tokens=max_new_tokens, sampling=sampling)
     out_dir.mkdir(parents=True, exist_ok=True)
     B.check_run_settings(out_dir, settings)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-import vidqa.cli as cli
+from vidqa.cli import common
 from vidqa.cli import params as P
 from vidqa.cli.writers import err, get_writer, note
 
@@ -36,7 +36,7 @@ def chat(
     info = probe(video)
     sampling = P.sampling(fps, num_frames, max_frames, start, end)
     compute = P.compute_options(device, dtype, batch_size)
-    qa = cli._load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, as_json)
+    qa = common.load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, as_json)
     budget = qa.max_frames("", max_new_tokens)
     with out.progress() as progress:
         cache, hit = library.video_cache(qa, video, sampling, info, budget,

@@ -16,11 +16,7 @@ if TYPE_CHECKING:
 
 
 def load(model: ModelOptions, compute: ComputeOptions, quiet: bool = False) -> "VideoQA":
-    """``library.load_model`` with a "loading model" spinner on stderr (none when ``quiet``).
-
-    Commands call it as ``vidqa.cli._load`` (the package attribute), which tests replace with a
-    model they already loaded.
-    """
+    """``library.load_model`` with a "loading model" spinner on stderr (none when ``quiet``)."""
     from vidqa import library  # torch and transformers: only once a command really runs (start-up time)
 
     if quiet or not err.is_terminal:

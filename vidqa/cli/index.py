@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-import vidqa.cli as cli
+from vidqa.cli import common
 from vidqa.cli import params as P
 from vidqa.cli.common import relaunch_on_gpus
 from vidqa.cli.writers import err, get_writer, live_progress
@@ -42,7 +42,7 @@ def index(
     sampling = P.sampling(fps, num_frames, max_frames, start, end)
     compute = P.compute_options(device, dtype, batch_size).for_rank(dist)
     quiet = as_json or dist.rank > 0
-    qa = cli._load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, quiet)
+    qa = common.load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, quiet)
     store = library.open_store(P.cache_options(cache_dir))
     if quiet or not live_progress():
         report = library.index_videos(qa, store, videos, sampling, decoder=decoder, batch_size=compute.batch_size)

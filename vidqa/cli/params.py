@@ -21,7 +21,7 @@ Model = Annotated[Optional[str], typer.Option(
     "--model", "-m", envvar=MODEL_ENV, show_default=False,
     help="Checkpoint: a local directory, a hub id (HF cache; HF_HUB_OFFLINE=1 works offline), or a built-in "
          "demo model for synthetic shape clips: tiny-voco, tiny-mini.")]
-Method = Annotated[Optional[str], typer.Option(help="voco or mini. Default: what the checkpoint's config says.",
+Method = Annotated[Optional[str], typer.Option(help="voco, mini or pool. Default: what the checkpoint's config says.",
                                                show_default=False)]
 VisionTower = Annotated[Optional[str], typer.Option(help="Override the config's mm_vision_tower (dir or hub id).",
                                                     show_default=False)]

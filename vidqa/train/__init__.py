@@ -17,7 +17,6 @@ from vidqa.train.export import export
 from vidqa.train.inputs import (BUILDERS, FullInputs, InputBuilder, MiniInputs, PoolInputs, VoCoInputs, builder_class,
                                 stack_rows)
 from vidqa.train.loop import TrainConfig, evaluate, learning_rate, progress, train
-from vidqa.train.main import main
 from vidqa.train.model import Learner, TinyConfig, build_tiny, load_vision_from
 
 __all__ = [
@@ -25,6 +24,5 @@ __all__ = [
     "export",
     "BUILDERS", "FullInputs", "InputBuilder", "MiniInputs", "PoolInputs", "VoCoInputs", "builder_class", "stack_rows",
     "TrainConfig", "evaluate", "learning_rate", "progress", "train",
-    "main",
     "Learner", "TinyConfig", "build_tiny", "load_vision_from",
 ]
