@@ -210,3 +210,9 @@ def _write_sine(container: av.container.OutputContainer, stream: av.AudioStream,
         frame.pts = start
         container.mux(stream.encode(frame))
     container.mux(stream.encode())
+
+
+def videos(folder: Path, n: int, frames: int = 30) -> list[Path]:
+    """n distinct videos (distinct content: the store is content addressed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [make_video(folder / f"clip{i}.mp4", num_frames=frames + i, fps=10) for i in range(n)]

@@ -23,25 +23,6 @@ def test_shard_split_is_by_video_and_covers_everything(tmp_path):
         B.parse_shard("3/3")
 
 
-
-def test_bad_options(capsys, tmp_path):
-    root = msrvtt_dir(tmp_path / "d", real=False)
-    code, _, err = run(capsys, "bench", "ucf101", "--data", root)
-    one_line_error(code, err, "unknown dataset")
-    code, _, err = run(capsys, "bench", "msrvtt")
-    one_line_error(code, err, "--data")
-    code, _, err = run(capsys, "bench", "msrvtt", "--data", root, "--prompt", "no placeholder", "--out", tmp_path / "o")
-    one_line_error(code, err, "{question}")
-    code, _, err = run(capsys, "bench", "msrvtt", "--data", root, "--shard", "2/2", "--out", tmp_path / "o")
-    one_line_error(code, err, "I/N")
-    code, _, err = run(capsys, "bench", "msrvtt", "--data", root, "--out", tmp_path / "empty-out", "--merge")
-    one_line_error(code, err, "nothing to merge")
-
-
-# ------------------------------------------------------------------------------------------------
-# end to end on the tiny random model
-
-
 def test_run_resume_and_torn_line(capsys, tmp_path, voco_dir, count_compress):
     """The real path (model loaded by the CLI, real decoding): --limit, a rerun continues, a torn line."""
     root = msrvtt_dir(tmp_path / "d")
@@ -88,7 +69,6 @@ def test_run_resume_and_torn_line(capsys, tmp_path, voco_dir, count_compress):
     assert code == 0 and len(lines(out / "predictions.jsonl")) == 7
     code, _, err = run(capsys, *[a if a != "2" else "3" for a in base])
     one_line_error(code, err, "max_new_tokens")
-
 
 
 def test_videos_compressed_once_and_indexed_library_reused(capsys, tmp_path, shared_model, fake_answers,

@@ -1,36 +1,22 @@
-"""`vidqa index`, the cache store in use by `ask` and `chat`, and `vidqa cache`; interrupts with real processes."""
+"""`vidqa.library`: finding videos, the cache store in use by `ask`, loading models, frame budgets and chat turns."""
 
-import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import media
-from vidqa.cli import main
+import pytest
+from cli_helpers import run
+
 from vidqa.library import find_videos
 from vidqa.store import Store
 
 
-def videos(folder: Path, n: int, frames: int = 30) -> list[Path]:
-    """n distinct videos (distinct content: the store is content addressed)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return [media.make_video(folder / f"clip{i}.mp4", num_frames=frames + i, fps=10) for i in range(n)]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_find_videos(tmp_path):
-    videos(tmp_path / "a" / "b", 2)
+    media.videos(tmp_path / "a" / "b", 2)
     (tmp_path / "a" / "notes.txt").write_text("x")
     found = find_videos([tmp_path / "a"])
     assert [p.name for p in found] == ["clip0.mp4", "clip1.mp4"]
@@ -38,25 +24,8 @@ def test_find_videos(tmp_path):
         find_videos([tmp_path / "missing"])
 
 
-def test_index_then_rerun_skips_and_failures_are_listed(tmp_path, capsys, voco_dir):
-    vids = videos(tmp_path / "lib", 2)
-    videos(tmp_path / "lib" / "nested", 1, frames=40)
-    media.make_garbage(tmp_path / "lib" / "broken.mp4")
-    code, out, err = run(capsys, "index", tmp_path / "lib", "--model", voco_dir, "--json")
-    report = json.loads(out)
-    assert code == 1  # one video failed
-    assert len(report["indexed"]) == 3 and report["failed"][0]["video"].endswith("broken.mp4")
-    code, out, _ = run(capsys, "index", tmp_path / "lib", "--model", voco_dir, "--json")
-    again = json.loads(out)
-    assert again["indexed"] == [] and len(again["skipped"]) == 3 and code == 1
-    assert len(Store().entries()) == 3
-    # and with the progress display
-    code, _, err = run(capsys, "index", *vids, "--model", voco_dir)
-    assert code == 0 and "already cached 2" in err
-
-
 def test_ask_uses_the_index_without_the_vision_tower(tmp_path, capsys, voco_dir, monkeypatch):
-    (vid,) = videos(tmp_path / "lib", 1)
+    (vid,) = media.videos(tmp_path / "lib", 1)
     assert run(capsys, "index", vid, "--model", voco_dir, "--json")[0] == 0
     from vidqa.vision import VisionEncoder
 
@@ -74,7 +43,7 @@ def test_ask_uses_the_index_without_the_vision_tower(tmp_path, capsys, voco_dir,
 def test_a_cache_that_does_not_match_is_recomputed(tmp_path, capsys, voco_dir):
     from vidqa.testing import make_voco_checkpoint
 
-    (vid,) = videos(tmp_path / "lib", 1)
+    (vid,) = media.videos(tmp_path / "lib", 1)
     ask = ["ask", vid, "what?", "--json", "--max-new-tokens", "2"]
     assert json.loads(run(capsys, *ask, "--model", voco_dir)[1])["from_cache"] is False
     assert json.loads(run(capsys, *ask, "--model", voco_dir)[1])["from_cache"] is True
@@ -91,7 +60,7 @@ def test_a_cache_that_does_not_match_is_recomputed(tmp_path, capsys, voco_dir):
 
 
 def test_a_corrupt_cache_file_is_detected_and_recomputed(tmp_path, capsys, voco_dir):
-    (vid,) = videos(tmp_path / "lib", 1)
+    (vid,) = media.videos(tmp_path / "lib", 1)
     assert run(capsys, "index", vid, "--model", voco_dir, "--json")[0] == 0
     (tensor_file,) = Path(os.environ["VIDQA_CACHE_DIR"]).rglob("*.safetensors")
     data = bytearray(tensor_file.read_bytes())
@@ -103,49 +72,6 @@ def test_a_corrupt_cache_file_is_detected_and_recomputed(tmp_path, capsys, voco_
     assert json.loads(run(capsys, "ask", vid, "what?", "--model", voco_dir, "--json", "--max-new-tokens", "2")[1])[
         "from_cache"] is True
 
-
-def test_cache_ls_rm_verify(tmp_path, capsys, voco_dir):
-    vids = videos(tmp_path / "lib", 2)
-    run(capsys, "index", tmp_path / "lib", "--model", voco_dir, "--json")
-    code, out, _ = run(capsys, "cache", "ls", "--json")
-    entries = json.loads(out)
-    assert code == 0 and sorted(Path(e["source"]).name for e in entries) == ["clip0.mp4", "clip1.mp4"]
-    assert run(capsys, "cache", "ls")[0] == 0
-    assert run(capsys, "cache", "verify")[0] == 0
-    for f in Path(os.environ["VIDQA_CACHE_DIR"]).rglob("*.safetensors"):
-        f.write_bytes(f.read_bytes()[:100])  # truncate
-        break
-    code, _, err = run(capsys, "cache", "verify")
-    assert code == 1 and "1 problem" in err
-    assert run(capsys, "cache", "verify")[0] == 0  # repaired
-    code, _, err = run(capsys, "cache", "rm", "--source", vids[0])
-    assert code == 0
-    code, _, err = run(capsys, "cache", "rm", "--all")
-    assert code == 0 and Store().entries() == []
-    code, _, err = run(capsys, "cache", "rm")
-    assert code == 2 and err.startswith("error:")
-
-
-def test_chat_keeps_history(tmp_path, capsys, voco_dir, monkeypatch):
-    from vidqa.pipeline import VideoQA
-
-    (vid,) = videos(tmp_path / "lib", 1)
-    seen = []
-    real = VideoQA.answer
-
-    def spy(self, cache, question, gen, stats=None, history=()):
-        seen.append((question, list(history)))
-        return real(self, cache, question, gen, stats, history)
-
-    monkeypatch.setattr(VideoQA, "answer", spy)
-    monkeypatch.setattr(sys, "stdin", io.StringIO("what moves?\nand then?\n\n"))
-    code, out, err = run(capsys, "chat", vid, "--model", voco_dir, "--max-new-tokens", "3")
-    assert code == 0, err
-    assert [q for q, _ in seen] == ["what moves?", "and then?"]
-    assert seen[1][1][0][0] == "what moves?"  # the first turn is in the second prompt
-
-
-# ---- real processes -----------------------------------------------------------------------------------
 
 def spawn(args, env_extra=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
@@ -162,61 +88,6 @@ def wait_for_entries(root: Path, n: int, proc, timeout=120):
             return
         time.sleep(0.02)
 
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_index_loses_nothing_and_resumes(tmp_path, voco_dir, sig):
-    lib = tmp_path / "lib"
-    videos(lib, 10, frames=150)
-    root = Path(os.environ["VIDQA_CACHE_DIR"])
-    p = spawn(["index", lib, "--model", voco_dir, "--fps", "10", "--json"])
-    wait_for_entries(root, 2, p)
-    p.send_signal(sig)
-    out, err = p.communicate(timeout=120)
-    assert p.returncode != 0, "the run finished before it could be interrupted"
-    if sig == signal.SIGINT:
-        assert p.returncode == 130 and "Traceback" not in err
-    store = Store(root)
-    # at most the dead writer's leftovers, which are never visible as entries
-    assert all("orphan" in why or "temp" in why for _, why in store.verify(repair=False))
-    done = {Path(e.source).name for e in store.entries()}
-    assert 2 <= len(done) < 10
-    p = spawn(["index", lib, "--model", voco_dir, "--fps", "10", "--json"])
-    out, err = p.communicate(timeout=300)
-    report = json.loads(out)
-    assert p.returncode == 0, err
-    assert {Path(v).name for v in report["skipped"]} == done  # no finished work redone
-    assert len(report["indexed"]) == 10 - len(done)
-    assert store.verify() == [] and len(store.entries()) == 10
-
-
-def test_two_index_processes_share_the_work(tmp_path, voco_dir):
-    lib = tmp_path / "lib"
-    videos(lib, 8, frames=80)
-    procs = [spawn(["index", lib, "--model", voco_dir, "--fps", "10", "--json"]) for _ in range(2)]
-    reports = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-        reports.append(json.loads(out))
-    a, b = (set(r["indexed"]) for r in reports)
-    assert not a & b  # no entry computed twice
-    assert len(a | b) == 8
-    store = Store(os.environ["VIDQA_CACHE_DIR"])
-    assert store.verify() == [] and len(store.entries()) == 8
-
-
-def test_ranks_split_the_videos(tmp_path, voco_dir):
-    """What torchrun does: RANK / WORLD_SIZE give each process its share (shown here on the CPU)."""
-    lib = tmp_path / "lib"
-    videos(lib, 5)
-    procs = [spawn(["index", lib, "--model", voco_dir, "--json", "--device", "cpu"],
-                   {"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)}) for r in range(2)]
-    reports = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
-    assert [len(r["indexed"]) for r in reports] == [3, 2]
-    assert [r["rank"] for r in reports] == [0, 1]
-
-
-# ---- the library's own functions -----------------------------------------------------------------
 
 def test_load_model_needs_a_model_and_open_store_can_be_off(tmp_path):
     from vidqa import library
@@ -244,7 +115,7 @@ def test_video_cache_thins_to_the_budget_and_reports_progress(tmp_path, voco_qa)
     from vidqa import library
     from vidqa.video import Sampling, probe
 
-    (vid,) = videos(tmp_path / "lib", 1, frames=40)
+    (vid,) = media.videos(tmp_path / "lib", 1, frames=40)
     notes, stages = [], Stages()
     cache, hit = library.video_cache(voco_qa, vid, Sampling(fps=10), probe(vid), 5, store=None,
                                      progress=stages, on_note=notes.append)
@@ -263,7 +134,7 @@ def test_fit_turn_drops_the_oldest_turns_first(tmp_path, voco_qa):
     from vidqa import library
     from vidqa.video import Sampling
 
-    (vid,) = videos(tmp_path / "lib", 1, frames=40)
+    (vid,) = media.videos(tmp_path / "lib", 1, frames=40)
     cache, _, _ = library.load_or_compress(voco_qa, vid, Sampling(fps=4), store=None)
     history = [("a question " * 10, "an answer " * 10) for _ in range(40)]
     history[-1] = ("last", "kept")

@@ -82,6 +82,8 @@ Files
 each split its own seed (or ``first_index``) so that train and test clips differ.
 """
 
+# Over 500 lines: one generator end to end (timeline, placement, rendering, questions, the set and its summary);
+# its parts share the clip specification and are only ever used together.
 from __future__ import annotations
 
 import json

@@ -48,6 +48,8 @@ file) is re-sampled over the frames that really decode, with a warning.
 Every failure a user can cause raises :class:`vidqa.errors.VideoError` with one line.
 """
 
+# Over 500 lines: two decoders (decord and PyAV) behind one sampling plan, with the checks that make decord
+# safe (timeouts, validation against what decodes); splitting them would spread one contract over files.
 from __future__ import annotations
 
 import logging

@@ -1,25 +1,15 @@
 """`vidqa ask` end to end on a tiny random checkpoint on disk: output, --json, and every bad input."""
 
 import json
-import os
-import subprocess
-import sys
-
-import pytest
 
 import media
-from vidqa.cli import main
+import pytest
+from cli_helpers import one_line_error, run, wide_help
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return media.make_video(tmp_path_factory.mktemp("v") / "clip.mp4", num_frames=40, fps=10)
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_ask_json(capsys, clip, voco_dir):
@@ -60,16 +50,6 @@ def test_frames_are_thinned_to_fit_the_context(capsys, tmp_path, voco_dir):
     assert "do not fit the context" in err
     frames = json.loads(out)["frames"]
     assert 1 <= len(frames) < 60
-
-
-def one_line_error(code, err, *needles):
-    assert code != 0
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:"), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("maker,needle", [
@@ -121,22 +101,7 @@ def test_question_too_long_for_the_context(capsys, clip, voco_dir):
     one_line_error(code, err, "context")
 
 
-def test_missing_argument_is_a_usage_error(capsys):
-    code, _, err = run(capsys, "ask")
-    assert code == 2 and "Traceback" not in err and "internal error" not in err
-
-
-def test_help_teaches(capsys):
-    code, out, _ = run(capsys, "ask", "--help")
-    assert code == 0
-    for flag in ("--fps", "--max-frames", "--json", "--temperature", "--decoder", "--device"):
-        assert flag in out
-
-
-def test_real_process_exit_code_and_stderr(tmp_path):
-    """The console entry point as a real process: exit 1, one line, no traceback."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "vidqa", "ask", str(tmp_path / "missing.mp4"), "q", "--model", "x/y"],
-                       capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 1
-    assert p.stderr.strip().startswith("error:") and len(p.stderr.strip().splitlines()) == 1
+def test_ask_help_shows_defaults_and_flags(capsys, monkeypatch):
+    out = wide_help(capsys, monkeypatch, "ask")
+    assert "[default: 256]" in out and "[default: auto]" in out and "VIDQA_MODEL" in out
+    assert "--no-cache" in out and "--no-no-cache" not in out and "--no-json" not in out

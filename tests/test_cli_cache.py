@@ -1,0 +1,62 @@
+"""`vidqa.cli.cache`: `vidqa cache ls|rm|verify` on a real store."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import media
+from cli_helpers import run
+
+from vidqa.store import Store
+
+
+def spawn(args, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "vidqa", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_entries(root: Path, n: int, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if len(list((root / "entries").rglob("*.json"))) >= n if (root / "entries").exists() else False:
+            return
+        if proc.poll() is not None:
+            return
+        time.sleep(0.02)
+
+
+class Stages:
+    def __init__(self):
+        self.seen, self.done = [], 0
+
+    def stage(self, name, total=None):
+        self.seen.append((name, total))
+
+    def advance(self, n=1):
+        self.done += n
+
+
+def test_cache_ls_rm_verify(tmp_path, capsys, voco_dir):
+    vids = media.videos(tmp_path / "lib", 2)
+    run(capsys, "index", tmp_path / "lib", "--model", voco_dir, "--json")
+    code, out, _ = run(capsys, "cache", "ls", "--json")
+    entries = json.loads(out)
+    assert code == 0 and sorted(Path(e["source"]).name for e in entries) == ["clip0.mp4", "clip1.mp4"]
+    assert run(capsys, "cache", "ls")[0] == 0
+    assert run(capsys, "cache", "verify")[0] == 0
+    for f in Path(os.environ["VIDQA_CACHE_DIR"]).rglob("*.safetensors"):
+        f.write_bytes(f.read_bytes()[:100])  # truncate
+        break
+    code, _, err = run(capsys, "cache", "verify")
+    assert code == 1 and "1 problem" in err
+    assert run(capsys, "cache", "verify")[0] == 0  # repaired
+    code, _, err = run(capsys, "cache", "rm", "--source", vids[0])
+    assert code == 0
+    code, _, err = run(capsys, "cache", "rm", "--all")
+    assert code == 0 and Store().entries() == []
+    code, _, err = run(capsys, "cache", "rm")
+    assert code == 2 and err.startswith("error:")
