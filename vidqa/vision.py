@@ -159,10 +159,12 @@ def _fit_torch_batch(pixels: torch.Tensor, spec: Preprocess) -> torch.Tensor:
 def normalise(pixels: torch.Tensor, spec: Preprocess, dtype: torch.dtype) -> torch.Tensor:
     """Fitted frames (uint8 ``[T, S, S, 3]`` or float ``[T, 3, S, S]`` in 0..255) to CLIP's input
     ``[T, 3, S, S]``: rescale by 1/255, then ``(x - mean) / std`` per channel, in float32."""
-    x = pixels.permute(0, 3, 1, 2).float() if pixels.dtype == torch.uint8 else pixels.float()
+    x = pixels.permute(0, 3, 1, 2) if pixels.dtype == torch.uint8 else pixels
     mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
-    x = x * (1 / 255)
+    # the CLIP processor rescales in float64 and casts to float32 (the same numbers to the last bit);
+    # 1/255 in float32 would be a unit in the last place off for some levels
+    x = (x.double() * (1 / 255)).float() if x.device.type == "cpu" else x.float() * (1 / 255)
     return ((x - mean) / std).to(dtype)
 
 
