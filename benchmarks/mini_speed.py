@@ -181,7 +181,7 @@ def main():
     def naive_question(n):
         vis, txt = [], None
         for i in range(n):
-            px = preprocess(torch.from_numpy(pixels[i:i + 1]).to(device), qa.vision.spec, dtype)
+            px = preprocess(torch.from_numpy(pixels[i:i + 1]).to(device), qa.preprocess_spec(False), dtype)
             raw = tower(pixel_values=px, output_hidden_states=True).hidden_states[-2][:, 1:]
             f = mini.encode_frames(raw, m.compressor, m.projector, 1)
             fused = mini.prefusion_full(m.prefusion, llm.model.rotary_emb, f, embeds, visible)
@@ -205,7 +205,7 @@ def main():
         got = m.prefill(cache4, "q").inputs_embeds[0].float()
         vis, txt = [], None
         for i in range(4):
-            px = preprocess(torch.from_numpy(pixels[i:i + 1]).to(device), qa.vision.spec, dtype)
+            px = preprocess(torch.from_numpy(pixels[i:i + 1]).to(device), qa.preprocess_spec(False), dtype)
             raw = tower(pixel_values=px, output_hidden_states=True).hidden_states[-2][:, 1:]
             fused = mini.prefusion_full(m.prefusion, llm.model.rotary_emb,
                                         mini.encode_frames(raw, m.compressor, m.projector, 1), embeds, visible)

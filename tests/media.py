@@ -95,6 +95,7 @@ def make_video(
     pix_fmt: str = "yuv420p",
     options: dict[str, str] | None = None,
     offset_frames: int = 0,
+    rotation: int = 0,
 ) -> Path:
     """Write a constant-frame-rate video whose frame ``i`` shows :func:`frame_pixels(i)`.
 
@@ -104,13 +105,19 @@ def make_video(
     its data, so a truncated copy still claims every frame (see :func:`truncate`);
     ``options`` are extra encoder options (e.g. ``{"x264-params": "open-gop=1"}``);
     ``offset_frames`` stamps the first frame at ``offset_frames / fps`` seconds, not 0.
+    ``rotation`` (degrees counter-clockwise, a multiple of 90) stores every frame turned the other
+    way and sets the stream's display matrix, as phones do: a player that honours it shows
+    :func:`frame_pixels(i)` upright, one that ignores it shows it sideways. ``size`` is the upright size.
     """
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
     container_options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), mode="w", options=container_options) as container:
         stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height = size
+        turns = (rotation // 90) % 4
+        stream.width, stream.height = size if turns % 2 == 0 else size[::-1]
+        if turns:
+            stream.set_display_rotation(rotation)
         stream.pix_fmt = pix_fmt
         if gop is not None:
             stream.codec_context.gop_size = gop
@@ -127,7 +134,8 @@ def make_video(
         container.start_encoding()  # writes the header even when num_frames == 0
 
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(frame_pixels(i, size, pattern), format="rgb24")
+            stored = np.ascontiguousarray(np.rot90(frame_pixels(i, size, pattern), k=-turns))
+            frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
             frame.pts = i + offset_frames
             frame.time_base = 1 / rate
             container.mux(stream.encode(frame))
@@ -154,6 +162,17 @@ def make_image(
     path = Path(path)
     Image.fromarray(frame_pixels(index, size)).save(path, format=format)
     return path
+
+
+def make_png16(path: str | Path, size: tuple[int, int] = (40, 30)) -> tuple[Path, np.ndarray]:
+    """A 16-bit greyscale PNG of a horizontal ramp over the whole 0..65535 range; returns the path and
+    the 16-bit values written (``[H, W]`` uint16)."""
+    path = Path(path)
+    width, height = size
+    ramp = np.round(np.linspace(0, 65535, width)).astype(np.uint16)
+    values = np.ascontiguousarray(np.broadcast_to(ramp, (height, width)))
+    Image.fromarray(values).save(path, format="PNG")  # uint16: mode I;16
+    return path, values
 
 
 def make_zero_length(path: str | Path) -> Path:

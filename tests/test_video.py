@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import media as media_module
 import vidqa.video as video
 from media import (
     frame_index_from_pixels,
@@ -566,3 +567,56 @@ def test_bad_requests(mp4: Path, kwargs: dict, message: str) -> None:
 def test_explicit_indices_are_sorted_and_deduplicated(mp4: Path) -> None:
     frames = load_frames(mp4, indices=[20, 3, 20, 7], decoder="av")
     assert frames.indices.tolist() == [3, 7, 20] == codes(frames)
+
+
+# ---- pixels: bit depth and orientation (issue 13, item 10) ----------------------------------------
+
+
+def test_16bit_png_is_scaled_not_saturated(tmp_path):
+    path, values = media_module.make_png16(tmp_path / "deep.png")
+    frames = load_frames(path)
+    want = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+    assert frames.pixels.shape == (1, *values.shape, 3)
+    for c in range(3):
+        assert np.array_equal(frames.pixels[0, :, :, c], want)
+    assert (frames.pixels == 255).mean() < 0.1  # PIL's convert("RGB") gave 99% at 255
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+@pytest.mark.parametrize("decoder", ["auto", "av"])
+def test_display_matrix_rotation_is_decoded_upright(tmp_path, rotation, decoder):
+    path = media_module.make_video(tmp_path / f"r{rotation}.mp4", num_frames=6, size=(64, 48), rotation=rotation)
+    frames = load_frames(path, Sampling(num_frames=3), decoder=decoder)
+    assert frames.pixels.shape[1:] == (48, 64, 3)  # upright: the size the frames were drawn at
+    assert [media_module.frame_index_from_pixels(f) for f in frames.pixels] == frames.indices.tolist()
+
+
+# ---- memory: frames are fitted as they decode (issue 13, item 9) ----------------------------------
+
+
+def test_fitted_decoding_holds_one_source_frame_at_a_time(tmp_path):
+    """A 2000x1500 video: with ``prepare`` the Python-visible memory peak stays near one source frame
+    (9 MB) whatever the frame count; without it, it grows with frames x resolution."""
+    import tracemalloc
+
+    path = media_module.make_video(tmp_path / "big.mp4", num_frames=16, fps=8, size=(2000, 1500), gop=4)
+    source_frame = 2000 * 1500 * 3
+
+    def shrink(frame, still):
+        return np.ascontiguousarray(frame[::50, ::50])  # 40 x 30
+
+    def peak(**kw):
+        tracemalloc.start()
+        try:
+            frames = load_frames(path, Sampling(num_frames=12), decoder="av", **kw)
+            return frames, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    fitted, fitted_peak = peak(prepare=shrink)
+    assert fitted.pixels.shape == (12, 30, 40, 3)
+    assert fitted_peak < 2.5 * source_frame
+    full, full_peak = peak()
+    assert full.pixels.shape == (12, 1500, 2000, 3)
+    assert full_peak >= 12 * source_frame
+    assert np.array_equal(fitted.pixels, full.pixels[:, ::50, ::50])

@@ -105,7 +105,7 @@ def load_or_compress(qa, video: str | Path, sampling: Sampling, *, store: Store 
             return cache, None, True
     if progress:
         progress.stage("decoding frames")
-    frames = load_frames(video, sampling, decoder=decoder)
+    frames = qa.load_frames(video, sampling, decoder=decoder)  # fitted to the model's input as they decode
     if progress:
         progress.stage("compressing frames", total=len(frames.indices))
     cache = qa.compress(frames, batch_size=batch_size, timings=timings, progress=progress.advance if progress else None)

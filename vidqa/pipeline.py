@@ -1,10 +1,15 @@
 """The whole path in one object: load a checkpoint, compress frames, answer questions.
 
     qa = VideoQA.from_pretrained("path/or/hub-id")
-    frames = load_frames("movie.mp4", Sampling(fps=1, max_frames=qa.max_frames(question)))
+    frames = qa.load_frames("movie.mp4", Sampling(fps=1, max_frames=qa.max_frames(question)))
     cache = qa.compress(frames)              # question-independent: store it, reuse it
     for text in qa.answer(cache, question):  # streamed text deltas
         print(text, end="")
+
+``qa.load_frames`` samples by the method's official rule (unless ``Sampling.rule`` says otherwise)
+and fits every frame to the tower's input size as soon as it is decoded (``Sampling.preprocess``:
+``official`` by default, or ``fast``), so memory holds model-sized uint8 frames, not source-sized ones.
+``compress`` fits frames that are not fitted yet (from ``vidqa.video.load_frames``) batch by batch.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from vidqa.errors import ModelError
 from vidqa.generate import DecodeStats, Detokenizer, GenerationConfig, StaticDecoder, generate
 from vidqa.methods.base import FrameCache, Method, get_method
 from vidqa.options import ComputeOptions, ModelOptions
-from vidqa.vision import VisionEncoder
+from vidqa.vision import Preprocess, VisionEncoder, fit
 
 if TYPE_CHECKING:  # annotations only: video decoding is not needed to answer from a cache
-    from vidqa.video import Frames
+    import numpy as np
+
+    from vidqa.video import Frames, Sampling
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -103,6 +110,42 @@ class VideoQA:
         return cls(qa_method, vision, tok, model_id=str(model), model_fingerprint=checkpoint.fingerprint(path, cfg),
                    compute=compute)
 
+    # ---- frames ------------------------------------------------------------------------------------
+    def preprocess_spec(self, still: bool, mode: str | None = None) -> Preprocess:
+        """How a frame is fitted to the tower: the method's official path for a still image or a video
+        frame (``mode`` None or ``"official"``), or the same geometry with torch's antialiased bicubic
+        (``"fast"``)."""
+        spec = self.method.preprocess_spec(self.vision.spec, still)
+        if mode in (None, "official"):
+            return spec
+        if mode == "fast":
+            return dataclasses.replace(spec, resample="torch")
+        raise ModelError(f"unknown preprocessing {mode!r} (use official or fast)")
+
+    def resolve_sampling(self, sampling: Sampling) -> Sampling:
+        """``sampling`` with the method's defaults filled in: its official sampling rule and the
+        official preprocessing (what a stored cache records)."""
+        return dataclasses.replace(sampling, rule=sampling.rule or self.method.sampling_rule,
+                                   preprocess=sampling.preprocess or "official")
+
+    def prepare(self, mode: str | None = None) -> Callable[[np.ndarray, bool], np.ndarray]:
+        """``prepare(frame, still)`` for ``vidqa.video.load_frames``: one decoded frame to the tower's
+        uint8 input (HD-mode still images stay whole: their crops are fitted one by one)."""
+        def prepare(frame, still: bool):
+            if still and getattr(self.method, "resolution_ratio", 1) != 1:
+                return frame
+            return fit(frame, self.preprocess_spec(still, mode))
+        return prepare
+
+    def load_frames(self, video, sampling: Sampling, decoder: str = "auto", indices=None) -> Frames:
+        """The frames this model's cache of ``video`` is made from, fitted to the tower as they decode."""
+        from vidqa.video import load_frames
+
+        sampling = self.resolve_sampling(sampling)
+        frames = load_frames(video, sampling, decoder=decoder, indices=indices, prepare=self.prepare(sampling.preprocess))
+        frames.preprocess = sampling.preprocess
+        return frames
+
     # ---- the two halves --------------------------------------------------------------------------
     def max_frames(self, question: str, max_new_tokens: int = 256, history=()) -> int:
         return self.method.max_frames(question, max_new_tokens, history)
@@ -129,19 +172,22 @@ class VideoQA:
         batch_size = batch_size or (self.compute and self.compute.batch_size) or (16 if self.device.type == "cuda" else 4)
         timings = timings if timings is not None else Timings()
         parts: dict[str, list[torch.Tensor]] = {}
-        arr = frames.pixels if frames.pixels.flags.writeable else frames.pixels.copy()  # image decoders hand out read-only arrays
-        pixels = torch.from_numpy(arr)
-        if self.device.type == "cuda":
-            pixels = pixels.pin_memory()
-        for i in range(0, len(pixels), batch_size):
+        spec = self.preprocess_spec(getattr(frames, "decoder", None) == "image", getattr(frames, "preprocess", None))
+        arr = frames.pixels
+        n = len(arr)
+        for i in range(0, n, batch_size):
             t0 = time.perf_counter()
-            feats = self.features(pixels[i:i + batch_size], batch_size)
+            # one batch at a time: frames not fitted yet (vidqa.video.load_frames) are fitted here
+            batch = torch.from_numpy(arr[i:i + batch_size].copy())  # decoders may hand out read-only arrays
+            if self.device.type == "cuda":
+                batch = batch.pin_memory()
+            feats = self.features(batch, batch_size, spec)
             self._sync()
             t1 = time.perf_counter()
             out = self.method.compress(feats, compact=True) if compact else self.method.compress(feats)
             if offload is None or compact is None:
                 per_frame = sum(v.numel() * v.element_size() for v in out.values()) / feats.shape[0]
-                total = per_frame * len(pixels)
+                total = per_frame * n
                 if offload is None:
                     offload = self.device.type == "cuda" and total > 0.25 * torch.cuda.mem_get_info(self.device)[0]
                 if compact is None:
@@ -164,19 +210,20 @@ class VideoQA:
             # the cache went to the host: hand the compression's cached GPU blocks back, so that the
             # question that follows (which streams the cache back in chunks) starts from its own needs
             torch.cuda.empty_cache()
-        meta = {**self.cache_meta(), "frame_indices": [int(i) for i in getattr(frames, "indices", range(len(pixels)))]}
+        meta = {**self.cache_meta(), "frame_indices": [int(i) for i in getattr(frames, "indices", range(n))]}
         if can_compact:
             meta["cache_kind"] = "features" if compact else "kv"
         return FrameCache(self.method.name, tensors, [float(t) for t in frames.timestamps],
                           self.method.tokens_per_frame, meta)
 
-    def features(self, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def features(self, pixels: torch.Tensor, batch_size: int, spec: Preprocess | None = None) -> torch.Tensor:
         """Vision features of uint8 frames: ``[T, P, C]`` for one view per frame, else ``[T, V, P, C]``
-        (the method's ``views``, e.g. LLaVA-Mini's HD crops, each through the tower on its own)."""
+        (the method's ``views``, e.g. LLaVA-Mini's HD crops, each through the tower on its own).
+        ``spec``: how frames not at the tower's size are fitted (default: the config's)."""
         views = self.method.views(pixels)
         if len(views) == 1:
-            return self.vision.encode(views[0], batch_size=batch_size)
-        return torch.stack([self.vision.encode(v, batch_size=batch_size) for v in views], dim=1)
+            return self.vision.encode(views[0], batch_size=batch_size, spec=spec)
+        return torch.stack([self.vision.encode(v, batch_size=batch_size, spec=spec) for v in views], dim=1)
 
     def answer(self, cache: FrameCache, question: str, gen: GenerationConfig = GenerationConfig(),
                stats: DecodeStats | None = None, history: list[tuple[str, str]] = ()) -> Iterator[str]:

@@ -5,9 +5,12 @@
     frames = load_frames("clip.mp4", Sampling(fps=2, max_frames=32))
     frames.pixels      # uint8 [T, H, W, 3], RGB, full resolution
 
-Sampling rule
--------------
-The window is ``[start, end)`` in seconds, clipped to the video ``[0, duration)``
+Sampling rules
+--------------
+``Sampling.rule`` picks one of two rules (None: ``"midpoint"``; a model's default comes from its
+method, ``VideoQA.resolve_sampling``: LLaVA-Mini uses ``"seq"``, as its official evaluation does).
+
+``"midpoint"`` (vidqa's rule, and VoCo's default). The window is ``[start, end)`` in seconds, clipped to the video ``[0, duration)``
 (``start`` defaults to 0, ``end`` to the duration). A window that starts at or after
 the end of the video is an error. The number of frames is ``num_frames`` when given,
 else ``max(1, round(window * fps))`` (halves round up); when ``max_frames`` is set and
@@ -16,6 +19,29 @@ its segment, ``t_i = start + (i + 0.5) * window / n``, and becomes the index of 
 frame on screen at that time, ``floor(t_i * native_fps)``, clipped to
 ``[0, num_frames - 1]``. Duplicates are removed, so a request for more frames than the
 window holds gives every frame of the window once.
+
+``"seq"`` (LLaVA-Mini's official ``get_seq_frames``). The window's frames are ``first =
+floor(start * native_fps)`` up to ``floor(end * native_fps)`` (exclusive; all frames by default),
+``count`` of them. The number of frames is ``num_frames`` when given, else
+``int(count // (native_fps / fps))`` (at ``fps=1`` exactly the official ``total // avg_fps``), at
+least 1 and at most ``count``; ``max_frames`` caps it. With ``seg = (count - 1) / n``, frame ``i`` is
+``first + (round(seg * i) + round(seg * (i + 1))) // 2``, rounding halves to even (``np.round``).
+Duplicates are removed (the official loader would feed a repeated frame twice).
+
+Memory
+------
+``load_frames(..., prepare=f)`` hands each decoded frame to ``f`` right away (vidqa passes the
+model's ``fit`` to its input size, uint8) and keeps only what ``f`` returns, so memory holds the
+sampled frames at the model's size (3 x 336 x 336 bytes = 339 KB each) plus one source frame and
+the decoder's own buffers, whatever the source resolution. Without ``prepare`` the frames are kept at
+full resolution.
+
+Orientation and bit depth
+-------------------------
+Video frames are turned upright by their display matrix (``VideoFrame.rotation``, the side data
+phones write); decord ignores it, so ``"auto"`` decodes rotated files with PyAV. Still images get
+their EXIF rotation, and 16-bit images (PNG ``I;16``) are scaled to 8 bits (``round(v / 257)``),
+not clipped.
 
 Indices and times follow a constant-frame-rate model: frame ``k`` starts at ``k / fps``
 seconds after the first frame, and ``duration = num_frames / fps``. ``Frames.timestamps``
@@ -99,6 +125,12 @@ _DECORD_MAX_PIXELS = 2560 * 1440
 _GOP_SCAN_PACKETS = 1000
 
 
+RULES = ("midpoint", "seq")
+PREPROCESS_MODES = ("official", "fast")  # vidqa.vision.PREPROCESS_MODES (video.py does not import torch)
+# decord frames fetched per get_batch call: what is held at full resolution at once
+DECORD_CHUNK = 8
+
+
 class VideoWarning(RuntimeWarning):
     """The video was decoded, but not quite as asked: decord was distrusted and PyAV used
     instead, fewer frames decode than the container announces, or packets were damaged."""
@@ -113,8 +145,14 @@ class Sampling:
     max_frames: int | None = None  # cap: sample fewer frames uniformly when exceeded
     start: float | None = None  # seconds
     end: float | None = None  # seconds
+    rule: str | None = None  # "midpoint" or "seq"; None: the model's method decides (midpoint without one)
+    preprocess: str | None = None  # "official" or "fast" (vidqa.vision); None: official
 
     def __post_init__(self) -> None:
+        if self.rule not in (None, *RULES):
+            raise VideoError(f"unknown sampling rule {self.rule!r} (use {' or '.join(RULES)})")
+        if self.preprocess not in (None, *PREPROCESS_MODES):
+            raise VideoError(f"unknown preprocessing {self.preprocess!r} (use {' or '.join(PREPROCESS_MODES)})")
         if self.num_frames is None and self.fps is None:
             raise VideoError("sampling needs fps or num_frames")
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
@@ -151,6 +189,7 @@ class Frames:
     indices: np.ndarray  # int64 [T], frame index in the stream
     info: VideoInfo
     decoder: str  # "decord", "av" or "image"
+    preprocess: str | None = None  # frames fitted to a model's input by this mode (VideoQA.load_frames); None: as decoded
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,11 +330,31 @@ def plan(info: VideoInfo, sampling: Sampling) -> np.ndarray:
         n = max(1, math.floor(window * sampling.fps + 0.5))
     if sampling.max_frames is not None and n > sampling.max_frames:
         n = sampling.max_frames
+    if sampling.rule == "seq":
+        return _seq_frames(info, sampling, start, end)
     # t_i * fps, in frames; a midpoint that falls on a frame boundary belongs to the frame
     # starting there, and the epsilon keeps float error (2.7 * 10 = 26.999...) from moving it back.
     positions = start * info.fps + (2 * np.arange(n) + 1) * (window * info.fps) / (2 * n)
     indices = np.clip(np.floor(positions + 1e-9), 0, info.num_frames - 1).astype(np.int64)
     return np.unique(indices)
+
+
+def _seq_frames(info: VideoInfo, sampling: Sampling, start: float, end: float) -> np.ndarray:
+    """LLaVA-Mini's ``get_seq_frames`` over the window's frames (the module docstring's ``"seq"``)."""
+    first = min(int(math.floor(start * info.fps + 1e-9)), info.num_frames - 1)
+    last = info.num_frames if sampling.end is None else min(info.num_frames, int(math.floor(end * info.fps + 1e-9)))
+    count = max(1, last - first)
+    if sampling.num_frames is not None:
+        n = sampling.num_frames
+    else:
+        assert sampling.fps is not None
+        n = int(count // (info.fps / sampling.fps))
+    n = max(1, min(n, count))
+    if sampling.max_frames is not None:
+        n = min(n, sampling.max_frames)
+    seg = float(count - 1) / n
+    picks = [(int(np.round(seg * i)) + int(np.round(seg * (i + 1)))) // 2 for i in range(n)]
+    return np.unique(first + np.asarray(picks, dtype=np.int64))
 
 
 def _checked_indices(indices: Sequence[int] | np.ndarray, info: VideoInfo) -> np.ndarray:
@@ -319,16 +378,21 @@ def load_frames(
     sampling: Sampling = Sampling(),
     decoder: Decoder = "auto",
     indices: Sequence[int] | np.ndarray | None = None,
+    prepare: Prepare | None = None,
 ) -> Frames:
-    """Decode the frames that ``sampling`` (or the explicit ``indices``) picks from ``path``."""
+    """Decode the frames that ``sampling`` (or the explicit ``indices``) picks from ``path``.
+
+    ``prepare(frame, still)``: called on each decoded uint8 ``[H, W, 3]`` frame (``still``: the file is
+    a still image) as soon as it is decoded; its uint8 result is what ``Frames.pixels`` holds.
+    """
     if decoder not in DECODERS:
         raise VideoError(f"unknown decoder {decoder!r}: use one of {', '.join(DECODERS)}")
     info = probe(path)
     if info.is_image:
-        return _load_image(info)
+        return _load_image(info, prepare)
     wanted = plan(info, sampling) if indices is None else _checked_indices(indices, info)
     try:
-        used, decoded = _decode(info, wanted, decoder)
+        used, decoded = _decode(info, wanted, decoder, prepare)
     except _ShortVideo as short:
         if short.frames == 0:
             raise VideoError(f"{info.path}: no frame of the video can be decoded") from None
@@ -342,7 +406,7 @@ def load_frames(
         info = replace(info, num_frames=short.frames, duration=short.frames / info.fps)
         wanted = plan(info, sampling) if indices is None else np.unique(np.minimum(wanted, short.frames - 1))
         try:
-            used, decoded = _decode(info, wanted, decoder)
+            used, decoded = _decode(info, wanted, decoder, prepare)
         except _ShortVideo:
             raise VideoError(f"{info.path}: the frames that decode change from one read to the next") from None
     return Frames(decoded.pixels, decoded.timestamps, decoded.indices, info, used)
@@ -367,9 +431,12 @@ class _DecordFault(Exception):
     """decord failed or gave something that did not validate; the message says what."""
 
 
-def _decode(info: VideoInfo, wanted: np.ndarray, decoder: str) -> tuple[str, _Decoded]:
+Prepare = Callable[[np.ndarray, bool], np.ndarray]
+
+
+def _decode(info: VideoInfo, wanted: np.ndarray, decoder: str, prepare: Prepare | None = None) -> tuple[str, _Decoded]:
     if decoder == "av":
-        return "av", _decode_av(info, wanted)
+        return "av", _decode_av(info, wanted, prepare)
     decord = _import_decord()
     if decoder == "decord":
         if decord is None:
@@ -379,33 +446,49 @@ def _decode(info: VideoInfo, wanted: np.ndarray, decoder: str) -> tuple[str, _De
             message = f"{info.path}: decord may return wrong frames here ({risk})"
             warnings.warn(message, VideoWarning, stacklevel=3)
         try:
-            return "decord", _decode_decord(decord, info, wanted)
+            return "decord", _decode_decord(decord, info, wanted, prepare)
         except _DecordFault as fault:
             raise VideoError(f"decord failed on {info.path}: {fault}; the av decoder may work") from None
     # auto
     if decord is None:
-        return "av", _decode_av(info, wanted)
+        return "av", _decode_av(info, wanted, prepare)
     risk = _decord_risk(info)
     if risk:
         log.debug("%s: using PyAV, not decord: %s", info.path, risk)
-        return "av", _decode_av(info, wanted)
+        return "av", _decode_av(info, wanted, prepare)
     try:
-        return "decord", _decode_decord(decord, info, wanted)
+        return "decord", _decode_decord(decord, info, wanted, prepare)
     except _DecordFault as fault:
         warnings.warn(f"{info.path}: decord {fault}; decoding with PyAV instead", VideoWarning, stacklevel=3)
-        return "av", _decode_av(info, wanted)
+        return "av", _decode_av(info, wanted, prepare)
 
 
-def _load_image(info: VideoInfo) -> Frames:
+def _load_image(info: VideoInfo, prepare: Prepare | None = None) -> Frames:
     from PIL import Image, ImageOps
 
     try:
         with Image.open(info.path) as image:
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
+            rgb = _rgb8(ImageOps.exif_transpose(image))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise VideoError(f"{info.path}: cannot decode the image ({error})") from None
+    if prepare is not None:
+        rgb = prepare(rgb, True)
     pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)[None])
     return Frames(pixels, np.zeros(1), np.zeros(1, dtype=np.int64), info, "image")
+
+
+def _rgb8(image) -> np.ndarray:
+    """A PIL image as uint8 RGB ``[H, W, 3]``. Greyscale of more than 8 bits (``I;16*``, ``I``: 16-bit
+    PNG and TIFF) is scaled by 1/257 and rounded; PIL's ``convert("RGB")`` would clip it at 255."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = np.asarray(image).astype(np.float64)
+        if image.mode == "I" and grey.max(initial=0) <= 255:
+            # mode I from an 8-bit source (rare) keeps its levels
+            grey8 = np.clip(grey, 0, 255).astype(np.uint8)
+        else:
+            grey8 = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey8[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------------------
@@ -427,7 +510,36 @@ def _decord_risk(info: VideoInfo) -> str | None:
             return "HEVC: decord leaks memory on it"
         if _has_open_gop(container, stream):
             return "open-GOP stream: decord returns the wrong frames after seeking"
+    if _first_frame_rotation(Path(info.path)):
+        return "display-matrix rotation: decord ignores it"
     return None
+
+
+def _first_frame_rotation(file: Path) -> int:
+    """The display rotation of the first frame (degrees counter-clockwise; 0 when there is none)."""
+    av = _import_av()
+    with _open_av(file) as container:
+        try:
+            for frame in container.decode(video=0):
+                return _rotation(frame)
+        except av.FFmpegError:
+            return 0
+    return 0
+
+
+def _rotation(frame) -> int:
+    """A decoded frame's display rotation in quarter turns counter-clockwise (0..3)."""
+    try:
+        degrees = frame.rotation
+    except (AttributeError, ValueError, TypeError):  # PyAV before 14, or no display matrix
+        return 0
+    return int(round((degrees or 0) / 90)) % 4
+
+
+def _upright(frame, pixels: np.ndarray) -> np.ndarray:
+    """Pixels of ``frame`` turned as its display matrix says."""
+    turns = _rotation(frame)
+    return np.ascontiguousarray(np.rot90(pixels, k=turns)) if turns else pixels
 
 
 def _has_open_gop(container: av.container.InputContainer, stream: av.video.VideoStream) -> bool:
@@ -447,7 +559,7 @@ def _has_open_gop(container: av.container.InputContainer, stream: av.video.Video
     return False
 
 
-def _decode_decord(decord: ModuleType, info: VideoInfo, wanted: np.ndarray) -> _Decoded:
+def _decode_decord(decord: ModuleType, info: VideoInfo, wanted: np.ndarray, prepare: Prepare | None = None) -> _Decoded:
     try:
         reader = decord.VideoReader(info.path, ctx=decord.cpu(0))
         reported = len(reader)
@@ -472,14 +584,20 @@ def _decode_decord(decord: ModuleType, info: VideoInfo, wanted: np.ndarray) -> _
         raise _DecordFault(
             f"puts frame {bad} at {times[off.argmax()]:.3f} s, not {bad / info.fps:.3f} s (variable frame rate)"
         )
-    timeout = DECORD_TIMEOUT_S + DECORD_TIMEOUT_PER_FRAME_S * len(wanted)
-    batch = _call_with_timeout(lambda: reader.get_batch(wanted), timeout)
-    # decord's bridge is process-wide state: another module may have set it to torch.
-    pixels = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
-    expected = (len(wanted), info.height, info.width, 3)
-    if pixels.shape != expected or pixels.dtype != np.uint8:
-        raise _DecordFault(f"returned {pixels.dtype} {pixels.shape}, not uint8 {expected}")
-    return _Decoded(np.ascontiguousarray(pixels), times.astype(np.float64), wanted.copy())
+    out: list[np.ndarray] = []
+    # in chunks: only DECORD_CHUNK frames are held at full resolution at a time
+    for i in range(0, len(wanted), DECORD_CHUNK):
+        part = wanted[i:i + DECORD_CHUNK]
+        timeout = DECORD_TIMEOUT_S + DECORD_TIMEOUT_PER_FRAME_S * len(part)
+        batch = _call_with_timeout(lambda: reader.get_batch(part), timeout)
+        # decord's bridge is process-wide state: another module may have set it to torch.
+        pixels = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
+        expected = (len(part), info.height, info.width, 3)
+        if pixels.shape != expected or pixels.dtype != np.uint8:
+            raise _DecordFault(f"returned {pixels.dtype} {pixels.shape}, not uint8 {expected}")
+        out.extend(prepare(p, False) for p in pixels) if prepare is not None else out.append(pixels)
+    stacked = np.stack(out) if prepare is not None else np.concatenate(out)
+    return _Decoded(np.ascontiguousarray(stacked), times.astype(np.float64), wanted.copy())
 
 
 _T = TypeVar("_T")
@@ -524,30 +642,34 @@ _DECORD_PREFIX = re.compile(r"\[[\d:]+\] \S+?:\d+: ")
 # PyAV
 
 
-def _decode_av(info: VideoInfo, wanted: np.ndarray) -> _Decoded:
+def _decode_av(info: VideoInfo, wanted: np.ndarray, prepare: Prepare | None = None) -> _Decoded:
     av = _import_av()
     with _open_av(Path(info.path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame and slice threads; seeking flushes them correctly
         reader = _AvReader(container, stream, info.fps, av.FFmpegError)
-        picked: list[tuple[int, av.VideoFrame]] = []
+        # Each picked frame is converted (and prepared) at once: no decoded frame is kept beyond its turn.
+        indices: list[int] = []
+        times: list[float] = []
+        pixels: list[np.ndarray] = []
         for target in wanted.tolist():
             found = reader.frame_at(target)
             if found is None:
                 raise _ShortVideo(reader.last_index + 1)
             # Where the file skips frames, neighbouring targets can get the same frame: keep it once.
-            if not picked or found[0] > picked[-1][0]:
-                picked.append(found)
+            if not indices or found[0] > indices[-1]:
+                index, frame = found
+                # width/height: a stream that changes size mid-way still stacks (no-op otherwise)
+                rgb = _upright(frame, frame.to_ndarray(format="rgb24", width=info.width, height=info.height))
+                pixels.append(prepare(rgb, False) if prepare is not None else rgb)
+                indices.append(index)
+                times.append(reader.seconds(index, frame))
         if reader.damaged:
             warnings.warn(f"{info.path}: skipped {reader.damaged} damaged packets", VideoWarning, stacklevel=4)
-        pixels = np.stack(
-            # width/height: a stream that changes size mid-way still stacks (no-op otherwise)
-            [frame.to_ndarray(format="rgb24", width=info.width, height=info.height) for _, frame in picked]
-        )
         return _Decoded(
-            np.ascontiguousarray(pixels),
-            np.array([reader.seconds(index, frame) for index, frame in picked], dtype=np.float64),
-            np.array([index for index, _ in picked], dtype=np.int64),
+            np.ascontiguousarray(np.stack(pixels)),
+            np.array(times, dtype=np.float64),
+            np.array(indices, dtype=np.int64),
         )
 
 

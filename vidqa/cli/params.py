@@ -37,6 +37,13 @@ MaxFrames = Annotated[Optional[int], typer.Option(show_default=False,
 Start = Annotated[Optional[float], typer.Option(show_default=False, help="Start of the window, in seconds.")]
 End = Annotated[Optional[float], typer.Option(show_default=False, help="End of the window, in seconds.")]
 Decoder = Annotated[str, typer.Option(help="auto (decord, PyAV on failure), decord or av.")]
+SamplingRule = Annotated[Optional[str], typer.Option(
+    "--sampling", show_default=False,
+    help="Frame-sampling rule: midpoint (segment midpoints in time) or seq (LLaVA-Mini's get_seq_frames). "
+         "Default: the method's official evaluation (seq for mini, midpoint otherwise).")]
+PreprocessMode = Annotated[Optional[str], typer.Option(
+    "--preprocess", show_default=False,
+    help="official (default: each method's official pixel path, exact) or fast (torch antialiased bicubic).")]
 
 # ---- compute -----------------------------------------------------------------------------------
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -78,7 +85,8 @@ def cache_options(cache_dir: str | None, no_cache: bool = False) -> CacheOptions
 
 
 def sampling(fps: float, num_frames: int | None, max_frames: int | None, start: float | None = None,
-             end: float | None = None) -> "Sampling":
+             end: float | None = None, rule: str | None = None, preprocess: str | None = None) -> "Sampling":
     from vidqa.video import Sampling
 
-    return Sampling(fps=fps, num_frames=num_frames, max_frames=max_frames, start=start, end=end)
+    return Sampling(fps=fps, num_frames=num_frames, max_frames=max_frames, start=start, end=end, rule=rule,
+                    preprocess=preprocess)

@@ -31,7 +31,7 @@ from torch import nn
 from vidqa.errors import ModelError
 from vidqa.framecache import FrameCache  # noqa: F401 (re-exported: part of the method interface)
 from vidqa.options import ModelOptions
-from vidqa.vision import VisionEncoder
+from vidqa.vision import Preprocess, VisionEncoder
 
 
 @dataclass
@@ -64,6 +64,20 @@ class Method(nn.Module, ABC):
     def load(cls, path: Path, cfg: dict[str, Any], device: torch.device, dtype: torch.dtype,
              options: ModelOptions) -> tuple["Method", VisionEncoder, Any]:
         """The method, its vision encoder and its tokenizer from a checkpoint directory and its config."""
+
+    # The frame-sampling rule of the method's official evaluation (vidqa.video's Sampling.rule):
+    # "midpoint" (vidqa's own; VoCo published no video code) or "seq" (LLaVA-Mini's get_seq_frames).
+    sampling_rule: ClassVar[str] = "midpoint"
+
+    def preprocess_spec(self, spec: Preprocess, still: bool) -> Preprocess:
+        """How a frame is fitted to the tower in the method's official pipeline.
+
+        ``spec`` is the config's image path (LLaVA's ``process_images``: ``image_aspect_ratio`` pad
+        or the CLIP processor's crop, PIL bicubic); ``still`` is True for a still image. The default
+        uses it for video frames too (LLaVA-1.5 style, as VoCo-LLaMA); a method whose official video
+        path differs overrides this.
+        """
+        return spec
 
     def views(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """The views of uint8 frames ``[T, H, W, 3]`` that each go through the vision tower on their own.

@@ -22,7 +22,7 @@ from vidqa.methods.mini.layers import (Compressor, PrefusionKV, assemble_llm_inp
                                        prompt_embeddings)
 from vidqa.methods.mini.prompt import LlavaMiniOptions, build_prompt_ids, stop_token_ids
 from vidqa.options import ModelOptions
-from vidqa.vision import VisionEncoder, build_projector
+from vidqa.vision import Preprocess, VisionEncoder, build_projector
 
 
 class CheckpointKeyError(ModelError):
@@ -159,9 +159,20 @@ class Mini(Method):
         (the checkpoint's ``compressor_size`` fixes it)."""
         modules = load_llava_mini_state(path, dtype=dtype, device=device)
         tokenizer = checkpoint.load_tokenizer(path)
-        # The official video path squashes every frame to the tower's square size (its image path crops).
-        vision = checkpoint.load_vision(path, {**cfg, "image_aspect_ratio": "squash"}, device, dtype, options.vision_tower)
+        # vision.spec is the official image path (process_images with the config); video frames: preprocess_spec
+        vision = checkpoint.load_vision(path, cfg, device, dtype, options.vision_tower)
         return cls(modules, tokenizer), vision, tokenizer
+
+    # The official evaluation (llavamini/eval/video/run_inference_video_qa.py) samples by get_seq_frames.
+    sampling_rule = "seq"
+
+    def preprocess_spec(self, spec: Preprocess, still: bool) -> Preprocess:
+        """Still images: the config's ``process_images`` path. Video frames: the official ``load_video``
+        squashes them to the tower's size with ``F.interpolate``'s default (nearest) and casts to uint8
+        before the CLIP processor (which then leaves the size alone)."""
+        if still:
+            return spec
+        return dataclasses.replace(spec, aspect="squash", resample="nearest")
 
     @property
     def stop_ids(self) -> set[int]:
