@@ -17,7 +17,8 @@ OLD = time.time() - 3600  # mtimes in the past: the memo does not trust files mo
 
 def settings(**over) -> dict:
     s = {"model_fingerprint": "f" * 16, "method": "voco", "tokens_per_frame": 2, "dtype": "bfloat16",
-         "sampling": {"fps": 1.0, "num_frames": None, "max_frames": 64, "start": None, "end": None}}
+         "sampling": {"fps": 1.0, "num_frames": None, "max_frames": 64, "start": None, "end": None, "rule": None,
+                      "preprocess": None}}
     s.update(over)
     return s
 

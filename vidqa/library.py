@@ -96,6 +96,7 @@ def load_or_compress(qa, video: str | Path, sampling: Sampling, *, store: Store 
     compression. ``progress`` hears of the stages ``decoding frames`` and ``compressing`` (frames).
     """
     video = Path(video)
+    sampling = qa.resolve_sampling(sampling)  # the method's rule and preprocessing, named in the store's key
     settings = cache_settings(qa, sampling)
     key = None
     if store is not None:
@@ -122,6 +123,7 @@ def video_cache(qa, video: str | Path, sampling: Sampling, info: VideoInfo, budg
     When the sampling takes more than ``budget`` frames, an indexed cache of the full sampling
     serves (thinned); else only ``budget`` frames are sampled. Returns ``(cache, from_store)``.
     """
+    sampling = qa.resolve_sampling(sampling)
     planned = len(plan(info, sampling))
     if planned > budget:
         if on_note:
@@ -192,6 +194,7 @@ def index_videos(qa, store: Store, videos: list[Path], sampling: Sampling, *, de
                  on_done: Callable[[Path, str], None] | None = None) -> IndexReport:
     """Compress and store every video not yet in the store; never stops for an unreadable one."""
     report = IndexReport()
+    sampling = qa.resolve_sampling(sampling)
     settings = cache_settings(qa, sampling)
     t_start = time.perf_counter()
     todo = deque(videos)
@@ -228,7 +231,7 @@ def index_videos(qa, store: Store, videos: list[Path], sampling: Sampling, *, de
         except VidqaError as e:
             fail(video, e)
             return None
-        return _Job(video, key, lock, pool.submit(load_frames, video, sampling, decoder))
+        return _Job(video, key, lock, pool.submit(qa.load_frames, video, sampling, decoder))
 
     def refill(blocking: bool = False) -> None:
         while len(jobs) < prefetch and todo:

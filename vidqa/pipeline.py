@@ -132,7 +132,7 @@ class VideoQA:
         """``prepare(frame, still)`` for ``vidqa.video.load_frames``: one decoded frame to the tower's
         uint8 input (HD-mode still images stay whole: their crops are fitted one by one)."""
         def prepare(frame, still: bool):
-            if still and getattr(self.method, "resolution_ratio", 1) != 1:
+            if not self.method.fit_before_views(still):
                 return frame
             return fit(frame, self.preprocess_spec(still, mode))
         return prepare

@@ -79,6 +79,11 @@ class Method(nn.Module, ABC):
         """
         return spec
 
+    def fit_before_views(self, still: bool) -> bool:
+        """Whether a decoded frame is fitted to the tower's input as it decodes (True), or kept at its
+        source resolution because ``views`` crops it first (LLaVA-Mini's HD still images)."""
+        return True
+
     def views(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """The views of uint8 frames ``[T, H, W, 3]`` that each go through the vision tower on their own.
 

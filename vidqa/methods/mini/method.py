@@ -178,6 +178,9 @@ class Mini(Method):
     def stop_ids(self) -> set[int]:
         return self._stop
 
+    def fit_before_views(self, still: bool) -> bool:
+        return not (still and self.resolution_ratio != 1)  # HD crops are cut from the source image
+
     def views(self, pixels: Tensor) -> list[Tensor]:
         """HD mode (``resolution_ratio`` r > 1): r*r crops in row-major order, then the whole frame."""
         if self.resolution_ratio == 1:
