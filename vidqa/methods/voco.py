@@ -191,7 +191,7 @@ class VoCo(Method):
         span = slice(self.p0, self.p0 + self.tokens_per_frame)
         n_layers = self.llm.config.num_hidden_layers
         cache = Cache(layers=[_KeepSpan(span) for _ in range(n_layers)])
-        self.llm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        self.llm.model(inputs_embeds=embeds, use_cache=True, **fast.cache_kwargs(cache))
         keys = torch.stack([layer.keys for layer in cache.layers], dim=1)  # B, L, H, N, D
         values = torch.stack([layer.values for layer in cache.layers], dim=1)
         return {"keys": keys, "values": values}
