@@ -139,3 +139,14 @@ def test_mini_prompt_equals_the_chat_template_for_plain_text(mini_qa):
         a, b = text.split("<image>")
         p = mini.build_prompt_ids(tok, q, history=history)
         assert p.before == tok(a).input_ids and p.after == tok(b).input_ids[1:]
+
+
+def test_a_non_special_added_token_in_user_text_is_text_too(tmp_path):
+    testing.write_tiny_tokenizer(tmp_path / "t")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "t")
+    tok.add_tokens(["<extra>"])  # an added token that is not special: split_special_tokens alone keeps it
+    extra = tok.convert_tokens_to_ids("<extra>")
+    mark = tokens.placeholders(["x"])[0]
+    ids = tokens.encode(tok, f"<extra>{mark}", {mark: "a <extra> b"})
+    assert ids[0] == extra and extra not in ids[1:]
+    assert tok.decode(ids[1:]) == "a <extra> b"

@@ -54,7 +54,6 @@ class _Shadow:
             if isinstance(tok, str) and tok and isinstance(tid, int) and tid not in decoder:
                 decoder[tid] = AddedToken(tok, special=True, normalized=False)
         self.tokenizer = copy.deepcopy(tokenizer)
-        backend = self.tokenizer.backend_tokenizer
         self.stand_in: dict[str, str] = {}
         self.back: dict[int, int] = {}
         for i, (tid, tok) in enumerate(sorted(decoder.items())):
@@ -62,14 +61,14 @@ class _Shadow:
             if not content:
                 continue
             mark = STAND_IN.format(i)
-            backend.add_tokens([AddedToken(mark, special=False, normalized=False,
-                                           lstrip=bool(getattr(tok, "lstrip", False)),
-                                           rstrip=bool(getattr(tok, "rstrip", False)),
-                                           single_word=bool(getattr(tok, "single_word", False)))])
+            self.tokenizer.add_tokens([AddedToken(mark, special=False, normalized=False,
+                                                  lstrip=bool(getattr(tok, "lstrip", False)),
+                                                  rstrip=bool(getattr(tok, "rstrip", False)),
+                                                  single_word=bool(getattr(tok, "single_word", False)))])
             if not getattr(tok, "special", True):  # a non-special added token must be text in user strings too
-                backend.add_special_tokens([AddedToken(content, special=True, normalized=False)])
+                self.tokenizer.add_tokens([AddedToken(content, special=True, normalized=False)], special_tokens=True)
             self.stand_in[content] = mark
-            self.back[backend.token_to_id(mark)] = int(tid)
+            self.back[int(self.tokenizer.convert_tokens_to_ids(mark))] = int(tid)
         self.pattern = (re.compile("|".join(re.escape(c) for c in sorted(self.stand_in, key=len, reverse=True)))
                         if self.stand_in else None)
         self.controls = set(self.back.values())
