@@ -141,3 +141,63 @@ def test_shards_and_ranks_merge_to_the_unsharded_report(capsys, tmp_path, shared
     assert metrics(json.loads(out)) == metrics(whole)
     assert sorted(p.name for p in (tmp_path / "ranks").glob("*.jsonl")) == [
         "predictions.part-0-of-2.jsonl", "predictions.part-1-of-2.jsonl"]
+
+
+# ---- the default prompt belongs to the model (issue 14 item 6) ---------------------------------------
+
+class _Method:
+    def __init__(self, name):
+        self.name = name
+
+
+class _QA:
+    def __init__(self, model_id, method):
+        self.model_id, self.method = model_id, _Method(method)
+
+
+def _model(tmp_path, **extra):
+    d = tmp_path / "m"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"model_type": "llava_llama", **extra}))
+    return str(d)
+
+
+def test_the_demo_models_state_their_own_prompt_the_bare_question():
+    for name, method in (("tiny-voco", "voco"), ("tiny-mini", "mini")):
+        for dataset in ("synthetic", "msrvtt", "activitynet"):
+            assert B.resolve_prompt(_QA(name, method), dataset, None) == ("{question}", "checkpoint config.json vidqa_prompt")
+
+
+def test_a_checkpoint_prompt_per_dataset_and_the_official_fallback(tmp_path):
+    own = _model(tmp_path, vidqa_prompt={"msvd": "M: {question}", "default": "D: {question}"})
+    assert B.resolve_prompt(_QA(own, "voco"), "msvd", None)[0] == "M: {question}"
+    assert B.resolve_prompt(_QA(own, "voco"), "msrvtt", None)[0] == "D: {question}"
+    plain = _model(tmp_path / "p")
+    voco, source = B.resolve_prompt(_QA(plain, "voco"), "msrvtt", None)
+    assert voco == "{question}\nAnswer the question using a single word or phrase." and "model_vqa_loader" in source
+    mini, source = B.resolve_prompt(_QA(plain, "mini"), "msvd", None)
+    assert mini.startswith("Answer the question based on the video.") and mini.endswith(
+        "Answer the question with one complete sentence:\n{question}") and "run_inference_video_qa.py" in source
+    act, source = B.resolve_prompt(_QA(plain, "mini"), "activitynet", None)
+    assert act != mini and "gymnastics" in act and "_act.py" in source
+    # --prompt always wins, and says so
+    assert B.resolve_prompt(_QA(own, "voco"), "msvd", "Q: {question}") == ("Q: {question}", "--prompt")
+
+
+def test_a_bad_checkpoint_prompt_is_a_model_error(tmp_path):
+    from vidqa.errors import ModelError
+
+    bad = _model(tmp_path, vidqa_prompt="no placeholder")
+    with pytest.raises(ModelError):
+        B.resolve_prompt(_QA(bad, "voco"), "msvd", None)
+
+
+def test_run_json_records_the_prompt_and_its_source(capsys, tmp_path):
+    root = msrvtt_dir(tmp_path / "d")
+    code, out, err = run(capsys, "bench", "msrvtt", "--data", root, "--out", tmp_path / "o", "--model", "tiny-voco",
+                         "--json", "--limit", "1", "--max-new-tokens", "2")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["prompt"] == "{question}" and report["prompt_source"] == "checkpoint config.json vidqa_prompt"
+    settings = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert settings["prompt_source"] == "checkpoint config.json vidqa_prompt"

@@ -61,3 +61,35 @@ def test_static_decoder_on_the_cpu_equals_transformers(voco_qa):
     plain = list(generate(llm, m.prefill(cache, "q?"), gen, set()))
     assert list(generate(llm, pre, gen, set(), decoder=dec)) == plain and len(plain) == 8
     assert dec.length == context + len(plain) - 1  # the last token is yielded, never fed back
+
+
+def test_the_cache_keyword_is_the_installed_transformers_one():
+    """transformers 5.2x takes ``cache`` (``past_key_values`` warns, and goes in 5.40); 5.17 takes only
+    ``past_key_values``. vidqa passes the one the installed version declares (read from its signature)."""
+    import inspect
+
+    from transformers.models.llama.modeling_llama import LlamaForCausalLM
+
+    from vidqa import fast
+
+    params = inspect.signature(LlamaForCausalLM.forward).parameters
+    assert fast.CACHE_KW in params
+    assert fast.CACHE_KW == ("cache" if "cache" in params else "past_key_values")
+    assert fast.cache_kwargs(None) == {fast.CACHE_KW: None}
+
+
+def test_answering_raises_no_deprecation_warning(voco_qa, mini_qa, recwarn):
+    """No FutureWarning from transformers on any answer (it printed on every ``vidqa ask``)."""
+    import warnings
+
+    from vidqa.methods.mini import layers  # noqa: F401 (the pre-fusion runs decoder layers with a cache)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for qa in (voco_qa, mini_qa):
+            feats = torch.randn(2, qa.vision.num_patches, qa.vision.hidden_size)
+            cache = FrameCache(qa.method.name, qa.method.compress(feats), [0.0, 1.0], qa.method.tokens_per_frame,
+                               qa.cache_meta())
+            list(qa.answer(cache, "what moves?", GenerationConfig(max_new_tokens=3)))
+            if hasattr(qa.method, "compress_reference"):
+                qa.method.compress_reference(feats)

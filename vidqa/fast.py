@@ -24,6 +24,35 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, rotat
 from vidqa.options import ComputeOptions
 
 
+def _cache_keyword() -> str:
+    """The keyword the installed transformers' models and decoder layers take for their KV cache.
+
+    transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns with a
+    FutureWarning and goes in 5.40); 5.17 knows only ``past_key_values``. Read once from the Llama
+    model's signature, which the decoder layers and every other architecture follow.
+    """
+    import inspect
+
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel
+
+    model = inspect.signature(LlamaModel.forward).parameters
+    layer = inspect.signature(LlamaDecoderLayer.forward).parameters
+    return "cache" if "cache" in model and "cache" in layer else "past_key_values"
+
+
+CACHE_KW = _cache_keyword()
+
+
+def cache_kwargs(cache) -> dict:
+    """``{CACHE_KW: cache}``: pass a KV cache to a transformers model or decoder layer under the right name."""
+    return {CACHE_KW: cache}
+
+
+def output_cache(out):
+    """The KV cache a transformers model's output carries (``out.cache``, or ``out.past_key_values`` before 5.2x)."""
+    return getattr(out, CACHE_KW)
+
+
 def supports(llm) -> bool:
     """True for decoder layers shaped like Llama's (Llama, Mistral, Qwen2, ...)."""
     try:

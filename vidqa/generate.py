@@ -78,10 +78,10 @@ def generate(llm, prefill: Prefill, cfg: GenerationConfig, stop_ids: set[int],
     cache = prefill.past_key_values
     t0 = time.perf_counter()
     out = llm(input_ids=prefill.input_ids, inputs_embeds=prefill.inputs_embeds, position_ids=pos,
-              past_key_values=cache, use_cache=True, logits_to_keep=1)
+              use_cache=True, logits_to_keep=1, **fast.cache_kwargs(cache))
     next_pos = int(pos[0, -1]) + 1
     if decoder is not None:
-        decoder.load(out.past_key_values)
+        decoder.load(fast.output_cache(out))
     stats.stopped = "length"
     for step in range(cfg.max_new_tokens):
         token = sample(out.logits[0, -1], cfg, generator)  # .item() inside: the step is synchronised
@@ -106,7 +106,7 @@ def generate(llm, prefill: Prefill, cfg: GenerationConfig, stop_ids: set[int],
         else:
             out = llm(input_ids=torch.tensor([[token]], device=device),
                       position_ids=torch.tensor([[next_pos]], device=device),
-                      past_key_values=out.past_key_values, use_cache=True)
+                      use_cache=True, **fast.cache_kwargs(fast.output_cache(out)))
         next_pos += 1
 
 

@@ -19,9 +19,10 @@ from vidqa.bench.judge import (DEFAULT_JUDGE_URL, JUDGE_PROTOCOL, JUDGE_SYSTEM, 
                                judge_messages, judge_records, parse_judgement)
 from vidqa.bench.metrics import contains, exact_match, normalize, score
 from vidqa.bench.report import build_report, collect_records, render_table, report_for, write_judgements
-from vidqa.bench.run import (DEFAULT_PROMPT, RunSummary, answer_all, check_prompt, default_out, done_ids,
+from vidqa.bench.run import (DEFAULT_PROMPT, OFFICIAL_PROMPTS, RunSummary, answer_all, check_prompt, default_out, done_ids,
                              group_by_video, marker_path, parse_shard, peak_gpu_memory, render_prompt, run_settings,
-                             select, shard_of, todo_count, wait_for_shards, write_marker)
+                             select, shard_of, todo_count, wait_for_shards, write_marker, official_prompt,
+                             model_prompt, resolve_prompt)
 
 __all__ = [
     "ACTIVITYNET_TYPES", "DATASETS", "SPECS", "SPLITS", "Dataset", "DatasetNotFound", "Item", "Spec", "VideoIndex",
@@ -32,7 +33,7 @@ __all__ = [
     "judge_records", "parse_judgement",
     "contains", "exact_match", "normalize", "score",
     "build_report", "collect_records", "render_table", "report_for", "write_judgements",
-    "DEFAULT_PROMPT", "RunSummary", "answer_all", "check_prompt", "default_out", "done_ids", "group_by_video",
+    "DEFAULT_PROMPT", "OFFICIAL_PROMPTS", "official_prompt", "model_prompt", "resolve_prompt", "RunSummary", "answer_all", "check_prompt", "default_out", "done_ids", "group_by_video",
     "marker_path", "parse_shard", "peak_gpu_memory", "render_prompt", "run_settings", "select", "shard_of",
     "todo_count", "wait_for_shards", "write_marker",
 ]

@@ -131,6 +131,7 @@ def build_report(dataset: Dataset, selection: list[Item], records: dict[str, dic
         "format": dataset.format, "annotations": dataset.files,
         "model": settings.get("model"), "method": settings.get("method"), "dtype": settings.get("dtype"),
         "device": settings.get("device"), "prompt": settings.get("prompt"),
+        "prompt_source": settings.get("prompt_source"),
         "max_new_tokens": settings.get("max_new_tokens"), "sampling": settings.get("sampling"),
         "questions": {"selected": len(selection), "answered": n, "errors": len(errors), "pending": pending,
                       "missing_video": sum(1 for it in selection if it.video in missing_set)},

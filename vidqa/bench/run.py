@@ -22,7 +22,59 @@ from vidqa.generate import DecodeStats, GenerationConfig
 from vidqa.options import DistEnv
 from vidqa.pipeline import Timings
 
+# LLaVA-1.5's short-answer prompt (its VQAv2/GQA question files), which VoCo-LLaMA's evaluation
+# (llava/eval/model_vqa_loader.py, scripts/eval/*.sh) feeds; VoCo then deletes the newline.
 DEFAULT_PROMPT = "{question}\nAnswer the question using a single word or phrase."
+# LLaVA-Mini's video QA evaluation prompts, put before the question: MSVD-QA and MSRVTT-QA
+# (llavamini/eval/video/run_inference_video_qa.py, PROMPT + question) and ActivityNet-QA
+# (llavamini/eval/video/run_inference_video_qa_act.py).
+_MINI_HEAD = ("Answer the question based on the video. Provide a complete sentence that directly mirrors the phrasing "
+              "of the question and focuses on giving a clear, relevant answer.\n\nFor example:\n")
+_MINI_TAIL = "\nAnswer the question with one complete sentence:\n{question}"
+_MINI_SHARED = [
+    ("Who is the man talking to while driving?", "The man is talking to a woman while driving.",
+     "The man is talking to a friend while driving."),
+    ("Where is the boy standing when the cat jumps onto the table?",
+     "The boy is standing next to the door when the cat jumps onto the table.",
+     "The boy is standing in the kitchen when the cat jumps onto the table."),
+    ("What is the dog in?", "The dog is in a box.", "The dog is in the car."),
+    ("what does the man evade the clutches of?", "The man evade the clutches of gangster.",
+     "The man evade the clutches of an eagle."),
+    ("What does the man do 2 times?", "The man jumps 2 times.", "The man waves 2 times."),
+    ("What does the woman who is standing next to the window do before picking up the phone?",
+     "The woman who is standing next to the window looks outside before picking up the phone.",
+     "The woman who is standing next to the window adjusts the curtains before picking up the phone."),
+]
+_MINI_QA = [("Who is driving a car?", "A man is driving a car.", "A person without clear face is driving a car."),
+            ("What is the man doing?", "The man is driving a car.", "The man is walking."), *_MINI_SHARED]
+_MINI_ACT = [
+    ("How challenging is the game being played?", "The game being played is secondary.",
+     "The game being played is simple."),
+    ("How risky is it to practice gymnastics indoors?",
+     "Practicing gymnastics indoors can be dangerous if safety mats are not used.",
+     "It is somewhat risky to practice gymnastics indoors because of hard surfaces."),
+    ("What did the girl experience after finishing her dessert?", "The girl felt a sugar rush after finishing her dessert.",
+     "The girl felt satisfied after finishing her dessert."),
+    ("Is the runner wearing a jacket?", "The runner is wearing a lightweight shirt instead of a jacket.",
+     "The runner is not wearing a jacket, but has on a tank top."),
+    *_MINI_SHARED,
+]
+
+
+def _mini_prompt(examples) -> str:
+    lines = "".join(f"For the question '{q}', answer with '{a}' or '{b}'\n" for q, a, b in examples)
+    return _MINI_HEAD + lines + _MINI_TAIL
+
+
+MINI_VIDEO_QA_PROMPT = _mini_prompt(_MINI_QA)
+MINI_ACTIVITYNET_PROMPT = _mini_prompt(_MINI_ACT)
+# The official evaluation prompt per method and dataset (``official_prompt``), and where it comes from.
+OFFICIAL_PROMPTS = {
+    "voco": (DEFAULT_PROMPT, "LLaVA-1.5 short-answer prompt (VoCo-LLaMA llava/eval/model_vqa_loader.py)"),
+    "pool": (DEFAULT_PROMPT, "LLaVA-1.5 short-answer prompt (the VoCo prompt; vidqa's pool row)"),
+    "mini": (MINI_VIDEO_QA_PROMPT, "LLaVA-Mini llavamini/eval/video/run_inference_video_qa.py"),
+    ("mini", "activitynet"): (MINI_ACTIVITYNET_PROMPT, "LLaVA-Mini llavamini/eval/video/run_inference_video_qa_act.py"),
+}
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -59,9 +111,40 @@ def render_prompt(template: str, question: str) -> str:
     return template.replace("{question}", question)
 
 
-def check_prompt(template: str | None) -> str:
+def official_prompt(method: str, dataset: str) -> tuple[str, str]:
+    """The paper's evaluation prompt for a method on a dataset, and where it is from."""
+    return OFFICIAL_PROMPTS.get((method, dataset)) or OFFICIAL_PROMPTS.get(method) or \
+        (DEFAULT_PROMPT, "LLaVA-1.5 short-answer prompt (no official one for this method)")
+
+
+def model_prompt(qa, dataset: str) -> tuple[str, str]:
+    """The default template of a bench run, and its source: the checkpoint's own ``vidqa_prompt`` in
+    config.json (the demo models state their training format, the bare question), else the method's
+    official evaluation prompt (``official_prompt``)."""
+    from vidqa import checkpoint
+    from vidqa.checkpoint.llava import PROMPT_KEY, prompt_template
+
+    try:
+        cfg = checkpoint.read_config(checkpoint.resolve(qa.model_id))
+    except (VidqaError, OSError, TypeError):
+        cfg = {}
+    own = prompt_template(cfg, dataset)
+    if own is not None:
+        return own, f"checkpoint config.json {PROMPT_KEY}"
+    return official_prompt(qa.method.name, dataset)
+
+
+def resolve_prompt(qa, dataset: str, template: str | None) -> tuple[str, str]:
+    """``(template, source)``: ``--prompt`` when given, else the model's (``model_prompt``)."""
+    if template is not None:
+        return template, "--prompt"
+    return model_prompt(qa, dataset)
+
+
+def check_prompt(template: str | None) -> str | None:
+    """``--prompt`` checked (``\\n`` read as a newline); None (not given): the model's, chosen once it is loaded."""
     if template is None:
-        return DEFAULT_PROMPT
+        return None
     template = template.replace("\\n", "\n")
     if "{question}" not in template:
         raise VidqaError("--prompt must contain {question}, e.g. '{question} Answer in one word.'", exit_code=2)
@@ -95,11 +178,14 @@ def done_ids(path: Path) -> set[str]:
     return {str(r["id"]) for r in read_records(path) if r.get("prediction") is not None}
 
 
-def answer_all(qa, dataset: Dataset, items: list[Item], out_file: Path, *, sampling, prompt: str,
+def answer_all(qa, dataset: Dataset, items: list[Item], out_file: Path, *, sampling, prompt: str | None,
                max_new_tokens: int, store=None, decoder: str = "auto", batch_size: int | None = None,
                shard_label: str | None = None, on_question: Callable[[Item], None] | None = None,
                on_note: Callable[[str], None] | None = None) -> RunSummary:
-    """Answer every question of ``items`` not yet in ``out_file``, video by video, one compression each."""
+    """Answer every question of ``items`` not yet in ``out_file``, video by video, one compression each.
+
+    ``prompt``: the template around each question; None: the model's (``resolve_prompt``)."""
+    prompt, _ = resolve_prompt(qa, dataset.name, prompt)
     summary = RunSummary()
     t_start = time.perf_counter()
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
@@ -229,10 +315,12 @@ def default_out(dataset: str, split: str, model: str | None) -> Path:
     return Path("vidqa-bench") / f"{dataset}-{split}-{tag}"
 
 
-def run_settings(qa, dataset: Dataset, *, prompt: str, max_new_tokens: int, sampling) -> dict:
-    return {"dataset": dataset.name, "split": dataset.split, "data": str(dataset.root), "format": dataset.format,
+def run_settings(qa, dataset: Dataset, *, prompt: str | None, max_new_tokens: int, sampling) -> dict:
+    """The run's settings for run.json; ``prompt`` None: the model's, recorded with its source."""
+    prompt, source = resolve_prompt(qa, dataset.name, prompt)
+    return {"prompt_source": source, **{"dataset": dataset.name, "split": dataset.split, "data": str(dataset.root), "format": dataset.format,
             "model": qa.model_id, "model_fingerprint": qa.model_fingerprint, "method": qa.method.name,
             "tokens_per_frame": qa.method.tokens_per_frame, "dtype": str(qa.vision.dtype).replace("torch.", ""),
             "device": str(qa.device), "prompt": prompt, "max_new_tokens": max_new_tokens,
-            "sampling": asdict(sampling), "vidqa_version": __version__}
+            "sampling": asdict(sampling), "vidqa_version": __version__}}
 

@@ -36,10 +36,29 @@ MM_KEYS = frozenset({
     "mm_projector_lr", "mm_vision_tower_lr", "image_aspect_ratio", "image_grid_pinpoints",
     "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower", "use_mm_proj", "s2", "s2_scales",
     "compressor_size", "prefusion_layer_num", "resolution_ratio", "tokenizer_padding_side",
-    "tokenizer_model_max_length", "vidqa_method", "vidqa_demo", "voco_num",
+    "tokenizer_model_max_length", "vidqa_method", "vidqa_demo", "voco_num", "vidqa_prompt",
 })
 # Bookkeeping of the library that saved the config, never arguments of the LLM's config class.
 SAVER_KEYS = frozenset({"model_type", "architectures", "auto_map", "_name_or_path", "transformers_version"})
+
+
+# The checkpoint's own question template for ``vidqa bench`` (its training format): a string with
+# ``{question}``, or an object from dataset name (``msrvtt``, ``msvd``, ``activitynet``, ``synthetic``)
+# to such a string, with ``"default"`` for the rest.
+PROMPT_KEY = "vidqa_prompt"
+
+
+def prompt_template(cfg: dict[str, Any], dataset: str) -> str | None:
+    """The template config.json's ``vidqa_prompt`` states for ``dataset`` (None: it states none)."""
+    value = cfg.get(PROMPT_KEY)
+    if isinstance(value, dict):
+        value = value.get(dataset, value.get("default"))
+    if value is None:
+        return None
+    if not isinstance(value, str) or "{question}" not in value:
+        raise ModelError(f"config.json's {PROMPT_KEY} must be a string with {{question}} (or an object of them), "
+                         f"not {value!r}")
+    return value
 
 
 def llm_config(cfg: dict[str, Any]):

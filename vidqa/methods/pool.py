@@ -26,7 +26,8 @@ from transformers import DynamicCache
 from vidqa import checkpoint
 from vidqa.errors import ContextError, ModelError
 from vidqa.methods.base import FrameCache, Method, Prefill, register
-from vidqa.methods.voco import VOCO_TOKEN, vicuna_prompt
+from vidqa.methods import tokens
+from vidqa.methods.voco import VOCO_TOKEN, vicuna_template
 from vidqa.options import ModelOptions
 from vidqa.vision import VisionEncoder
 
@@ -62,7 +63,8 @@ class Pool(Method):
         return cls(llm, pool.to(device, dtype).eval(), tokenizer), vision, tokenizer
 
     def prompt_ids(self, question: str, history=()) -> list[int]:
-        ids = self.tokenizer("\n" + VOCO_TOKEN + "\n" + vicuna_prompt(question, history), add_special_tokens=False).input_ids
+        template, user = vicuna_template(question, history)  # user text always as text
+        ids = tokens.encode(self.tokenizer, "\n" + VOCO_TOKEN + "\n" + template, user)
         return ids[ids.index(self.voco_id) + 1:]
 
     @property

@@ -18,6 +18,7 @@ so the VoCo span never drifts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from vidqa import checkpoint, fast
 from vidqa.errors import ContextError, ModelError
 from vidqa.methods.base import FrameCache, Method, Prefill, register
+from vidqa.methods import tokens
 from vidqa.methods.rope import check_rerotatable, voco_context
 from vidqa.options import ModelOptions
 from vidqa.vision import VisionEncoder
@@ -37,13 +39,38 @@ SYSTEM = ("A chat between a curious user and an artificial intelligence assistan
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
 
-def vicuna_prompt(question: str, history: list[tuple[str, str]] = ()) -> str:
-    """The voco Vicuna v1 conversation as the training code flattens it (newlines removed)."""
+def strip_newlines(text: str) -> str:
+    """VoCo-LLaMA's rule for the conversation text: every ``"\\n"`` deleted (not replaced by a space).
+
+    The official evaluation (``llava/eval/model_vqa_loader.py``, ``model_vqa_science.py``,
+    ``model_vqa_mmbench.py``: ``prompt.replace("\\n", '')``) and training (``llava/train/train_compress.py``:
+    ``conversations[0].replace("<image>", '').replace("\\n", '')``) both delete them from the whole
+    conversation prompt, then put ``"<image>\\n<voco>...\\n"`` in front.
+    """
+    return text.replace("\n", "")
+
+
+def vicuna_template(question: str, history: Sequence[tuple[str, str]] = ()) -> tuple[str, dict[str, str]]:
+    """The Vicuna v1 conversation with a placeholder per user string, and the user strings (newlines deleted).
+
+    For ``tokens.encode``: the control tokens (``</s>`` after each answer) are the template's; the
+    user strings are text.
+    """
+    texts = [question] + [x for turn in history for x in turn]
+    marks = tokens.placeholders(texts)
     text = SYSTEM + " "
-    for q, a in history:
-        text += f"USER: {q} ASSISTANT: {a}</s>"
-    text += f"USER: {question} ASSISTANT:"
-    return text.replace("\n", " ")
+    for i in range(len(history)):
+        text += f"USER: {marks[1 + 2 * i]} ASSISTANT: {marks[2 + 2 * i]}</s>"
+    text += f"USER: {marks[0]} ASSISTANT:"
+    return strip_newlines(text), {m: strip_newlines(t) for m, t in zip(marks, texts)}
+
+
+def vicuna_prompt(question: str, history: Sequence[tuple[str, str]] = ()) -> str:
+    """The voco Vicuna v1 conversation as the training code flattens it (newlines deleted), as one string."""
+    template, user = vicuna_template(question, history)
+    for mark, text in user.items():
+        template = template.replace(mark, text)
+    return template
 
 
 class _KeepSpan(DynamicLayer):
@@ -106,8 +133,9 @@ class VoCo(Method):
 
     # ---- prompts ---------------------------------------------------------------------------
     def _chunk_ids(self, question: str, history=()) -> list[int]:
-        text = "\n" + VOCO_TOKEN * self.tokens_per_frame + "\n" + vicuna_prompt(question, history)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        """``"\\n" <voco> x N "\\n" conversation`` as VoCo-LLaMA tokenises it; user text always as text."""
+        template, user = vicuna_template(question, history)
+        return tokens.encode(self.tokenizer, "\n" + VOCO_TOKEN * self.tokens_per_frame + "\n" + template, user)
 
     def prompt_ids(self, question: str, history=()) -> list[int]:
         ids = self._chunk_ids(question, history)
@@ -163,7 +191,7 @@ class VoCo(Method):
         span = slice(self.p0, self.p0 + self.tokens_per_frame)
         n_layers = self.llm.config.num_hidden_layers
         cache = Cache(layers=[_KeepSpan(span) for _ in range(n_layers)])
-        self.llm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        self.llm.model(inputs_embeds=embeds, use_cache=True, **fast.cache_kwargs(cache))
         keys = torch.stack([layer.keys for layer in cache.layers], dim=1)  # B, L, H, N, D
         values = torch.stack([layer.values for layer in cache.layers], dim=1)
         return {"keys": keys, "values": values}

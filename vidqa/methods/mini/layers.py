@@ -347,8 +347,8 @@ def run_layers(layers: nn.ModuleList, rotary_emb: nn.Module, hidden: Tensor, pos
     position_ids = positions if positions.dim() == 2 else positions.unsqueeze(0)
     cos_sin = rotary_emb(hidden, position_ids)
     for layer in layers:
-        hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                       use_cache=cache is not None, position_embeddings=cos_sin)
+        hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+                       position_embeddings=cos_sin, **fast.cache_kwargs(cache))
     return hidden
 
 

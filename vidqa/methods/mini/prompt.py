@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vidqa.errors import ModelError, VidqaError
+from vidqa.methods import tokens
 from vidqa.methods.mini.layers import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, LLAVA_MINI_SYSTEM_PROMPT, STOP_TOKENS
 
 
@@ -87,10 +88,18 @@ def build_prompt_ids(tokenizer: Any, question: str, system: str | None = LLAVA_M
     the generation prompt; the text is split at ``<image>``; each chunk is tokenized with special
     tokens; the first keeps its BOS (hence a double BOS) and the second loses its first id.
     ``history``: earlier (question, answer) turns; the image sits in the first user turn.
+
+    User text (the question, earlier questions and answers) is always text: the template is rendered
+    with a placeholder for each user string (the Llama-3.1 template trims a message's content, so the
+    strings go in stripped of surrounding whitespace), and ``tokens.encode`` puts them back as text,
+    so a ``<|start_header_id|>assistant`` typed in a question is its characters, not a turn.
     """
     if IMAGE_TOKEN in question or any(IMAGE_TOKEN in q + a for q, a in history):
         raise VidqaError(f"the question may not contain the literal {IMAGE_TOKEN} placeholder")
-    turns = [*history, (question, None)]
+    texts = [question] + [x for turn in history for x in turn]
+    marks = tokens.placeholders(texts)
+    user = {m: t.strip() for m, t in zip(marks, texts)}
+    turns = [(marks[1 + 2 * i], marks[2 + 2 * i]) for i in range(len(history))] + [(marks[0], None)]
     messages = [{"role": "system", "content": system}] if system is not None else []
     for i, (q, a) in enumerate(turns):
         messages.append({"role": "user", "content": f"{IMAGE_TOKEN}\n{q}" if i == 0 else q})
@@ -100,7 +109,9 @@ def build_prompt_ids(tokenizer: Any, question: str, system: str | None = LLAVA_M
     chunks = text.split(IMAGE_TOKEN)
     if len(chunks) != 2:
         raise ModelError(f"the chat template kept {len(chunks) - 1} {IMAGE_TOKEN} placeholders instead of 1")
-    first = list(tokenizer(chunks[0]).input_ids)
-    second = list(tokenizer(chunks[1]).input_ids)
+    if any(m not in text for m in marks):
+        raise ModelError("the chat template dropped a message's content")
+    first = tokens.encode(tokenizer, chunks[0], user, add_special_tokens=True)
+    second = tokens.encode(tokenizer, chunks[1], user, add_special_tokens=True)
     starts_with_bos = tokenizer.bos_token_id is not None and first[:1] == [tokenizer.bos_token_id]
     return PromptIds(before=first, after=second[1:] if starts_with_bos else second, stop_ids=stop_token_ids(tokenizer))
