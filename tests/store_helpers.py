@@ -67,3 +67,40 @@ def store(tmp_path) -> Store:
 @pytest.fixture
 def video(tmp_path) -> Path:
     return make_video(tmp_path / "clip.mp4")
+
+
+def index_paused(ready_fd: int, after: int, argv: list[str]) -> int:
+    """Run ``vidqa ARGV`` (an ``index``) that stops for good once ``after`` videos are stored.
+
+    Deterministic interruption for tests: when the compression of video ``after + 1`` starts, it waits
+    until the first ``after`` entries are written (no timing involved), writes one byte to ``ready_fd``
+    and then blocks in ``signal.pause()`` until the test's signal ends the process.
+    """
+    import signal
+    import threading
+
+    from vidqa import library
+    from vidqa.cli import main
+    from vidqa.pipeline import VideoQA
+
+    stored = threading.Semaphore(0)
+    real_put, real_compress = library.put, VideoQA.compress
+    calls = [0]
+
+    def put(*a, **k):
+        real_put(*a, **k)
+        stored.release()
+
+    def compress(self, *a, **k):
+        calls[0] += 1
+        if calls[0] == after + 1:
+            for _ in range(after):
+                stored.acquire()
+            os.write(ready_fd, b"x")
+            os.close(ready_fd)
+            while True:
+                signal.pause()
+        return real_compress(self, *a, **k)
+
+    library.put, VideoQA.compress = put, compress
+    return main(argv)
