@@ -143,3 +143,26 @@ def test_fit_turn_drops_the_oldest_turns_first(tmp_path, voco_qa):
     assert voco_qa.max_frames("now?", 8, history) >= turn_cache.num_frames
     same, none_dropped = library.fit_turn(voco_qa, cache, "now?", 8, [])
     assert none_dropped == 0 and same.num_frames == min(cache.num_frames, voco_qa.max_frames("now?", 8))
+
+
+def test_a_changed_vision_tower_is_never_served_from_the_store(tmp_path, capsys):
+    """issue 13.1: other CLIP weights of the same layout (inside the checkpoint, or --vision-tower) miss;
+    issue 13.4: a copy of the same model hits."""
+    import shutil
+
+    from test_checkpoint_read import _perturb_safetensors
+
+    from vidqa.checkpoint import builtin_dir
+
+    (vid,) = media.videos(tmp_path / "lib", 1)
+    model = shutil.copytree(builtin_dir("tiny-voco"), tmp_path / "m")
+    ask = ["ask", vid, "what?", "--json", "--max-new-tokens", "2", "--device", "cpu"]
+    assert json.loads(run(capsys, *ask, "--model", model)[1])["from_cache"] is False
+    copy = shutil.copytree(model, tmp_path / "copy", copy_function=shutil.copy)
+    assert json.loads(run(capsys, *ask, "--model", copy)[1])["from_cache"] is True  # same content: same entry
+    other = shutil.copytree(model / "clip", tmp_path / "other-clip")
+    _perturb_safetensors(other / "model.safetensors")
+    assert json.loads(run(capsys, *ask, "--model", model, "--vision-tower", other)[1])["from_cache"] is False
+    _perturb_safetensors(model / "clip" / "model.safetensors", seed=2)  # a swap inside the checkpoint
+    assert json.loads(run(capsys, *ask, "--model", model)[1])["from_cache"] is False
+    assert json.loads(run(capsys, *ask, "--model", model)[1])["from_cache"] is True
