@@ -104,3 +104,37 @@ def index_paused(ready_fd: int, after: int, argv: list[str]) -> int:
 
     library.put, VideoQA.compress = put, compress
     return main(argv)
+
+
+def tamper(store: Store, key: str, name: str, *, dtype: str | None = None, shape: list[int] | None = None,
+           record_too: bool = False) -> None:
+    """Rewrite entry ``key``'s tensor file with tensor ``name`` declared as another dtype (same width)
+    and/or shape (same count), then recompute the checksum in the record, as an attacker would.
+    ``record_too``: also state the new dtype/shape in the record (a fully consistent forgery)."""
+    import hashlib
+    import json
+    import struct
+
+    meta = store.root / "entries" / key[:2] / f"{key}.json"
+    record = json.loads(meta.read_text())
+    path = meta.parent / record["tensors"]["file"]
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    if dtype:
+        header[name]["dtype"] = dtype
+    if shape:
+        header[name]["shape"] = shape
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    new = struct.pack("<Q", len(text)) + text + data[8 + n:]
+    path.write_bytes(new)
+    record["tensors"]["sha256"] = hashlib.sha256(new).hexdigest()
+    record["tensors"]["bytes"] = len(new)
+    if record_too:
+        names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "I64": "int64", "I32": "int32"}
+        if dtype:
+            record["tensors"]["dtypes"][name] = names[dtype]
+        if shape:
+            record["tensors"]["shapes"][name] = shape
+    meta.write_text(json.dumps(record))

@@ -166,3 +166,29 @@ def test_a_changed_vision_tower_is_never_served_from_the_store(tmp_path, capsys)
     _perturb_safetensors(model / "clip" / "model.safetensors", seed=2)  # a swap inside the checkpoint
     assert json.loads(run(capsys, *ask, "--model", model)[1])["from_cache"] is False
     assert json.loads(run(capsys, *ask, "--model", model)[1])["from_cache"] is True
+
+
+def test_a_forged_entry_that_does_not_fit_the_model_is_recomputed(tmp_path, capsys, voco_dir):
+    """issue 13.5: an entry consistent with its own record (shapes, dtypes, checksum all rewritten) but
+    not with the model: `ask` recomputes it (never `internal error`), `index` does not skip it."""
+    from store_helpers import tamper
+
+    from vidqa.store import CacheWarning
+
+    (vid,) = media.videos(tmp_path / "lib", 1)
+    ask = ["ask", vid, "what?", "--model", voco_dir, "--json", "--max-new-tokens", "2"]
+    assert run(capsys, "index", vid, "--model", voco_dir, "--json")[0] == 0
+    store = Store()
+    (entry,) = store.entries()
+    t, layers, heads, *rest = store.metadata(entry.key)["tensors"]["shapes"]["keys"]
+    tamper(store, entry.key, "keys", shape=[t, 1, layers * heads, *rest], record_too=True)
+    assert store.verify(repair=False) == []  # consistent with itself: only the model can tell
+    with pytest.warns(CacheWarning, match="does not fit this model"):
+        code, out, err = run(capsys, *ask)
+    assert code == 0 and json.loads(out)["from_cache"] is False, err
+    assert json.loads(run(capsys, *ask)[1])["from_cache"] is True  # the recomputed entry replaced it
+    tamper(store, entry.key, "keys", dtype="I32", record_too=True)  # float32 read as int32
+    with pytest.warns(CacheWarning, match="does not fit this model"):
+        code, out, err = run(capsys, "index", vid, "--model", voco_dir, "--json")
+    assert code == 0 and json.loads(out)["indexed"] == [str(vid)], err
+    assert json.loads(run(capsys, *ask)[1])["from_cache"] is True

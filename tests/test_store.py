@@ -475,3 +475,17 @@ def test_entries_itself_a_link_is_not_followed(tmp_path, store, video):
     store.remove(all=True)
     assert {p: p.read_bytes() for p in (tmp_path / "victim").iterdir()} == victims
     assert store.entries() == [] and any("symlink" in why for _, why in problems)
+
+
+@pytest.mark.parametrize("how", [{"dtype": "F16"}, {"shape": [3, 2, 4, 8]}])
+def test_tampered_tensor_with_a_recomputed_checksum_is_refused(store, video, how):
+    """issue 13.5: the record states every tensor's shape and dtype; get and verify check them."""
+    from store_helpers import tamper
+
+    key = put(store, video)
+    tamper(store, key, "v", **how)
+    problems = store.verify(repair=False)
+    assert [k for k, _ in problems] == [key] and "record says" in problems[0][1]
+    with pytest.warns(CacheWarning, match="record says"):
+        assert store.get(key, settings()) is None
+    assert store.metadata(key) is None  # removed: the caller recomputes

@@ -245,6 +245,16 @@ class Store:
             for name, t in tensors.items():
                 if t.ndim == 0 or t.shape[0] != frames:
                     raise _Bad(f"tensor {name!r} has {tuple(t.shape)}, not {frames} frames first", st)
+            # the file must hold exactly what the record states: a file rewritten with other shapes or
+            # dtypes (and a recomputed checksum) is refused here, before anything computes with it
+            dtypes, shapes = record["tensors"]["dtypes"], record["tensors"]["shapes"]
+            if set(tensors) != set(dtypes) or set(tensors) != set(shapes):
+                raise _Bad(f"tensor names {sorted(tensors)} are not those of the record {sorted(dtypes)}", st)
+            for name, t in tensors.items():
+                dtype = str(t.dtype).removeprefix("torch.")
+                if dtype != dtypes[name] or list(t.shape) != shapes[name]:
+                    raise _Bad(f"tensor {name!r} is {dtype} {list(t.shape)}, the record says "
+                               f"{dtypes[name]} {shapes[name]}", st)
             return record, tensors
         raise FileNotFoundError(key)  # it kept changing: treat as absent, the caller recomputes
 
