@@ -192,3 +192,29 @@ def test_a_forged_entry_that_does_not_fit_the_model_is_recomputed(tmp_path, caps
         code, out, err = run(capsys, "index", vid, "--model", voco_dir, "--json")
     assert code == 0 and json.loads(out)["indexed"] == [str(vid)], err
     assert json.loads(run(capsys, *ask)[1])["from_cache"] is True
+
+
+@pytest.mark.parametrize("err", [30, 28])  # EROFS (read-only), ENOSPC (full)
+def test_a_store_that_cannot_be_written_never_blocks_the_answer(tmp_path, capsys, voco_dir, voco_qa, monkeypatch, err):
+    """issue 13.8: the answer comes, with one warning per store; exit 0."""
+    import warnings
+
+    from vidqa import library
+    from vidqa.store import CacheWarning, io
+    from vidqa.video import Sampling
+
+    def refuse(self, *a, **k):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(io.LockedTemp, "__init__", refuse)
+    vids = media.videos(tmp_path / "lib", 2)
+    with pytest.warns(CacheWarning, match="answering without storing"):
+        code, out, _ = run(capsys, "ask", vids[0], "what?", "--model", voco_dir, "--json", "--max-new-tokens", "2")
+    assert code == 0 and json.loads(out)["from_cache"] is False and "answer" in json.loads(out)
+    store = Store(tmp_path / "other-store")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for v in vids:
+            cache, _, hit = library.load_or_compress(voco_qa, v, Sampling(fps=1), store=store)
+            assert cache.num_frames > 0 and not hit
+    assert [str(w.message).count("answering without storing") for w in seen if w.category is CacheWarning] == [1]
