@@ -126,5 +126,6 @@ def test_in_place_edit_with_mtime_put_back_is_hashed_again(store, video):
     with open(video, "r+b") as f:  # in place: same inode
         f.write(bytes(data))
     os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert (video.stat().st_size, video.stat().st_mtime_ns, video.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    now = video.stat()
+    assert (now.st_size, now.st_mtime_ns, now.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
     assert store.content_hash(video) == hashlib.sha256(bytes(data)).hexdigest() != first

@@ -168,7 +168,8 @@ class HashMemo:
                     try:
                         outcome = io.unlink_if_same(fd, name, dfd) if delete else "kept"
                         if outcome is not None:
-                            found.append((name, "orphan temp file in the hash memo" + (f" ({outcome})" if delete else "")))
+                            what = "orphan temp file in the hash memo"
+                            found.append((name, what + (f" ({outcome})" if delete else "")))
                     finally:
                         os.close(fd)
         return found
@@ -183,6 +184,8 @@ class HashMemo:
         for sub in self._subdirs():
             with self._dir(sub) as dfd:
                 for name in sorted(os.listdir(dfd)) if dfd is not None else []:
-                    if _MEMO_RE.fullmatch(name) and stat.S_ISREG(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
-                        with contextlib.suppress(FileNotFoundError):
+                    if not _MEMO_RE.fullmatch(name):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):  # only regular files: a link is not ours
+                        if stat.S_ISREG(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
                             os.unlink(name, dir_fd=dfd)
