@@ -68,3 +68,74 @@ def store(tmp_path) -> Store:
 @pytest.fixture
 def video(tmp_path) -> Path:
     return make_video(tmp_path / "clip.mp4")
+
+
+def index_paused(ready_fd: int, after: int, argv: list[str]) -> int:
+    """Run ``vidqa ARGV`` (an ``index``) that stops for good once ``after`` videos are stored.
+
+    Deterministic interruption for tests: when the compression of video ``after + 1`` starts, it waits
+    until the first ``after`` entries are written (no timing involved), writes one byte to ``ready_fd``
+    and then blocks in ``signal.pause()`` until the test's signal ends the process.
+    """
+    import signal
+    import threading
+
+    from vidqa import library
+    from vidqa.cli import main
+    from vidqa.pipeline import VideoQA
+
+    stored = threading.Semaphore(0)
+    real_put, real_compress = library.put, VideoQA.compress
+    calls = [0]
+
+    def put(*a, **k):
+        real_put(*a, **k)
+        stored.release()
+
+    def compress(self, *a, **k):
+        calls[0] += 1
+        if calls[0] == after + 1:
+            for _ in range(after):
+                stored.acquire()
+            os.write(ready_fd, b"x")
+            os.close(ready_fd)
+            while True:
+                signal.pause()
+        return real_compress(self, *a, **k)
+
+    library.put, VideoQA.compress = put, compress
+    return main(argv)
+
+
+def tamper(store: Store, key: str, name: str, *, dtype: str | None = None, shape: list[int] | None = None,
+           record_too: bool = False) -> None:
+    """Rewrite entry ``key``'s tensor file with tensor ``name`` declared as another dtype (same width)
+    and/or shape (same count), then recompute the checksum in the record, as an attacker would.
+    ``record_too``: also state the new dtype/shape in the record (a fully consistent forgery)."""
+    import hashlib
+    import json
+    import struct
+
+    meta = store.root / "entries" / key[:2] / f"{key}.json"
+    record = json.loads(meta.read_text())
+    path = meta.parent / record["tensors"]["file"]
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    if dtype:
+        header[name]["dtype"] = dtype
+    if shape:
+        header[name]["shape"] = shape
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    new = struct.pack("<Q", len(text)) + text + data[8 + n:]
+    path.write_bytes(new)
+    record["tensors"]["sha256"] = hashlib.sha256(new).hexdigest()
+    record["tensors"]["bytes"] = len(new)
+    if record_too:
+        names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "I64": "int64", "I32": "int32"}
+        if dtype:
+            record["tensors"]["dtypes"][name] = names[dtype]
+        if shape:
+            record["tensors"]["shapes"][name] = shape
+    meta.write_text(json.dumps(record))

@@ -60,3 +60,21 @@ def test_cache_ls_rm_verify(tmp_path, capsys, voco_dir):
     assert code == 0 and Store().entries() == []
     code, _, err = run(capsys, "cache", "rm")
     assert code == 2 and err.startswith("error:")
+
+
+def test_rm_on_a_read_only_store_is_one_clean_error(tmp_path, capsys, voco_dir, monkeypatch):
+    """issue 13.8: `cache rm --all` (and rm KEY) on a store that cannot be written: `error:`, not `internal error`."""
+    (vid,) = media.videos(tmp_path / "lib", 1)
+    assert run(capsys, "index", vid, "--model", voco_dir, "--json")[0] == 0
+    (entry,) = Store().entries()
+
+    def refuse(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    real = os.unlink
+    monkeypatch.setattr(os, "unlink", refuse)
+    for args in (["--all"], [entry.key[:8]]):
+        code, _, err = run(capsys, "cache", "rm", *args)
+        assert code != 0 and err.startswith("error:") and "Read-only" in err and "internal" not in err, err
+    monkeypatch.setattr(os, "unlink", real)
+    assert [e.key for e in Store().entries()] == [entry.key]  # nothing lost

@@ -143,3 +143,78 @@ def test_fit_turn_drops_the_oldest_turns_first(tmp_path, voco_qa):
     assert voco_qa.max_frames("now?", 8, history) >= turn_cache.num_frames
     same, none_dropped = library.fit_turn(voco_qa, cache, "now?", 8, [])
     assert none_dropped == 0 and same.num_frames == min(cache.num_frames, voco_qa.max_frames("now?", 8))
+
+
+def test_a_changed_vision_tower_is_never_served_from_the_store(tmp_path, capsys):
+    """issue 13.1: other CLIP weights of the same layout (inside the checkpoint, or --vision-tower) miss;
+    issue 13.4: a copy of the same model hits."""
+    import shutil
+
+    from test_checkpoint_read import _perturb_safetensors
+
+    from vidqa.checkpoint import builtin_dir
+
+    (vid,) = media.videos(tmp_path / "lib", 1)
+    model = shutil.copytree(builtin_dir("tiny-voco"), tmp_path / "m")
+    ask = ["ask", vid, "what?", "--json", "--max-new-tokens", "2", "--device", "cpu"]
+    assert json.loads(run(capsys, *ask, "--model", model)[1])["from_cache"] is False
+    copy = shutil.copytree(model, tmp_path / "copy", copy_function=shutil.copy)
+    assert json.loads(run(capsys, *ask, "--model", copy)[1])["from_cache"] is True  # same content: same entry
+    other = shutil.copytree(model / "clip", tmp_path / "other-clip")
+    _perturb_safetensors(other / "model.safetensors")
+    assert json.loads(run(capsys, *ask, "--model", model, "--vision-tower", other)[1])["from_cache"] is False
+    _perturb_safetensors(model / "clip" / "model.safetensors", seed=2)  # a swap inside the checkpoint
+    assert json.loads(run(capsys, *ask, "--model", model)[1])["from_cache"] is False
+    assert json.loads(run(capsys, *ask, "--model", model)[1])["from_cache"] is True
+
+
+def test_a_forged_entry_that_does_not_fit_the_model_is_recomputed(tmp_path, capsys, voco_dir):
+    """issue 13.5: an entry consistent with its own record (shapes, dtypes, checksum all rewritten) but
+    not with the model: `ask` recomputes it (never `internal error`), `index` does not skip it."""
+    from store_helpers import tamper
+
+    from vidqa.store import CacheWarning
+
+    (vid,) = media.videos(tmp_path / "lib", 1)
+    ask = ["ask", vid, "what?", "--model", voco_dir, "--json", "--max-new-tokens", "2"]
+    assert run(capsys, "index", vid, "--model", voco_dir, "--json")[0] == 0
+    store = Store()
+    (entry,) = store.entries()
+    t, layers, heads, *rest = store.metadata(entry.key)["tensors"]["shapes"]["keys"]
+    tamper(store, entry.key, "keys", shape=[t, 1, layers * heads, *rest], record_too=True)
+    assert store.verify(repair=False) == []  # consistent with itself: only the model can tell
+    with pytest.warns(CacheWarning, match="does not fit this model"):
+        code, out, err = run(capsys, *ask)
+    assert code == 0 and json.loads(out)["from_cache"] is False, err
+    assert json.loads(run(capsys, *ask)[1])["from_cache"] is True  # the recomputed entry replaced it
+    tamper(store, entry.key, "keys", dtype="I32", record_too=True)  # float32 read as int32
+    with pytest.warns(CacheWarning, match="does not fit this model"):
+        code, out, err = run(capsys, "index", vid, "--model", voco_dir, "--json")
+    assert code == 0 and json.loads(out)["indexed"] == [str(vid)], err
+    assert json.loads(run(capsys, *ask)[1])["from_cache"] is True
+
+
+@pytest.mark.parametrize("err", [30, 28])  # EROFS (read-only), ENOSPC (full)
+def test_a_store_that_cannot_be_written_never_blocks_the_answer(tmp_path, capsys, voco_dir, voco_qa, monkeypatch, err):
+    """issue 13.8: the answer comes, with one warning per store; exit 0."""
+    import warnings
+
+    from vidqa import library
+    from vidqa.store import CacheWarning, io
+    from vidqa.video import Sampling
+
+    def refuse(self, *a, **k):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(io.LockedTemp, "__init__", refuse)
+    vids = media.videos(tmp_path / "lib", 2)
+    with pytest.warns(CacheWarning, match="answering without storing"):
+        code, out, _ = run(capsys, "ask", vids[0], "what?", "--model", voco_dir, "--json", "--max-new-tokens", "2")
+    assert code == 0 and json.loads(out)["from_cache"] is False and "answer" in json.loads(out)
+    store = Store(tmp_path / "other-store")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for v in vids:
+            cache, _, hit = library.load_or_compress(voco_qa, v, Sampling(fps=1), store=store)
+            assert cache.num_frames > 0 and not hit
+    assert [str(w.message).count("answering without storing") for w in seen if w.category is CacheWarning] == [1]

@@ -76,11 +76,11 @@ def test_crash_mid_put_leaves_no_entry(store, video, monkeypatch, failing_replac
     key = store.key(video, settings())
     real, n = os.replace, []
 
-    def replace(src, dst):
+    def replace(src, dst, **kw):
         n.append(1)
         if len(n) == failing_replace:
             raise OSError(28, "No space left on device")
-        return real(src, dst)
+        return real(src, dst, **kw)
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(CacheError, match="No space left on device"):
@@ -419,3 +419,73 @@ def test_writer_killed_at_random_in_a_loop_of_puts(store, video):
         assert same(store.get(e.key, settings(extra_setting=i)), make_cache(seed=i, frames=8))
     assert all("orphan" in p for _, p in store.verify())
     assert store.verify() == [] and len(files(store)) == 2 * len(done)
+
+
+def _victim(tmp_path: Path, pfx: str = "ab") -> dict[Path, bytes]:
+    """Files outside the store, named like the store's own (what a sweep would take for its garbage)."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    k = pfx + "0" * 62
+    names = [f"{k}.{'1' * 16}.safetensors", f".{k}.123.deadbeef.tmp", f"{k}.json", f"{k}.lock", "model.safetensors",
+             f"{'c' * 64}.json", ".x.1.deadbeef.tmp"]
+    out = {}
+    for n in names:
+        (victim / n).write_bytes(n.encode())
+        out[victim / n] = n.encode()
+    return out
+
+
+def test_planted_symlinks_never_lead_out_of_the_store(tmp_path, store, video):
+    """issue 13.3: a link under entries/ (or locks/, hashes/) pointing elsewhere: verify, rm PREFIX and
+    rm --all delete nothing there, and nothing is read or written through it."""
+    key = put(store, video)
+    pfx = "ab" if key[:2] != "ab" else "cd"
+    victims = _victim(tmp_path, pfx)
+    victim = tmp_path / "victim"
+    for top in ("entries", "locks", "hashes"):  # a whole key directory
+        (store.root / top).mkdir(exist_ok=True)
+        (store.root / top / pfx).symlink_to(victim)
+    for name in (f"{key[:2] + '0' * 62}.{'2' * 16}.safetensors", f".{key[:2] + '0' * 62}.7.deadbeef.tmp"):
+        (store.root / "entries" / key[:2] / name).symlink_to(victim / "model.safetensors")  # single files
+    link_key = key[:2] + "f" * 62
+    (store.root / "entries" / key[:2] / f"{link_key}.json").symlink_to(victim / f"{'c' * 64}.json")
+    problems = store.verify()
+    assert store.get(link_key) is None and store.metadata(link_key) is None
+    assert store.remove(pfx) == 0
+    store.remove(key)
+    store.remove(all=True)
+    assert {p: p.read_bytes() for p in victim.iterdir()} == victims  # all there, unchanged, nothing added
+    assert any("symlink" in why for _, why in problems)  # and verify says what it left alone
+    # a put into a linked key directory is refused rather than written outside
+    d = store.root / "entries" / key[:2]
+    for f in d.iterdir():
+        f.unlink()
+    d.rmdir()
+    d.symlink_to(victim)
+    with pytest.raises(CacheError, match="link"):
+        put(store, video)
+    assert {p: p.read_bytes() for p in victim.iterdir()} == victims
+
+
+def test_entries_itself_a_link_is_not_followed(tmp_path, store, video):
+    victims = _victim(tmp_path)
+    store.root.mkdir(parents=True)
+    (store.root / "entries").symlink_to(tmp_path / "victim")
+    problems = store.verify()
+    store.remove(all=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "victim").iterdir()} == victims
+    assert store.entries() == [] and any("symlink" in why for _, why in problems)
+
+
+@pytest.mark.parametrize("how", [{"dtype": "F16"}, {"shape": [3, 2, 4, 8]}])
+def test_tampered_tensor_with_a_recomputed_checksum_is_refused(store, video, how):
+    """issue 13.5: the record states every tensor's shape and dtype; get and verify check them."""
+    from store_helpers import tamper
+
+    key = put(store, video)
+    tamper(store, key, "v", **how)
+    problems = store.verify(repair=False)
+    assert [k for k, _ in problems] == [key] and "record says" in problems[0][1]
+    with pytest.warns(CacheWarning, match="record says"):
+        assert store.get(key, settings()) is None
+    assert store.metadata(key) is None  # removed: the caller recomputes

@@ -18,7 +18,7 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temp(tmp_path):
 
 
 def test_write_atomic_failure_removes_its_temp(tmp_path, monkeypatch):
-    def fail(src, dst):
+    def fail(src, dst, **kw):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", fail)

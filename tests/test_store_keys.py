@@ -115,3 +115,17 @@ def test_hash_memo_stamp_and_sweep(tmp_path):
     assert list((tmp_path / "hashes").rglob("*.json")) == []
     with pytest.raises(VideoError, match="directory"):
         memo.identify(tmp_path)
+
+
+def test_in_place_edit_with_mtime_put_back_is_hashed_again(store, video):
+    """issue 13.4: same size, same inode, mtime restored: the ctime moved, so the memo is not trusted."""
+    first = store.content_hash(video)
+    st = video.stat()
+    data = bytearray(video.read_bytes())
+    data[1000] ^= 0xFF
+    with open(video, "r+b") as f:  # in place: same inode
+        f.write(bytes(data))
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = video.stat()
+    assert (now.st_size, now.st_mtime_ns, now.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    assert store.content_hash(video) == hashlib.sha256(bytes(data)).hexdigest() != first

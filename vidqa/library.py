@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,12 +21,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 import numpy as np
+import torch
 
 from vidqa.errors import VideoError, VidqaError
 from vidqa.methods.base import FrameCache
 from vidqa.options import CacheOptions, ComputeOptions, ModelOptions
 from vidqa.pipeline import Timings, VideoQA
-from vidqa.store import CacheLocked, Store
+from vidqa.store import CacheError, CacheLocked, CacheWarning, Store
 from vidqa.video import Sampling, VideoInfo, load_frames, plan
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
@@ -87,6 +90,84 @@ def put(store: Store, key: str, video: Path, settings: dict, cache: FrameCache, 
                            "frame_indices": [int(i) for i in frames.indices]})
 
 
+_UNWRITABLE: set[Path] = set()  # stores already warned about in this process
+
+
+def put_or_warn(store: Store, key: str, video: Path, settings: dict, cache: FrameCache, frames, model_id: str) -> bool:
+    """``put``, for a caller whose answer must not depend on the store: a store that cannot be written
+    (read-only, full, a link where a directory should be) gives one ``CacheWarning`` per store and
+    process, and False."""
+    try:
+        put(store, key, video, settings, cache, frames, model_id)
+    except CacheError as e:
+        if store.root not in _UNWRITABLE:
+            _UNWRITABLE.add(store.root)
+            warnings.warn(CacheWarning(f"{e}; answering without storing"), stacklevel=2)
+        return False
+    return True
+
+
+_SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cache_spec(qa) -> list[dict[str, tuple[tuple[int, ...], torch.dtype]]] | None:
+    """What ``qa``'s caches look like per frame: for each kind of cache it makes (LLaVA-Mini: K/V or
+    compact features), ``{tensor name: (shape without the frame axis, dtype)}``. Found once per model
+    by compressing one frame of zero features (the vision tower does not run); None if that fails."""
+    try:
+        return _SPECS[qa]
+    except (KeyError, TypeError):
+        pass
+    try:
+        vision, method = qa.vision, qa.method
+        patches = vision.num_patches + (0 if vision.select_feature == "patch" else 1)
+        size = vision.spec.size
+        views = len(method.views(torch.zeros(1, size, size, 3, dtype=torch.uint8)))
+        shape = (1, patches, vision.hidden_size) if views == 1 else (1, views, patches, vision.hidden_size)
+        feats = torch.zeros(shape, dtype=vision.dtype, device=vision.device)
+        with torch.inference_mode():
+            spec = [{k: (tuple(v.shape[1:]), v.dtype) for k, v in method.compress(feats, compact=c).items()}
+                    for c in ((False, True) if method.supports_compact else (False,))]
+    except Exception:  # a model this probe does not understand: only the cheap checks apply
+        spec = None
+    try:
+        _SPECS[qa] = spec
+    except TypeError:
+        pass
+    return spec
+
+
+def misfit(qa, cache: FrameCache) -> str | None:
+    """Why a stored ``cache`` cannot be used with ``qa`` (None if it can): the store checks each entry
+    against its own record; this checks it against the model (method, tokens per frame, and every
+    tensor's per-frame shape and dtype: layer count, heads, head dim, hidden size, dtype)."""
+    if cache.method != qa.method.name or cache.tokens_per_frame != qa.method.tokens_per_frame:
+        return (f"a {cache.method} cache with {cache.tokens_per_frame} tokens/frame, not "
+                f"{qa.method.name} with {qa.method.tokens_per_frame}")
+    got = {k: (tuple(v.shape[1:]), v.dtype) for k, v in cache.tensors.items()}
+    spec = cache_spec(qa)
+    if spec is not None and got not in spec:
+        want = " or ".join(str({k: (list(s), str(d).removeprefix("torch.")) for k, (s, d) in kind.items()})
+                           for kind in spec)
+        have = {k: (list(s), str(d).removeprefix("torch.")) for k, (s, d) in got.items()}
+        return f"its tensors per frame are {have}, this model makes {want}"
+    return None
+
+
+def stored(qa, store: Store, key: str, settings: dict) -> FrameCache | None:
+    """The store's entry ``key`` if it is there, intact (``Store.get``) and fits ``qa`` (``misfit``);
+    else None, so the caller recomputes (and its ``put`` replaces a misfit)."""
+    cache = store.get(key, settings)
+    if cache is None:
+        return None
+    problem = misfit(qa, cache)
+    if problem:
+        warnings.warn(CacheWarning(f"cache entry {key[:12]} does not fit this model ({problem}); recomputing"),
+                      stacklevel=2)
+        return None
+    return cache
+
+
 def load_or_compress(qa, video: str | Path, sampling: Sampling, *, store: Store | None, decoder: str = "auto",
                      batch_size: int | None = None, timings=None,
                      progress: Progress | None = None) -> tuple[FrameCache, object | None, bool]:
@@ -101,7 +182,7 @@ def load_or_compress(qa, video: str | Path, sampling: Sampling, *, store: Store 
     key = None
     if store is not None:
         key = store.key(video, settings)
-        cache = store.get(key, settings)
+        cache = stored(qa, store, key, settings)
         if cache is not None:
             return cache, None, True
     if progress:
@@ -111,7 +192,7 @@ def load_or_compress(qa, video: str | Path, sampling: Sampling, *, store: Store 
         progress.stage("compressing frames", total=len(frames.indices))
     cache = qa.compress(frames, batch_size=batch_size, timings=timings, progress=progress.advance if progress else None)
     if store is not None:
-        put(store, key, video, settings, cache, frames, qa.model_id)
+        put_or_warn(store, key, video, settings, cache, frames, qa.model_id)  # the answer never waits on it
     return cache, frames, False
 
 
@@ -130,7 +211,7 @@ def video_cache(qa, video: str | Path, sampling: Sampling, info: VideoInfo, budg
             on_note(f"{planned} frames do not fit the context with this question; using {budget}, sampled uniformly")
         if store is not None:  # an indexed cache of the full sampling serves, thinned
             settings = cache_settings(qa, sampling)
-            full = store.get(store.key(video, settings), settings)
+            full = stored(qa, store, store.key(video, settings), settings)
             if full is not None:
                 return thin(full, budget), True
         sampling = dataclasses.replace(sampling, max_frames=budget)
@@ -211,7 +292,7 @@ def index_videos(qa, store: Store, videos: list[Path], sampling: Sampling, *, de
         """Lock the video's entry and start decoding it; None if it is done, busy or unreadable."""
         try:
             key = store.key(video, settings)
-            if store.get(key, settings) is not None:
+            if stored(qa, store, key, settings) is not None:
                 report.skipped.append(str(video))
                 if on_done:
                     on_done(video, "skipped")
@@ -222,7 +303,7 @@ def index_videos(qa, store: Store, videos: list[Path], sampling: Sampling, *, de
             except CacheLocked:
                 deferred.append(video)
                 return None
-            if store.get(key, settings) is not None:  # finished by another process meanwhile
+            if stored(qa, store, key, settings) is not None:  # finished by another process meanwhile
                 lock.__exit__(None, None, None)
                 report.skipped.append(str(video))
                 if on_done:

@@ -107,8 +107,8 @@ class VideoQA:
         cfg = checkpoint.read_config(path)
         method_class = get_method(options.method or checkpoint.detect_method(cfg))
         qa_method, vision, tok = method_class.load(path, cfg, dev, dt, options)
-        return cls(qa_method, vision, tok, model_id=str(model), model_fingerprint=checkpoint.fingerprint(path, cfg),
-                   compute=compute)
+        fp = checkpoint.fingerprint(path, cfg, options.vision_tower)  # its content, the vision tower included
+        return cls(qa_method, vision, tok, model_id=str(model), model_fingerprint=fp, compute=compute)
 
     # ---- frames ------------------------------------------------------------------------------------
     def preprocess_spec(self, still: bool, mode: str | None = None) -> Preprocess:

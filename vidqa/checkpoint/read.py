@@ -23,7 +23,7 @@ from huggingface_hub.utils import disable_progress_bars
 from safetensors import safe_open
 from transformers.utils import logging as hf_logging
 
-from vidqa.errors import ModelError
+from vidqa.errors import ModelError, VidqaError
 
 # model_type in config.json -> (vidqa method, transformers model_type of the LLM inside)
 KNOWN_MODEL_TYPES: dict[str, tuple[str, str]] = {
@@ -172,10 +172,71 @@ def load_tensors(path: Path, prefix: str, device: str | torch.device = "cpu") ->
     return out
 
 
-def fingerprint(path: Path, cfg: dict) -> str:
-    """Identity of a checkpoint: its config and the names, sizes and times of its weight files."""
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
-    for f in weight_files(path):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+# What defines a model besides config.json and its weight files (fingerprint): the tokenizer's files,
+# and in a vision tower's folder every file with these suffixes (config, weights, preprocessor).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt")
+TOWER_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def vision_tower_folder(path: Path, cfg: dict, override: str | None = None) -> tuple[str | None, Path | None]:
+    """The vision tower a run loads, as ``checkpoint.llava.load_vision`` finds it: ``(name, folder)``.
+
+    ``override`` (``--vision-tower``) wins over the config's ``mm_vision_tower``; a relative name is a
+    folder inside the checkpoint when there is one; a hub id is its snapshot in the HF cache (None when
+    it is not there: then only the name is known).
+    """
+    name = override or cfg.get("mm_vision_tower")
+    if not isinstance(name, str) or not name:
+        return None, None
+    if not override and not Path(name).is_absolute() and (path / name).is_dir():
+        return name, path / name
+    if Path(name).expanduser().is_dir():
+        return name, Path(name).expanduser()
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid repo id, a broken cache: the name is all there is
+        found = None
+    return name, (Path(found).parent if isinstance(found, str) else None)
+
+
+def model_files(path: Path, cfg: dict, vision_tower: str | None = None) -> list[tuple[str, Path]]:
+    """Every file that defines the model a run loads, with the name it is hashed under: the weight
+    files (and index) of ``path``, its tokenizer files, and the vision tower's folder (``tower/...``)."""
+    files = [(f.name, f) for f in weight_files(path)]
+    files += [(n, path / n) for n in (*WEIGHT_INDEXES, *TOKENIZER_FILES) if (path / n).is_file()]
+    _, folder = vision_tower_folder(path, cfg, vision_tower)
+    if folder is not None:
+        files += [(f"tower/{f.name}", f) for f in sorted(folder.iterdir())
+                  if f.suffix in TOWER_SUFFIXES and f.is_file()]
+    return files
+
+
+def fingerprint(path: Path, cfg: dict, vision_tower: str | None = None, memo: Path | None = None) -> str:
+    """Identity of the model a run loads: a hash of its content, never of names, paths or times.
+
+    It covers the config (minus where the vision tower lives), every weight file (LLM, projector,
+    compressor, ...), the tokenizer's files, and the vision tower's files: the checkpoint's own folder
+    (e.g. ``clip/``), a folder, or a hub id's snapshot, whichever ``vision_tower`` (``--vision-tower``)
+    or the config names. A hub tower missing from the HF cache counts by its name. So a copy, a
+    ``touch`` or a reinstall of the same model gives the same fingerprint, and any change of what it
+    computes gives another. Each file's sha256 is memoised in ``memo`` (default: the cache folder's
+    ``hashes/``) by (path, size, mtime_ns, inode, ctime_ns): only the first run reads the weights.
+    """
+    from vidqa.options import cache_root
+    from vidqa.store.keys import HashMemo
+
+    hashes = HashMemo(memo if memo is not None else cache_root() / "hashes")
+    name, folder = vision_tower_folder(path, cfg, vision_tower)
+    config = {k: v for k, v in cfg.items() if k != "mm_vision_tower"}
+    parts: dict = {"config": config, "tower": None if folder is not None else name, "files": {}}
+    for label, f in model_files(path, cfg, vision_tower):
+        try:
+            parts["files"][label] = hashes.identify(f)[0]
+        except VidqaError as e:
+            raise ModelError(f"cannot read the model file {f}: {e}") from None
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

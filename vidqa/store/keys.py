@@ -2,7 +2,7 @@
 
 A renamed or copied video still hits (the key follows the bytes, not the name), and any change of
 content or settings misses. Hashing a multi-GB video is slow, so its sha256 is memoised on disk by
-(absolute path, size, mtime_ns, inode) under ``root/hashes/<sha256(path)[:2]>/<sha256(path)>.json``.
+(absolute path, size, mtime_ns, inode, ctime_ns) under ``root/hashes/<sha256(path)[:2]>/<sha256(path)>.json``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ STORE_FORMAT = 1  # part of every key: a new on-disk format simply misses old en
 REQUIRED_SETTINGS = ("model_fingerprint", "method", "tokens_per_frame", "dtype", "sampling")
 RACY_NS = 2_000_000_000  # a file modified < 2 s before it was hashed is not memoised (coarse mtimes)
 
+_MEMO_RE = re.compile(r"[0-9a-f]{64}\.json")
+_MEMO_TEMP_RE = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")  # what LockedTemp names
 KEY_RE = re.compile(r"[0-9a-f]{64}")
 PREFIX_RE = re.compile(r"[0-9a-f]{1,64}")
 
@@ -97,7 +100,10 @@ def check_key(key: str) -> str:
 
 
 class HashMemo:
-    """Videos' sha256, memoised in ``folder`` by (absolute path, size, mtime_ns, inode)."""
+    """Files' sha256, memoised in ``folder`` by (absolute path, size, mtime_ns, inode, ctime_ns).
+
+    The ctime catches an in-place edit whose mtime was put back (no user can set a ctime); the cost is
+    one more hash after a ``chmod`` or ``touch``, which give the same hash back."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -118,45 +124,68 @@ class HashMemo:
         except OSError as e:
             raise VideoError(f"cannot read {path}: {e.strerror or e}") from None
         name = hashlib.sha256(str(path).encode()).hexdigest()
-        memo = self.folder / name[:2] / f"{name}.json"
+        memo = f"{name}.json"
         with f:
             st = os.fstat(f.fileno())  # of the inode we read, not of whatever the name points at later
+            # ctime too: an in-place edit with its mtime put back (``touch -d``, ``cp -p``) still moves
+            # the ctime, which no user can set back
             stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
-            with contextlib.suppress(OSError, ValueError):  # no memo, or a damaged one: just hash
-                record = json.loads(memo.read_text())
-                if {k: record.get(k) for k in stamp} == stamp and isinstance(record.get("sha256"), str):
-                    return record["sha256"], stamp
+            memo_key = {**stamp, "ctime_ns": st.st_ctime_ns}
+            with contextlib.suppress(OSError, ValueError), self._dir(name) as dfd:  # no memo or a damaged one: hash
+                if dfd is not None:
+                    with open(os.open(memo, os.O_RDONLY | io.NOFOLLOW, dir_fd=dfd), "rb") as m:
+                        record = json.loads(m.read()) if io.is_regular(m.fileno()) else {}
+                    if {k: record.get(k) for k in memo_key} == memo_key and isinstance(record.get("sha256"), str):
+                        return record["sha256"], stamp
             digest = io.sha256_file(f)
             after = os.fstat(f.fileno())
-        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             raise VideoError(f"{path} changed while it was being read; try again when it is complete")
         # A file written within the mtime granularity of "now" (1-2 s on FAT, HFS+, some NFS) could
         # still change without its mtime moving: hash it again next time rather than trust the memo.
         if time.time_ns() - st.st_mtime_ns >= RACY_NS:
             with contextlib.suppress(OSError):  # the memo is an optimisation: a read-only cache still works
-                io.write_atomic(memo, dumps({**stamp, "sha256": digest}).encode())
+                self.folder.parent.mkdir(parents=True, exist_ok=True)
+                with self._dir(name, create=True) as dfd:  # never through a link planted in the store
+                    io.write_atomic(self.folder / name[:2] / memo, dumps({**memo_key, "sha256": digest}).encode(), dfd)
         return digest, stamp
+
+    def _dir(self, name: str, create: bool = False):
+        """``io.dir_fd`` of the memo's folder for ``name`` (None if absent or a link)."""
+        return io.dir_fd(self.folder.parent, self.folder.name, name[:2], create=create)
 
     def sweep(self, *, delete: bool = True) -> list[tuple[str, str]]:
         """Temp files of dead writers of the memo: ``(file name, problem)`` each."""
         found: list[tuple[str, str]] = []
-        if not self.folder.is_dir():
-            return found
-        for path in sorted(self.folder.glob("??/.*.tmp")):
-            fd = io.try_flock(path)
-            if fd is None:
-                continue
-            try:
-                outcome = io.unlink_if_same(fd, path) if delete else "kept"
-                if outcome is not None:
-                    found.append((path.name, "orphan temp file in the hash memo" + (f" ({outcome})" if delete else "")))
-            finally:
-                os.close(fd)
+        for sub in self._subdirs():
+            with self._dir(sub) as dfd:
+                for name in sorted(os.listdir(dfd)) if dfd is not None else []:
+                    if not _MEMO_TEMP_RE.fullmatch(name):
+                        continue
+                    fd = io.try_flock(name, dfd)
+                    if fd is None:
+                        continue
+                    try:
+                        outcome = io.unlink_if_same(fd, name, dfd) if delete else "kept"
+                        if outcome is not None:
+                            what = "orphan temp file in the hash memo"
+                            found.append((name, what + (f" ({outcome})" if delete else "")))
+                    finally:
+                        os.close(fd)
         return found
+
+    def _subdirs(self) -> list[str]:
+        with io.dir_fd(self.folder.parent, self.folder.name) as dfd:
+            return sorted(n for n in os.listdir(dfd) if re.fullmatch(r"[0-9a-f]{2}", n)) if dfd is not None else []
 
     def clear(self) -> None:
         """Forget every memoised hash (and sweep dead writers' temp files)."""
         self.sweep()
-        for p in sorted(self.folder.glob("??/*.json")):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        for sub in self._subdirs():
+            with self._dir(sub) as dfd:
+                for name in sorted(os.listdir(dfd)) if dfd is not None else []:
+                    if not _MEMO_RE.fullmatch(name):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):  # only regular files: a link is not ours
+                        if stat.S_ISREG(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                            os.unlink(name, dir_fd=dfd)

@@ -67,4 +67,8 @@ def parse(raw: bytes) -> dict:
             raise ValueError(f"no valid {field!r}")
     if not (isinstance(record["source"].get("sha256"), str) and isinstance(record["tensors"].get("file"), str)):
         raise ValueError("no tensor file or content hash")
+    dtypes, shapes = record["tensors"].get("dtypes"), record["tensors"].get("shapes")
+    if not (isinstance(dtypes, dict) and isinstance(shapes, dict) and all(isinstance(v, str) for v in dtypes.values())
+            and all(isinstance(v, list) and all(type(n) is int for n in v) for v in shapes.values())):
+        raise ValueError("no tensor shapes and dtypes")
     return record

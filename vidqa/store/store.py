@@ -20,14 +20,20 @@ The store knows no model: it keeps ``FrameCache``s (plain tensors, timestamps an
 under keys that the caller's settings make.
 """
 
+# Over 500 lines: one class whose read, write, lock and sweep paths share the same invariants (the
+# commit order, checks against the record, no link ever followed); split apart they would each need
+# the others' internals.
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import mmap
 import os
+import re
+import stat
 import time
 import warnings
 from datetime import timedelta
@@ -38,9 +44,10 @@ import torch
 
 from vidqa.framecache import FrameCache
 from vidqa.options import cache_root
-from vidqa.store import codec, record as entry_record
+from vidqa.store import codec, io, record as entry_record
 from vidqa.store.errors import CacheError, CacheLocked, CacheWarning
-from vidqa.store.io import LockedTemp, LockHeld, drop_free_lock_file, hold_flock, try_flock, unlink_if_same
+from vidqa.store.io import (NOFOLLOW, LockedTemp, LockHeld, dir_fd, drop_free_lock_file, hold_flock, is_regular,
+                            try_flock, unlink_if_same)
 from vidqa.store.keys import KEY_RE, PREFIX_RE, STORE_FORMAT, HashMemo, check_key, check_settings, key_of
 
 
@@ -74,6 +81,17 @@ class _Bad(Exception):
     def __init__(self, problem: str, json_stat: os.stat_result | None = None, removable: bool = True):
         super().__init__(problem)
         self.json_stat, self.removable = json_stat, removable
+
+def _is_link(name: str, dfd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+_TEMP_RE = re.compile(r"\.([0-9a-f]{64})\.\d+\.[0-9a-f]{8}\.tmp")  # what LockedTemp names
+_TENSOR_RE = re.compile(r"([0-9a-f]{64})\.[0-9a-f]{16}\.safetensors")  # what put names
+
 
 class Store:
     """The on-disk cache of per-frame caches. Safe to share between processes; see the module doc."""
@@ -148,22 +166,38 @@ class Store:
                           dict(record.get("cache_meta") or {}))
 
     def metadata(self, key: str) -> dict | None:
-        """The stored metadata of ``key`` (unverified JSON), or None."""
-        try:
-            return json.loads(self._json(check_key(key)).read_text())
-        except (OSError, ValueError):
-            return None
+        """The stored metadata of ``key`` (unverified JSON), or None (also for a link: never followed)."""
+        check_key(key)
+        with dir_fd(self.root, "entries", key[:2]) as dfd:
+            if dfd is None:
+                return None
+            try:
+                with open(os.open(f"{key}.json", os.O_RDONLY | NOFOLLOW, dir_fd=dfd), "rb") as f:
+                    return json.loads(f.read()) if is_regular(f.fileno()) else None
+            except (OSError, ValueError):
+                return None
 
     def _read_record(self, key: str) -> tuple[dict, os.stat_result]:
         """The parsed metadata and the stat of the JSON inode it came from; FileNotFoundError if absent."""
-        try:
-            with open(self._json(key), "rb") as f:
+        with dir_fd(self.root, "entries", key[:2]) as dfd:
+            if dfd is None:  # absent, or a link or file planted where a directory should be: not ours
+                raise FileNotFoundError(key)
+            try:
+                fd = os.open(f"{key}.json", os.O_RDONLY | NOFOLLOW, dir_fd=dfd)
+            except FileNotFoundError:
+                raise
+            except OSError as e:
+                if e.errno == errno.ELOOP:  # a symlink: never followed, never ours
+                    raise FileNotFoundError(key) from None
+                raise _Bad(f"cannot read the metadata: {e.strerror or e}", None, removable=False) from None
+            with open(fd, "rb") as f:
                 st = os.fstat(f.fileno())
-                raw = f.read()
-        except FileNotFoundError:
-            raise
-        except OSError as e:
-            raise _Bad(f"cannot read the metadata: {e.strerror or e}", None, removable=False) from None
+                if not stat.S_ISREG(st.st_mode):
+                    raise FileNotFoundError(key)  # a FIFO, a device...: not ours
+                try:
+                    raw = f.read()
+                except OSError as e:
+                    raise _Bad(f"cannot read the metadata: {e.strerror or e}", None, removable=False) from None
         try:
             record = entry_record.parse(raw)
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -187,13 +221,18 @@ class Store:
         """Read and check one entry. FileNotFoundError if absent; ``_Bad`` if present but unusable."""
         for _ in range(3):  # a concurrent put/remove may swap the JSON between our two reads
             record, st = self._read_record(key)
-            tensor_path = self._dir(key) / record["tensors"]["file"]
             try:
                 # A private (copy-on-write) map: the checksum pass pages the file in once and the
                 # tensors then view those same pages, with no copy. Committed tensor files are never
                 # modified in place (a new put writes a new file and renames), so what was checked
                 # is what is used.
-                with open(tensor_path, "rb") as f:
+                with dir_fd(self.root, "entries", key[:2]) as dfd:
+                    if dfd is None:
+                        raise FileNotFoundError(key)
+                    fd = os.open(record["tensors"]["file"], os.O_RDONLY | NOFOLLOW, dir_fd=dfd)
+                with open(fd, "rb") as f:
+                    if not is_regular(f.fileno()):
+                        raise _Bad("the tensor file is not a regular file", st)
                     size = os.fstat(f.fileno()).st_size
                     data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else bytearray()
             except FileNotFoundError:
@@ -201,6 +240,8 @@ class Store:
                     continue  # the JSON changed under us (new put, or removed): look again
                 raise _Bad("missing tensor file", st) from None
             except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise _Bad("the tensor file is a symlink (not written by vidqa; never followed)", st) from None
                 raise _Bad(f"cannot read the tensor file: {e.strerror or e}", st, removable=False) from None
             if len(data) != record["tensors"].get("bytes", len(data)):
                 raise _Bad(f"truncated tensor file ({len(data)} of {record['tensors']['bytes']} bytes)", st)
@@ -214,12 +255,22 @@ class Store:
             for name, t in tensors.items():
                 if t.ndim == 0 or t.shape[0] != frames:
                     raise _Bad(f"tensor {name!r} has {tuple(t.shape)}, not {frames} frames first", st)
+            # the file must hold exactly what the record states: a file rewritten with other shapes or
+            # dtypes (and a recomputed checksum) is refused here, before anything computes with it
+            dtypes, shapes = record["tensors"]["dtypes"], record["tensors"]["shapes"]
+            if set(tensors) != set(dtypes) or set(tensors) != set(shapes):
+                raise _Bad(f"tensor names {sorted(tensors)} are not those of the record {sorted(dtypes)}", st)
+            for name, t in tensors.items():
+                dtype = str(t.dtype).removeprefix("torch.")
+                if dtype != dtypes[name] or list(t.shape) != shapes[name]:
+                    raise _Bad(f"tensor {name!r} is {dtype} {list(t.shape)}, the record says "
+                               f"{dtypes[name]} {shapes[name]}", st)
             return record, tensors
         raise FileNotFoundError(key)  # it kept changing: treat as absent, the caller recomputes
 
     def _json_is(self, key: str, st: os.stat_result | None) -> bool:
         try:
-            now = os.stat(self._json(key))
+            now = os.lstat(self._json(key))
         except FileNotFoundError:
             return False
         return st is None or (now.st_ino, now.st_dev, now.st_mtime_ns) == (st.st_ino, st.st_dev, st.st_mtime_ns)
@@ -275,29 +326,38 @@ class Store:
 
         directory = self._dir(key)
         temps: list[LockedTemp] = []
+        dfd = None
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            dfd = io.open_dir(self.root, ("entries", key[:2]), create=True)  # never through a link
             # 1. tensors: temp, fsync, rename to their checksum name. Our lock stays on the file, so
             #    no sweeper deletes it while it is not yet named by a JSON.
-            temps.append(tensor_tmp := LockedTemp(directory, key))
+            temps.append(tensor_tmp := LockedTemp(directory, key, dfd))
             tensor_tmp.write(data)
-            tensor_tmp.commit(directory / record["tensors"]["file"])
+            tensor_tmp.commit(record["tensors"]["file"])
             # 2. metadata last: its rename is the commit point of the whole entry.
-            temps.append(json_tmp := LockedTemp(directory, key))
+            temps.append(json_tmp := LockedTemp(directory, key, dfd))
             json_tmp.write(entry_record.dumps(record))
-            json_tmp.commit(self._json(key))
+            json_tmp.commit(f"{key}.json")
         except OSError as e:
             for t in temps:
                 t.close(discard=True)
+            if dfd is not None:
+                os.close(dfd)
+            why = ("a link or a file stands where the store has a directory" if e.errno in (errno.ELOOP, errno.ENOTDIR)
+                   else e.strerror or str(e))
             raise CacheError(f"cannot write cache entry {key[:12]} under {self.root}: "
-                             f"{e.strerror or e} (set VIDQA_CACHE_DIR or --cache-dir)") from None
+                             f"{why} (set VIDQA_CACHE_DIR or --cache-dir)") from None
         except BaseException:
             for t in temps:
                 t.close(discard=True)
+            if dfd is not None:
+                os.close(dfd)
             raise
         for t in temps:
             t.close()
-        self._sweep(directory, key)  # the tensor file of the entry we replaced, temps of dead writers
+        os.close(dfd)
+        self._sweep(key[:2], key)  # the tensor file of the entry we replaced, temps of dead writers
         return self._json(key)
 
     # ---- locking ---------------------------------------------------------------------------------
@@ -313,10 +373,10 @@ class Store:
         (and ``blocking=True`` there would wait forever).
         """
         check_key(key)
-        path = self._locks / key[:2] / f"{key}.lock"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = hold_flock(path, blocking)
+            self.root.mkdir(parents=True, exist_ok=True)
+            with dir_fd(self.root, "locks", key[:2], create=True) as dfd:  # never through a link
+                fd = hold_flock(f"{key}.lock", blocking, dfd)
         except LockHeld as held:
             raise CacheLocked(key, held.pid) from None
         except OSError as e:
@@ -330,9 +390,39 @@ class Store:
 
     def _keys(self) -> list[str]:
         """Keys that have a metadata file (committed entries, good or bad)."""
-        if not self._entries.is_dir():
-            return []
-        return sorted(p.name[:-5] for p in self._entries.glob("??/*.json") if KEY_RE.fullmatch(p.name[:-5]))
+        keys = []
+        for sub in self._subdirs("entries"):
+            with dir_fd(self.root, "entries", sub) as dfd:
+                if dfd is not None:
+                    keys += [n[:-5] for n in os.listdir(dfd) if n.endswith(".json") and KEY_RE.fullmatch(n[:-5])
+                             and n[:2] == sub]
+        return sorted(keys)
+
+    def _subdirs(self, top: str) -> list[str]:
+        """The two-hex-digit directories under ``root/top`` (links and other names are not ours)."""
+        with dir_fd(self.root, top) as dfd:
+            if dfd is None:
+                return []
+            return sorted(n for n in os.listdir(dfd) if re.fullmatch(r"[0-9a-f]{2}", n))
+
+    def _foreign(self) -> list[tuple[str, str]]:
+        """Links planted in the store's directories: reported by ``verify``, never followed or removed."""
+        found = []
+        for top in ("entries", "locks", "hashes"):
+            with dir_fd(self.root, top) as dfd:
+                if dfd is None:
+                    if os.path.islink(self.root / top):
+                        found.append((top, f"{top}/ is a symlink, not written by vidqa: left alone"))
+                    continue
+                for n in sorted(os.listdir(dfd)):
+                    if _is_link(n, dfd):
+                        found.append((n, f"{top}/{n} is a symlink, not written by vidqa: left alone"))
+                        continue
+                    with dir_fd(self.root, top, n) as sub:
+                        for m in sorted(os.listdir(sub)) if sub is not None else []:
+                            if _is_link(m, sub):
+                                found.append((m, f"{top}/{n}/{m} is a symlink, not written by vidqa: left alone"))
+        return found
 
     def entries(self) -> list[EntryInfo]:
         """Committed entries, oldest first (metadata only: cheap; ``verify`` checks the tensors)."""
@@ -340,7 +430,7 @@ class Store:
         for key in self._keys():
             try:
                 record, st = self._read_record(key)
-                size = (self._dir(key) / record["tensors"]["file"]).stat().st_size
+                size = os.lstat(self._dir(key) / record["tensors"]["file"]).st_size
             except (OSError, _Bad):
                 continue  # gone meanwhile, or broken: verify reports those
             model = record.get("model") or {}
@@ -388,14 +478,19 @@ class Store:
                     continue
                 picked.append(k)
             keys = picked
-        removed = sum(self._discard(k) for k in keys)
-        if all:
-            self._memo.clear()
-            for p in sorted(self._locks.glob("??/*.lock")):  # also of keys never put; free ones only
-                drop_free_lock_file(p)
-        if self._entries.is_dir():
-            for d in sorted(self._entries.iterdir()):
-                self._sweep(d, None)
+        try:
+            removed = sum(self._discard(k, strict=True) for k in keys)
+            if all:
+                self._memo.clear()
+                for sub in self._subdirs("locks"):  # also of keys never put; free ones only
+                    with dir_fd(self.root, "locks", sub) as dfd:
+                        for name in sorted(os.listdir(dfd)) if dfd is not None else []:
+                            if name.endswith(".lock") and KEY_RE.fullmatch(name[:-5]):
+                                drop_free_lock_file(name, dfd)
+        except OSError as e:
+            raise CacheError(f"cannot remove from the cache store {self.root}: {e.strerror or e}") from None
+        for sub in self._subdirs("entries"):
+            self._sweep(sub, None)
         return removed
 
     def verify(self, repair: bool = True) -> list[tuple[str, str]]:
@@ -415,63 +510,71 @@ class Store:
                 problems.append((key, str(bad)))
                 if repair and bad.removable:
                     self._discard(key, bad.json_stat)
-        if self._entries.is_dir():
-            for d in sorted(self._entries.iterdir()):
-                problems += self._sweep(d, None, delete=repair)
+        for sub in self._subdirs("entries"):
+            problems += self._sweep(sub, None, delete=repair)
         problems += self._memo.sweep(delete=repair)
+        problems += self._foreign()
         return problems
 
-    def _discard(self, key: str, json_stat: os.stat_result | None = None) -> bool:
+    def _discard(self, key: str, json_stat: os.stat_result | None = None, strict: bool = False) -> bool:
         """Remove an entry: its JSON first (so it is invisible at once), then its files and lock.
 
         With ``json_stat``, only if the JSON is still that file: a concurrent ``put`` may have just
-        replaced a bad entry with a good one, which must survive.
+        replaced a bad entry with a good one, which must survive. Only regular files in real
+        directories of the store are removed (a planted link is not ours). ``strict``: an OSError
+        (read-only store) is raised; else the entry stays and False is returned.
         """
-        json_path = self._json(key)
         if json_stat is not None and not self._json_is(key, json_stat):
             return False
-        try:
-            json_path.unlink()
-        except FileNotFoundError:
-            return False
-        except OSError:
-            return False  # read-only store: the caller still gets None and recomputes
-        self._sweep(self._dir(key), key)
-        drop_free_lock_file(self._locks / key[:2] / f"{key}.lock")
+        with dir_fd(self.root, "entries", key[:2]) as dfd:
+            if dfd is None:
+                return False
+            try:
+                if not stat.S_ISREG(os.stat(f"{key}.json", dir_fd=dfd, follow_symlinks=False).st_mode):
+                    return False
+                os.unlink(f"{key}.json", dir_fd=dfd)
+            except FileNotFoundError:
+                return False
+            except OSError:
+                if strict:
+                    raise
+                return False  # read-only store: the caller still gets None and recomputes
+        self._sweep(key[:2], key)
+        with dir_fd(self.root, "locks", key[:2]) as dfd:
+            if dfd is not None:
+                drop_free_lock_file(f"{key}.lock", dfd)
         return True
 
-    def _sweep(self, directory: Path, key: str | None, *, delete: bool = True) -> list[tuple[str, str]]:
-        """Orphans in one entry directory (of one key, or all): temp files whose writer is gone, and
-        tensor files that no JSON names. A file whose flock is held belongs to a live writer: kept."""
+    def _sweep(self, sub: str, key: str | None, *, delete: bool = True) -> list[tuple[str, str]]:
+        """Orphans in one entry directory ``entries/<sub>`` (of one key, or all): temp files whose
+        writer is gone, and tensor files that no JSON names. A file whose flock is held belongs to a
+        live writer: kept. Only names vidqa writes, only regular files, never through a link."""
         found: list[tuple[str, str]] = []
-        try:
-            names = sorted(os.listdir(directory))
-        except (FileNotFoundError, NotADirectoryError):
-            return found
-        for name in names:
-            if name.endswith(".tmp") and name.startswith("."):
-                owner, what = name[1:65], "orphan temp file"
-            elif name.endswith(".safetensors"):
-                owner, what = name[:64], "orphan tensor file"
-            else:
-                continue
-            if key is not None and owner != key:
-                continue
-            path = directory / name
-            fd = try_flock(path)
-            if fd is None:
-                continue  # a writer is working on it (or it is already gone)
-            try:
-                if what == "orphan tensor file":
-                    # decided only now, under the lock: the writer that made it may have committed
-                    record = self.metadata(owner) if KEY_RE.fullmatch(owner) else None
-                    tensors = record.get("tensors") if isinstance(record, dict) else None
-                    if isinstance(tensors, dict) and tensors.get("file") == name:
-                        continue
-                outcome = unlink_if_same(fd, path) if delete else "kept"
-                if outcome is not None:
-                    found.append((owner if KEY_RE.fullmatch(owner) else name,
-                                  f"{what} {name}" + (f" ({outcome})" if delete else "")))
-            finally:
-                os.close(fd)
+        with dir_fd(self.root, "entries", sub) as dfd:
+            if dfd is None:
+                return found
+            for name in sorted(os.listdir(dfd)):
+                if m := _TEMP_RE.fullmatch(name):
+                    owner, what = m.group(1), "orphan temp file"
+                elif m := _TENSOR_RE.fullmatch(name):
+                    owner, what = m.group(1), "orphan tensor file"
+                else:
+                    continue
+                if (key is not None and owner != key) or owner[:2] != sub:
+                    continue
+                fd = try_flock(name, dfd)
+                if fd is None:
+                    continue  # a writer is working on it (or it is gone, or not a regular file)
+                try:
+                    if what == "orphan tensor file":
+                        # decided only now, under the lock: the writer that made it may have committed
+                        record = self.metadata(owner)
+                        tensors = record.get("tensors") if isinstance(record, dict) else None
+                        if isinstance(tensors, dict) and tensors.get("file") == name:
+                            continue
+                    outcome = unlink_if_same(fd, name, dfd) if delete else "kept"
+                    if outcome is not None:
+                        found.append((owner, f"{what} {name}" + (f" ({outcome})" if delete else "")))
+                finally:
+                    os.close(fd)
         return found
