@@ -46,7 +46,8 @@ def test_round_trip_float32_bfloat16_and_metadata(store, video):
     assert meta["source"]["path"] == str(video.absolute()) and os.path.isabs(meta["source"]["path"])
     assert meta["source"]["sha256"] == hashlib.sha256(video.read_bytes()).hexdigest()
     assert meta["source"]["size"] == video.stat().st_size and meta["source"]["mtime_ns"] == video.stat().st_mtime_ns
-    assert meta["sampling"] == {"fps": 1, "num_frames": None, "max_frames": 64, "start": None, "end": None}
+    assert meta["sampling"] == {"fps": 1, "num_frames": None, "max_frames": 64, "start": None, "end": None,
+                                "rule": None, "preprocess": None}
     assert meta["timestamps"] == [0.5, 1.5, 2.5] and meta["frame_indices"] == [0, 3, 6]
     assert meta["model"] == {"fingerprint": "f" * 16, "id": "tiny/voco"}
     assert (meta["method"], meta["tokens_per_frame"], meta["dtype"]) == ("voco", 2, "bfloat16")
