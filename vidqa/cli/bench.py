@@ -10,7 +10,7 @@ import typer
 from vidqa.cli import common
 from vidqa.cli import params as P
 from vidqa.cli.common import relaunch_on_gpus
-from vidqa.cli.writers import err, get_writer, live_progress, note
+from vidqa.cli.writers import err, error_line, get_writer, live_progress, note
 from vidqa.errors import VidqaError
 from vidqa.options import DistEnv, judge_key
 
@@ -72,6 +72,7 @@ def bench(
     from vidqa import bench as B  # heavy (torch): imported when the command runs, not for `vidqa --help`
     from vidqa import library
 
+    common.quiet_native_logs()
     dist = DistEnv.from_env()
     relaunch_on_gpus(gpus, dist)
     if dataset not in B.DATASETS:
@@ -151,7 +152,7 @@ def bench(
             say(f"{len(summary.missing_videos)} videos not found under {ds.root} (e.g. "
                 f"{summary.missing_videos[0]}); their questions are counted as missing")
         for video, message in summary.failed_videos[:10]:
-            err.print(f"[red]failed:[/red] {video}: {message}", soft_wrap=True)
+            error_line(f"{video}: {message}", label="failed")
     if shard_t:
         B.write_marker(out_dir, shard_t, summary)
     if world > 1:
