@@ -63,6 +63,9 @@ def bench(
         show_default=False, help="OpenAI-compatible base URL (default https://api.openai.com/v1); the key comes "
                                  "from VIDQA_JUDGE_KEY or OPENAI_API_KEY.")] = None,
     judge_workers: Annotated[int, typer.Option(min=1, help="Judge requests in flight at once.")] = 8,
+    judge_timeout: Annotated[float, typer.Option(
+        help="Seconds a judge request waits for its reply; a judge that does not answer in time stops the "
+             "judging with one error (retries of refusals honour Retry-After, within a bound).")] = 60.0,
     model: P.Model = None, method: P.Method = None, vision_tower: P.VisionTower = None,
     tokens_per_frame: P.TokensPerFrame = None, fps: P.Fps = 1.0, num_frames: P.NumFrames = None,
     max_frames: P.MaxFrames = None, decoder: P.Decoder = "auto", device: P.Device = "auto", dtype: P.Dtype = "auto",
@@ -99,7 +102,7 @@ def bench(
     selection = B.select(ds.items, limit)
     judge = None
     if judge_model:
-        judge = B.Judge(judge_model, judge_url, key=judge_key(), cache_dir=cache.root / "judge")
+        judge = B.Judge(judge_model, judge_url, key=judge_key(), cache_dir=cache.root / "judge", timeout=judge_timeout)
     say = (lambda msg: None) if quiet else note
 
     def finish(report: dict, written: bool = True) -> None:
