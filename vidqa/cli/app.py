@@ -16,6 +16,10 @@ imports inside functions in ``vidqa.cli``.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from typing import Iterator
@@ -98,6 +102,36 @@ def quiet_stderr() -> Iterator[None]:
             logging.disable(logging_was)
 
 
+@contextmanager
+def ctrl_c(seen: list) -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt once and is noted in ``seen`` (typer turns the interrupt into a
+    silent exit 130, so ``main`` must know it happened); a second Ctrl-C ends the process at once, in
+    case the first left it waiting (a decode thread, a stuck request). Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        if seen:
+            os.write(2, b"interrupted\n")
+            os._exit(130)
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted() -> None:
+    # not through rich: the interrupt may have landed inside a rich print, whose half-flushed buffer
+    # the next rich print would repeat
+    sys.stderr.write("interrupted\n")
+    sys.stderr.flush()
+
+
 def _usage_line(e: Exception) -> str:
     """A click usage error (a missing argument, a bad option value) as one line, with where help is."""
     ctx = getattr(e, "ctx", None)
@@ -107,16 +141,19 @@ def _usage_line(e: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one line on stderr and a non-zero exit for every expected failure."""
+    interrupted: list = []
     try:
-        with quiet_stderr():
+        with ctrl_c(interrupted), quiet_stderr():
             rc = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
+        if interrupted:
+            raise KeyboardInterrupt
         if isinstance(rc, int):
             return rc
     except VidqaError as e:
         error_line(e)
         return e.exit_code
     except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
+        _interrupted()
         return 130
     except typer.Exit as e:
         return e.exit_code
@@ -126,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             error_line(_usage_line(e))
             return e.exit_code
         if type(e).__name__ == "Abort":  # click's own Ctrl-C (at a prompt)
-            err.print("interrupted", markup=False)
+            _interrupted()
             return 130
         if debug():
             raise
