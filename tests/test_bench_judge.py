@@ -181,3 +181,139 @@ def test_judge_needs_a_key_for_openai(tmp_path, monkeypatch):
     monkeypatch.delenv("VIDQA_JUDGE_KEY", raising=False)
     with pytest.raises(B.JudgeError, match="OPENAI_API_KEY"):
         B.Judge("gpt-4o-mini", None, cache_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# bounds: a judge that never answers fails at once and stops the judging; Retry-After is honoured, capped
+
+
+class Silent:
+    """A server that accepts every request and never answers (until it is closed)."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.count = 0
+        silent = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                silent.count += 1
+                silent.release.wait()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_judge_that_never_answers_fails_fast_with_one_line(tmp_path):
+    from vidqa.bench.judge import judge_records
+
+    slept = []
+    with Silent() as server:
+        judge = B.Judge("m", server.url, key="k", cache_dir=tmp_path / "j", timeout=0.2, sleep=slept.append)
+        records = [{"id": str(i), "question": f"q{i}?", "answer": "a", "prediction": "b"} for i in range(5)]
+        with pytest.raises(B.JudgeError, match=r"did not answer within 0.2 s \(--judge-timeout\)") as e:
+            judge_records(judge, records, workers=1)
+        assert "\n" not in str(e.value)
+        assert judge.requests == 1 and slept == []  # not retried, and the other questions were not sent
+        with pytest.raises(B.JudgeError, match="did not answer"):  # later questions fail at once
+            judge("another?", "a", "b")
+        assert judge.requests == 1
+
+
+def test_judge_timeout_is_an_option_and_must_be_positive(tmp_path, capsys, monkeypatch):
+    with pytest.raises(B.JudgeError) as e:
+        B.Judge("m", "http://127.0.0.1:9/v1", key="k", cache_dir=tmp_path, timeout=0)
+    assert e.value.exit_code == 2
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _ = run(capsys, "bench", "--help")
+    assert code == 0 and "--judge-timeout" in out
+
+
+def test_bench_against_a_silent_judge_is_one_error_line(capsys, tmp_path, shared_model, fake_answers, monkeypatch):
+    monkeypatch.setenv("VIDQA_JUDGE_KEY", "k")
+    root = msrvtt_dir(tmp_path / "d")
+    with Silent() as server:
+        code, _, err = run(capsys, "bench", "msrvtt", "--data", root, "--out", tmp_path / "o", "--model", "x",
+                           "--judge-model", "j", "--judge-url", server.url, "--judge-timeout", "0.2")
+        assert server.count >= 1
+    lines_ = [x for x in err.splitlines() if x.strip()]
+    assert code == 1 and lines_[-1].startswith("error: the judge at") and "--judge-timeout" in lines_[-1]
+    assert "Traceback" not in err and "internal error" not in err
+
+
+class Busy:
+    """Refuses with 429/503 and a Retry-After header (one per entry of ``waits``), then answers."""
+
+    def __init__(self, waits):
+        self.waits = list(waits)
+        busy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if busy.waits:
+                    self.send_response(429 if len(busy.waits) % 2 else 503)
+                    self.send_header("Retry-After", busy.waits.pop(0))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = json.dumps({"choices": [{"message": {"content": "{'pred': 'yes', 'score': 5}"}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_retry_after_is_honoured_and_capped(tmp_path):
+    now = 1_700_000_000.0
+    with Busy(["7", "Tue, 14 Nov 2023 22:13:40 GMT", "Fri, 01 Jan 2100 00:00:00 GMT"]) as server:
+        slept = []
+        judge = B.Judge("m", server.url, key="k", cache_dir=tmp_path, sleep=slept.append, now=lambda: now)
+        assert judge("q?", "a", "b")["pred"] == "yes"
+        assert slept == [7.0, 20.0, 60.0]  # seconds; an HTTP date 20 s ahead; a far date, capped at 60 s
+
+
+def test_retries_stop_at_the_overall_bound(tmp_path):
+    with Busy(["50"] * 10) as server:
+        slept = []
+        judge = B.Judge("m", server.url, key="k", cache_dir=tmp_path, sleep=slept.append, attempts=10,
+                        retry_budget=120)
+        with pytest.raises(B.JudgeError, match="budget") as e:
+            judge("q?", "a", "b")
+        assert slept == [50.0, 50.0] and judge.requests == 3 and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("value,seconds", [("5", 5.0), ("0", 0.0), ("-3", 0.0), ("1e9", 60.0), ("soon", None),
+                                           ("", None), (None, None), ("nan", None),
+                                           ("Tue, 14 Nov 2023 22:13:10 GMT", 0.0)])
+def test_retry_after_header(value, seconds):
+    from vidqa.bench.judge import retry_after
+
+    assert retry_after(value, now=1_700_000_000.0) == seconds

@@ -105,3 +105,43 @@ def test_ask_help_shows_defaults_and_flags(capsys, monkeypatch):
     out = wide_help(capsys, monkeypatch, "ask")
     assert "[default: 256]" in out and "[default: auto]" in out and "VIDQA_MODEL" in out
     assert "--no-cache" in out and "--no-no-cache" not in out and "--no-json" not in out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--temperature", "1", "--top-p", "0"], "--top-p"),
+    (["--tokens-per-frame", "-2"], "--tokens-per-frame"),
+    (["--tokens-per-frame", "0"], "--tokens-per-frame"),  # was silently the config's value
+    (["--seed", "99999999999999999999999"], "--seed"),
+    (["--temperature", "inf"], "--temperature"),  # was accepted
+    (["--temperature", "nan"], "--temperature"),
+    (["--temperature", "1e-320"], "--temperature"),  # logits / t overflow
+    (["--device", "mps"], "device"),
+    (["--device", "cuda:7"], "cuda"),
+    (["--num-frames", "99999999999999999999"], "--num-frames"),
+    (["--fps", "many"], "--fps"),  # click's usage error: one line too
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+])
+def test_bad_options_are_one_usage_line(capsys, clip, voco_dir, args, needle):
+    code, _, err = run(capsys, "ask", str(clip), "what?", "--model", str(voco_dir), "--max-new-tokens", "2", *args)
+    one_line_error(code, err, needle)
+    assert code == 2 and "internal error" not in err
+
+
+@pytest.mark.parametrize("question,needle", [("", "empty"), ("   \n", "empty"),
+                                             ("what \udcff is it?", "not valid UTF-8")])
+def test_bad_questions_are_refused(capsys, clip, voco_dir, question, needle):
+    code, _, err = run(capsys, "ask", str(clip), question, "--model", str(voco_dir))
+    one_line_error(code, err, needle)
+    assert code == 2
+
+
+def test_non_utf8_question_in_a_real_process(clip, voco_dir):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LC_ALL": "C.UTF-8"}
+    p = subprocess.run([sys.executable, "-m", "vidqa", "ask", os.fsencode(str(clip)), b"what \xff\xfe?",
+                        "--model", str(voco_dir)], capture_output=True, env=env, timeout=300)
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode == 2 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1, err

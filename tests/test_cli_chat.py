@@ -36,3 +36,15 @@ def test_chat_keeps_history(tmp_path, capsys, voco_dir, monkeypatch):
     assert code == 0, err
     assert [q for q, _ in seen] == ["what moves?", "and then?"]
     assert seen[1][1][0][0] == "what moves?"  # the first turn is in the second prompt
+
+
+def test_chat_reports_a_bad_question_and_goes_on(tmp_path, capsys, voco_dir, monkeypatch):
+    vid = media.make_video(tmp_path / "clip.mp4", num_frames=20, fps=10)
+    raw = io.BytesIO(b"what \xff moves?\n" + b"why " * 600 + b"\nand then?\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(raw, encoding="utf-8"))
+    code, out, err = run(capsys, "chat", vid, "--model", voco_dir, "--max-new-tokens", "2", "--json")
+    assert code == 0, err
+    assert [json.loads(line)["question"] for line in out.splitlines()] == ["and then?"]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "not valid UTF-8" in errors[0] and "context" in errors[1]
+    assert "Traceback" not in err and "internal error" not in err

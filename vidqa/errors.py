@@ -28,3 +28,9 @@ class ModelError(VidqaError):
 
 class ContextError(VidqaError):
     """The question (plus the minimum of one frame) cannot fit in the model's context."""
+
+
+class UsageError(VidqaError):
+    """An option or argument has a value vidqa refuses (out of range, not finite, not valid text)."""
+
+    exit_code = 2

@@ -7,19 +7,31 @@ long-running process sees the current value):
 - ``VIDQA_CACHE_DIR``: the cache store's folder (``cache_root``).
 - ``VIDQA_COMPILE=1``: torch.compile for compression and the CUDA-graph decode step; ``VIDQA_COMPILE_MODE``
   passes a torch.compile mode (``ComputeOptions.from_env``).
-- ``VIDQA_DEBUG=1``: the CLI shows the traceback of an unexpected failure (``debug``).
+- ``VIDQA_DEBUG=1``: the CLI shows the traceback of an unexpected failure, third-party warnings and
+  FFmpeg's log (``debug``).
 - ``VIDQA_JUDGE_KEY`` (else ``OPENAI_API_KEY``): the GPT judge's API key (``judge_key``).
 - torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``TORCHELASTIC_RUN_ID`` (``DistEnv.from_env``).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from vidqa.errors import UsageError
+
 
 MODEL_ENV = "VIDQA_MODEL"
+
+# The bounds every front end checks (the CLI through these dataclasses and ``check_*`` functions).
+MAX_TOKENS_PER_FRAME = 4096  # far above any method's few tokens; the context check comes after loading
+DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")  # what pipeline.pick_device understands
+DTYPES = ("auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32")
+TEMPERATURE_RANGE = (1e-3, 100.0)  # besides 0 (greedy): below, logits / t overflow to inf; above, it is noise
+SEED_MAX = 2 ** 64 - 1  # torch.Generator.manual_seed's range (from 0)
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,11 @@ class ModelOptions:
     vision_tower: str | None = None  # overrides the config's mm_vision_tower
     tokens_per_frame: int | None = None  # VoCo: None takes the config's voco_num, else 2
 
+    def __post_init__(self) -> None:
+        n = self.tokens_per_frame
+        if n is not None and not (isinstance(n, int) and 1 <= n <= MAX_TOKENS_PER_FRAME):
+            raise UsageError(f"--tokens-per-frame must be a whole number from 1 to {MAX_TOKENS_PER_FRAME}, not {n}")
+
 
 @dataclass(frozen=True)
 class ComputeOptions:
@@ -41,6 +58,14 @@ class ComputeOptions:
     batch_size: int | None = None  # frames compressed per batch; None: 16 on GPU, 4 on CPU
     compile: bool = False  # torch.compile for compression and the decode step
     compile_mode: str | None = None  # a torch.compile mode, e.g. max-autotune-no-cudagraphs
+
+    def __post_init__(self) -> None:
+        if not DEVICE.fullmatch(str(self.device)):
+            raise UsageError(f"unknown device {self.device!r} (use auto, cpu, cuda or cuda:N)")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {self.dtype!r} (use {', '.join(DTYPES)})")
+        if self.batch_size is not None and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise UsageError(f"--batch-size must be at least 1, not {self.batch_size}")
 
     @classmethod
     def from_env(cls, **overrides) -> "ComputeOptions":
@@ -105,3 +130,30 @@ def debug() -> bool:
 
 def judge_key() -> str | None:
     return os.environ.get("VIDQA_JUDGE_KEY") or os.environ.get("OPENAI_API_KEY")
+
+
+def check_generation(max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> None:
+    """Refuse decoding settings that would fail (or silently mean something else) deep in generation."""
+    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+        raise UsageError(f"--max-new-tokens must be at least 1, not {max_new_tokens}")
+    lo, hi = TEMPERATURE_RANGE
+    if not (math.isfinite(temperature) and (temperature == 0 or lo <= temperature <= hi)):
+        raise UsageError(f"--temperature must be 0 (greedy) or from {lo:g} to {hi:g}, not {temperature}")
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise UsageError(f"--top-p must be above 0 and at most 1, not {top_p}")
+    if seed is not None and not (0 <= seed <= SEED_MAX):
+        raise UsageError(f"--seed must be a whole number from 0 to 2**64-1, not {seed}")
+
+
+def check_question(text: str, what: str = "the question") -> str:
+    """``text`` without surrounding whitespace; an empty one, or one with bytes that are not UTF-8
+    (Python keeps those as lone surrogates in ``sys.argv`` and in stdin read with surrogateescape), is refused."""
+    text = text.strip()
+    if not text:
+        raise UsageError(f"{what} is empty: ask something")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"{what} is not valid UTF-8 text (at character {e.start + 1}); "
+                         "check the terminal's or the file's encoding") from None
+    return text

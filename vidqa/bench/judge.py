@@ -5,16 +5,25 @@ OpenAI-compatible ``/chat/completions``: its system and user prompts, a reply pa
 ``{'pred': 'yes'|'no', 'score': 0..5}``; accuracy = yes / (yes + no), score = mean of ``int(score)``
 (the protocol's script truncates). Requests use temperature 0. Replies are cached on disk, keyed by
 judge model, question, gold answer and prediction, under ``<cache store>/judge/``.
+
+Bounds: each request waits ``timeout`` seconds (``--judge-timeout``, default 60) for the reply; a request
+that gets none is not retried, and from then on every other question fails at once (one ``error:`` line,
+not minutes of retries against a dead server). Refusals that ask for a retry (HTTP 408, 409, 429, 5xx),
+dropped connections and unreadable replies are retried up to ``attempts`` times, waiting the server's
+``Retry-After`` (seconds or an HTTP date) when it gives one, else 1, 2, 4 ... s, each wait at most
+``MAX_RETRY_WAIT`` and all of one question's waits together at most ``retry_budget`` seconds.
 """
 
 from __future__ import annotations
 
 import ast
 import concurrent.futures
+import email.utils
 import hashlib
 import json
 import math
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -28,6 +37,9 @@ from vidqa.errors import VidqaError
 from vidqa.options import judge_key
 
 DEFAULT_JUDGE_URL = "https://api.openai.com/v1"
+DEFAULT_TIMEOUT = 60.0  # seconds a request may wait for its reply
+MAX_RETRY_WAIT = 60.0  # the longest single wait before a retry, whatever Retry-After asks
+DEFAULT_RETRY_BUDGET = 120.0  # all waits before retries of one question, together
 JUDGE_PROTOCOL = "video-chatgpt"
 
 # The protocol's prompts, verbatim (Video-ChatGPT, quantitative_evaluation/evaluate_activitynet_qa.py): the
@@ -100,7 +112,10 @@ class Judge:
     """Asks an OpenAI-compatible chat endpoint for the protocol's verdict; caches every verdict on disk."""
 
     def __init__(self, model: str, url: str | None = None, *, key: str | None = None, cache_dir: Path,
-                 timeout: float = 60.0, attempts: int = 4, sleep: Callable[[float], None] = time.sleep):
+                 timeout: float = DEFAULT_TIMEOUT, attempts: int = 4, retry_budget: float = DEFAULT_RETRY_BUDGET,
+                 sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time):
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise JudgeError(f"--judge-timeout must be a positive number of seconds, not {timeout}", exit_code=2)
         self.model = model
         self.url = (url or DEFAULT_JUDGE_URL).rstrip("/")
         self.endpoint = self.url if self.url.endswith("/chat/completions") else self.url + "/chat/completions"
@@ -114,7 +129,9 @@ class Judge:
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}) if local
                                                   else urllib.request.ProxyHandler())
         self.cache_dir = Path(cache_dir)
-        self.timeout, self.attempts, self.sleep = timeout, attempts, sleep
+        self.timeout, self.attempts, self.sleep, self.now = timeout, max(1, attempts), sleep, now
+        self.retry_budget = retry_budget
+        self.dead: str | None = None  # set when a request got no reply: every later question fails at once
         self.requests = 0
         self.cache_hits = 0
         self._count = threading.Lock()  # requests are sent from a thread pool
@@ -141,15 +158,23 @@ class Judge:
                 self.cache_hits += 1
             return {**hit, "cached": True}
         body = {"model": self.model, "messages": judge_messages(question, answer, prediction), "temperature": 0}
-        problem = ""
+        problem, wait, waited = "", 0.0, 0.0
         for attempt in range(self.attempts):
+            if self.dead:
+                raise JudgeError(self.dead)
             if attempt:
-                self.sleep(min(30.0, 2.0 ** (attempt - 1)))
+                if waited + wait > self.retry_budget:
+                    problem += f"; the next retry would wait {wait:.0f} s, past the {self.retry_budget:.0f} s budget"
+                    break
+                self.sleep(wait)
+                waited += wait
             try:
                 raw = self._post(body)
             except _Retry as e:
                 problem = str(e)
+                wait = e.after if e.after is not None else min(MAX_RETRY_WAIT, 2.0 ** attempt)
                 continue
+            wait = min(MAX_RETRY_WAIT, 2.0 ** attempt)
             verdict = parse_judgement(raw)
             if verdict is None:
                 problem = f"unparseable reply {raw[:80]!r}"
@@ -160,7 +185,7 @@ class Judge:
             return {**value, "cached": False}
         if problem.startswith("unparseable"):
             return {"error": problem}
-        raise JudgeError(f"the judge at {self.endpoint} did not answer after {self.attempts} tries: {problem}")
+        raise JudgeError(f"the judge at {self.endpoint} did not answer after {attempt + 1} tries: {problem}")
 
     def _post(self, body: dict) -> str:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -175,11 +200,16 @@ class Judge:
         except urllib.error.HTTPError as e:
             detail = e.read(300).decode("utf-8", errors="replace").replace("\n", " ") if e.fp else ""
             if e.code in (408, 409, 429) or e.code >= 500:
-                raise _Retry(f"HTTP {e.code}")
+                raise _Retry(f"HTTP {e.code}", after=retry_after(e.headers.get("Retry-After"), self.now()))
             raise JudgeError(f"the judge at {self.endpoint} refused: HTTP {e.code} {detail[:160]}; "
                              "check --judge-url, --judge-model and the key (OPENAI_API_KEY or VIDQA_JUDGE_KEY)")
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-            raise _Retry(f"{type(e).__name__}: {getattr(e, 'reason', e)}")
+            reason = getattr(e, "reason", e)
+            if isinstance(e, (TimeoutError, socket.timeout)) or isinstance(reason, (TimeoutError, socket.timeout)):
+                self.dead = (f"the judge at {self.endpoint} did not answer within {self.timeout:g} s "
+                             "(--judge-timeout); judging stopped")
+                raise JudgeError(self.dead) from None
+            raise _Retry(f"{type(e).__name__}: {reason}")
         except ValueError:
             raise _Retry("the reply is not JSON")
         try:
@@ -189,7 +219,30 @@ class Judge:
 
 
 class _Retry(Exception):
-    pass
+    def __init__(self, message: str, after: float | None = None):
+        super().__init__(message)
+        self.after = after  # seconds the server asked to wait (Retry-After), capped
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date), capped at
+    ``MAX_RETRY_WAIT``; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - now
+    if not math.isfinite(seconds):
+        return None
+    return min(MAX_RETRY_WAIT, max(0.0, seconds))
 
 
 def judge_records(judge: Judge, records: list[dict], workers: int = 8,

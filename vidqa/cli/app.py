@@ -1,6 +1,12 @@
 """The ``vidqa`` Typer app: its commands, ``--version``, and ``main()``, which turns every expected failure
 into one line on stderr (``error: ...``) and a non-zero exit, never a traceback (``VIDQA_DEBUG=1`` shows
-the traceback of an unexpected failure).
+the traceback of an unexpected failure). A usage error (a bad or missing option) is one line too, exit 2;
+Ctrl-C is one line, ``interrupted``, exit 130, wherever it lands.
+
+stderr carries vidqa's own lines only: each of vidqa's warnings (``VideoWarning``, ``CacheWarning``, any
+warning class defined in ``vidqa``) becomes one ``note:`` line, without the source line Python would add;
+third-party warnings and log records (transformers, torch, torchao ...) are hidden, and
+``VIDQA_DEBUG=1`` shows them.
 
 Start-up time: ``vidqa --help`` imports this package, typer and rich only. Each command imports the
 heavy modules (torch, transformers, the library) inside its function, when it runs; those are the only
@@ -9,11 +15,20 @@ imports inside functions in ``vidqa.cli``.
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import sys
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
 import typer
 
 from vidqa import __version__
 from vidqa.cli import ask, bench, cache, chat, index, synthetic, train
-from vidqa.cli.writers import err
+from vidqa.cli.writers import err, error_line, note
 from vidqa.errors import VidqaError
 from vidqa.options import debug
 
@@ -58,32 +73,101 @@ app.command()(train.train)
 app.command()(synthetic.synthetic)
 
 
+def _is_ours(category: type) -> bool:
+    return type(category).__module__ == "builtins" and category.__module__.split(".")[0] == "vidqa"
+
+
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """For the length of a command: vidqa's warnings as ``note:`` lines, everything else's warnings and
+    log records (level WARNING and below) hidden, unless ``VIDQA_DEBUG=1``. Restores the previous state."""
+    shown = debug()
+    logging_was = logging.root.manager.disable
+    with warnings.catch_warnings():
+        show_python = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if _is_ours(category):
+                note(str(message))
+            elif shown:
+                show_python(message, category, filename, lineno, file, line)
+
+        warnings.simplefilter("default")  # each distinct warning once
+        warnings.showwarning = show
+        if not shown:
+            logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging_was)
+
+
+@contextmanager
+def ctrl_c(seen: list) -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt once and is noted in ``seen`` (typer turns the interrupt into a
+    silent exit 130, so ``main`` must know it happened); a second Ctrl-C ends the process at once, in
+    case the first left it waiting (a decode thread, a stuck request). Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        if seen:
+            os.write(2, b"interrupted\n")
+            os._exit(130)
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted() -> None:
+    # not through rich: the interrupt may have landed inside a rich print, whose half-flushed buffer
+    # the next rich print would repeat
+    sys.stderr.write("interrupted\n")
+    sys.stderr.flush()
+
+
+def _usage_line(e: Exception) -> str:
+    """A click usage error (a missing argument, a bad option value) as one line, with where help is."""
+    ctx = getattr(e, "ctx", None)
+    where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    return f"{e.format_message()}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one line on stderr and a non-zero exit for every expected failure."""
+    interrupted: list = []
     try:
-        rc = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
+        with ctrl_c(interrupted), quiet_stderr():
+            rc = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
+        if interrupted:
+            raise KeyboardInterrupt
         if isinstance(rc, int):
             return rc
     except VidqaError as e:
-        err.print(f"[bold red]error:[/bold red] {e}", soft_wrap=True)
+        error_line(e)
         return e.exit_code
     except KeyboardInterrupt:
-        err.print("interrupted")
+        _interrupted()
         return 130
     except typer.Exit as e:
         return e.exit_code
     except Exception as e:  # click usage errors and the unexpected
         # usage errors (a missing argument, a bad option): typer may raise click's or its bundled copy's
-        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
+        if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):
+            error_line(_usage_line(e))
             return e.exit_code
-        if type(e).__name__ == "Abort":
-            err.print("aborted")
+        if type(e).__name__ == "Abort":  # click's own Ctrl-C (at a prompt)
+            _interrupted()
             return 130
         if debug():
             raise
         msg = str(e).splitlines()[0] if str(e) else ""
-        err.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {msg} (VIDQA_DEBUG=1 shows the traceback)",
-                  soft_wrap=True)
+        error_line(f"{type(e).__name__}: {msg} (VIDQA_DEBUG=1 shows the traceback)", label="internal error")
         return 1
     return 0

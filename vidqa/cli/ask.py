@@ -33,19 +33,22 @@ def ask(
     stderr.
     """
     from vidqa import library  # heavy (torch): imported when the command runs, not for `vidqa --help`
-    from vidqa.generate import DecodeStats, GenerationConfig
+    from vidqa.generate import DecodeStats
     from vidqa.pipeline import Timings
     from vidqa.video import probe
 
     t_start = time.perf_counter()
+    common.quiet_native_logs()
     out = get_writer(as_json)
-    info = probe(video)  # fail on a bad file before the model is loaded
+    question = P.question(question)  # every option is checked before the video is opened or the model loaded
+    gen = P.generation(max_new_tokens, temperature, top_p, seed)
     sampling = P.sampling(fps, num_frames, max_frames, start, end)
     compute = P.compute_options(device, dtype, batch_size)
-    qa = common.load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, as_json)
+    model_opts = P.model_options(model, method, vision_tower, tokens_per_frame)
+    info = probe(video)  # fail on a bad file before the model is loaded
+    qa = common.load(model_opts, compute, as_json)
     budget = qa.max_frames(question, max_new_tokens)
     timings, stats = Timings(), DecodeStats()
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     with out.progress() as progress:
         t0 = time.perf_counter()
         cache, hit = library.video_cache(qa, video, sampling, info, budget,

@@ -10,7 +10,7 @@ import typer
 from vidqa.cli import common
 from vidqa.cli import params as P
 from vidqa.cli.common import relaunch_on_gpus
-from vidqa.cli.writers import err, get_writer, live_progress, note
+from vidqa.cli.writers import err, error_line, get_writer, live_progress, note
 from vidqa.errors import VidqaError
 from vidqa.options import DistEnv, judge_key
 
@@ -63,6 +63,9 @@ def bench(
         show_default=False, help="OpenAI-compatible base URL (default https://api.openai.com/v1); the key comes "
                                  "from VIDQA_JUDGE_KEY or OPENAI_API_KEY.")] = None,
     judge_workers: Annotated[int, typer.Option(min=1, help="Judge requests in flight at once.")] = 8,
+    judge_timeout: Annotated[float, typer.Option(
+        help="Seconds a judge request waits for its reply; a judge that does not answer in time stops the "
+             "judging with one error (retries of refusals honour Retry-After, within a bound).")] = 60.0,
     model: P.Model = None, method: P.Method = None, vision_tower: P.VisionTower = None,
     tokens_per_frame: P.TokensPerFrame = None, fps: P.Fps = 1.0, num_frames: P.NumFrames = None,
     max_frames: P.MaxFrames = None, decoder: P.Decoder = "auto", device: P.Device = "auto", dtype: P.Dtype = "auto",
@@ -72,6 +75,7 @@ def bench(
     from vidqa import bench as B  # heavy (torch): imported when the command runs, not for `vidqa --help`
     from vidqa import library
 
+    common.quiet_native_logs()
     dist = DistEnv.from_env()
     relaunch_on_gpus(gpus, dist)
     if dataset not in B.DATASETS:
@@ -98,7 +102,7 @@ def bench(
     selection = B.select(ds.items, limit)
     judge = None
     if judge_model:
-        judge = B.Judge(judge_model, judge_url, key=judge_key(), cache_dir=cache.root / "judge")
+        judge = B.Judge(judge_model, judge_url, key=judge_key(), cache_dir=cache.root / "judge", timeout=judge_timeout)
     say = (lambda msg: None) if quiet else note
 
     def finish(report: dict, written: bool = True) -> None:
@@ -151,7 +155,7 @@ def bench(
             say(f"{len(summary.missing_videos)} videos not found under {ds.root} (e.g. "
                 f"{summary.missing_videos[0]}); their questions are counted as missing")
         for video, message in summary.failed_videos[:10]:
-            err.print(f"[red]failed:[/red] {video}: {message}", soft_wrap=True)
+            error_line(f"{video}: {message}", label="failed")
     if shard_t:
         B.write_marker(out_dir, shard_t, summary)
     if world > 1:

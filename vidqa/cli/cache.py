@@ -25,17 +25,18 @@ def _store(cache_dir: str | None):
 def ls(cache_dir: P.CacheDir = None, as_json: P.json_flag("One JSON list instead of a table.") = False):
     """List stored entries: video, frames, size, method, model."""
     from rich.table import Table
+    from rich.text import Text
 
     store = _store(cache_dir)
     entries = store.entries()
     table = None
     if not as_json:
-        table = Table(title=f"{len(entries)} entries in {store.root}")
+        table = Table(title=Text(f"{len(entries)} entries in {store.root}"))
         for col in ("key", "video", "frames", "MB", "method", "model", "created"):
             table.add_column(col)
-        for e in entries:
-            table.add_row(e.key[:12], str(e.source), str(e.frames), f"{e.bytes / 1e6:.1f}", e.method,
-                          str(e.model)[:12], str(e.created)[:19])
+        for e in entries:  # Text, not str: a cell would be read as markup (file names like "My video [id].mp4")
+            table.add_row(*(Text(str(v)) for v in (e.key[:12], e.source, e.frames, f"{e.bytes / 1e6:.1f}", e.method,
+                                                   str(e.model)[:12], str(e.created)[:19])))
     get_writer(as_json).result([dataclasses.asdict(e) for e in entries], table)
 
 
@@ -62,7 +63,7 @@ def verify(cache_dir: P.CacheDir = None,
     """Check every entry's checksum and files; exit 1 if anything was wrong."""
     problems = _store(cache_dir).verify(repair=repair)
     for key, problem in problems:
-        err.print(f"{key[:12]}: {problem}", soft_wrap=True)
+        err.print(f"{key[:12]}: {problem}", soft_wrap=True, markup=False)
     err.print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''}{' (repaired)' if problems and repair else ''}")
     if problems:
         raise typer.Exit(1)

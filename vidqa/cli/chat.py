@@ -9,7 +9,8 @@ import typer
 
 from vidqa.cli import common
 from vidqa.cli import params as P
-from vidqa.cli.writers import err, get_writer, note
+from vidqa.cli.writers import err, error_line, get_writer, note
+from vidqa.errors import VidqaError
 
 
 def chat(
@@ -29,14 +30,16 @@ def chat(
     they no longer fit the context, the oldest turns are dropped, with a note.
     """
     from vidqa import library  # heavy (torch): imported when the command runs, not for `vidqa --help`
-    from vidqa.generate import GenerationConfig
     from vidqa.video import probe
 
+    common.quiet_native_logs()
     out = get_writer(as_json)
-    info = probe(video)
+    gen = P.generation(max_new_tokens, temperature, top_p, seed)  # options first, then the file, then the model
     sampling = P.sampling(fps, num_frames, max_frames, start, end)
     compute = P.compute_options(device, dtype, batch_size)
-    qa = common.load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, as_json)
+    model_opts = P.model_options(model, method, vision_tower, tokens_per_frame)
+    info = probe(video)
+    qa = common.load(model_opts, compute, as_json)
     budget = qa.max_frames("", max_new_tokens)
     with out.progress() as progress:
         cache, hit = library.video_cache(qa, video, sampling, info, budget,
@@ -46,18 +49,23 @@ def chat(
     if not as_json:
         err.print(f"[dim]{cache.num_frames} frames ready{' (from the cache store)' if hit else ''}; "
                   "ask away (empty line to end)[/dim]", soft_wrap=True)
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     history: list[tuple[str, str]] = []
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 become lone surrogates, refused per turn
+        sys.stdin.reconfigure(errors="surrogateescape")
     turn = 0
     while True:
         if interactive:
             err.print("[bold]you>[/bold] ", end="")
         line = sys.stdin.readline()
-        question = line.strip()
-        if not line or not question or question in ("exit", "quit"):
+        if not line or not line.strip() or line.strip() in ("exit", "quit"):
             break
-        turn_cache, dropped = library.fit_turn(qa, cache, question, max_new_tokens, history)
+        try:  # a bad question is reported and the chat goes on
+            question = P.question(line)
+            turn_cache, dropped = library.fit_turn(qa, cache, question, max_new_tokens, history)
+        except VidqaError as e:
+            error_line(e)
+            continue
         for _ in range(dropped):
             err.print("[dim]note: the oldest turn was dropped to fit the context[/dim]")
         answer = out.answer(qa.answer(turn_cache, question, gen, history=history))

@@ -1,4 +1,5 @@
-"""What several commands share: loading the model behind a spinner, and the one torchrun relaunch."""
+"""What several commands share: loading the model behind a spinner, FFmpeg kept quiet, and the one torchrun
+relaunch."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from vidqa.cli.params import check_gpus
 from vidqa.cli.writers import err
-from vidqa.options import ComputeOptions, DistEnv, ModelOptions
+from vidqa.options import ComputeOptions, DistEnv, ModelOptions, debug
 
 if TYPE_CHECKING:
     from vidqa.pipeline import VideoQA
@@ -23,6 +25,23 @@ def load(model: ModelOptions, compute: ComputeOptions, quiet: bool = False) -> "
         return library.load_model(model, compute)
     with err.status("loading model", spinner="dots"):
         return library.load_model(model, compute)
+
+
+def quiet_native_logs() -> None:
+    """No FFmpeg log line on stderr (a damaged file's "partial file", "Read error" ...): vidqa reports what
+    matters itself, as one ``note:`` per problem. PyAV's and decord's bundled FFmpeg each have their own
+    level. ``VIDQA_DEBUG=1`` leaves them as they are. Called by each command that may decode (its first line:
+    it imports the decoders, which `vidqa --help` does without)."""
+    if debug():
+        return
+    import av.logging  # PyAV passes FFmpeg's log to Python logging only at a level it is given
+
+    av.logging.set_level(None)
+    try:
+        import decord
+    except ImportError:  # decord is optional (no wheel for every platform)
+        return
+    decord.logging.set_level(decord.logging.QUIET)
 
 
 def without_option(args: list[str], name: str) -> list[str]:
@@ -43,6 +62,7 @@ def relaunch_on_gpus(gpus: int, dist: DistEnv) -> None:
     and exit with its code. Inside a torchrun launch, or with one GPU, return and run here."""
     if gpus <= 1 or dist.launched:
         return
+    check_gpus(gpus)  # one line now, not torchrun's traceback from every process
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "-m", "vidqa",
            *without_option(sys.argv[1:], "--gpus")]
     raise typer.Exit(subprocess.call(cmd))

@@ -10,7 +10,7 @@ import typer
 from vidqa.cli import common
 from vidqa.cli import params as P
 from vidqa.cli.common import relaunch_on_gpus
-from vidqa.cli.writers import err, get_writer, live_progress
+from vidqa.cli.writers import err, error_line, escape, get_writer, live_progress
 from vidqa.options import DistEnv
 
 HELP = """Precompute and store the per-frame caches of videos, so questions on them are instant.
@@ -35,6 +35,7 @@ def index(
 ):
     from vidqa import library  # heavy (torch): imported when the command runs, not for `vidqa --help`
 
+    common.quiet_native_logs()
     dist = DistEnv.from_env()
     relaunch_on_gpus(gpus, dist)
     out = get_writer(as_json)
@@ -55,7 +56,7 @@ def index(
             frames = progress.add_task("frames", total=None)
             report = library.index_videos(
                 qa, store, videos, sampling, decoder=decoder, batch_size=compute.batch_size,
-                on_start=lambda v, n: progress.reset(frames, total=n, description=f"frames of {Path(v).name}"),
+                on_start=lambda v, n: progress.reset(frames, total=n, description=f"frames of {escape(Path(v).name)}"),
                 on_frames=lambda n: progress.advance(frames, n),
                 on_done=lambda v, what: progress.advance(vids, 1))
     summary = report.as_dict()
@@ -65,8 +66,8 @@ def index(
     if not as_json:
         err.print(f"indexed {len(report.indexed)}, already cached {len(report.skipped)}, failed {len(report.failed)}; "
                   f"{report.frames} frames at {report.frames_per_second:.1f} frames/s; "
-                  f"waited {100 * idle:.0f}% of the time for decoding; store: {store.root}", soft_wrap=True)
+                  f"waited {100 * idle:.0f}% of the time for decoding; store: {store.root}", soft_wrap=True, markup=False)
         for video_path, message in report.failed:
-            err.print(f"[red]failed:[/red] {video_path}: {message}", soft_wrap=True)
+            error_line(f"{video_path}: {message}", label="failed")
     if report.failed:
         raise typer.Exit(1)

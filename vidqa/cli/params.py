@@ -11,10 +11,15 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from vidqa.options import MODEL_ENV, CacheOptions, ComputeOptions, ModelOptions
+from vidqa.errors import UsageError
+from vidqa.options import (MODEL_ENV, CacheOptions, ComputeOptions, ModelOptions, check_generation,
+                           check_question)
 
 if TYPE_CHECKING:  # vidqa.video pulls in numpy and the decoders; `vidqa --help` does without them
+    from vidqa.generate import GenerationConfig
     from vidqa.video import Sampling
+
+MAX_SAMPLED_FRAMES = 100_000  # --num-frames / --max-frames: hours of video at 1 fps; the context fits far fewer
 
 # ---- the model ---------------------------------------------------------------------------------
 Model = Annotated[Optional[str], typer.Option(
@@ -59,8 +64,8 @@ NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor writ
 
 # ---- answers -----------------------------------------------------------------------------------
 MaxNewTokens = Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")]
-Temperature = Annotated[float, typer.Option(min=0.0, help="0 decodes greedily; above 0 samples.")]
-TopP = Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0).")]
+Temperature = Annotated[float, typer.Option(help="0 decodes greedily; above 0 (0.001 to 100) samples.")]
+TopP = Annotated[float, typer.Option(help="Nucleus sampling mass, above 0 and at most 1 (with --temperature > 0).")]
 Seed = Annotated[Optional[int], typer.Option(show_default=False, help="Seed for sampling, for repeatable answers.")]
 
 
@@ -77,7 +82,45 @@ def model_options(model: str | None, method: str | None, vision_tower: str | Non
 
 
 def compute_options(device: str, dtype: str, batch_size: int | None) -> ComputeOptions:
-    return ComputeOptions.from_env(device=device, dtype=dtype, batch_size=batch_size)
+    compute = ComputeOptions.from_env(device=device, dtype=dtype, batch_size=batch_size)
+    check_device(compute.device)
+    return compute
+
+
+def check_device(device: str) -> None:
+    """A GPU that was asked for exists (the option's form is checked by ``ComputeOptions``)."""
+    if not device.startswith("cuda"):
+        return
+    import torch  # only when a GPU is named: `vidqa --help` does without torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= have:
+        raise UsageError(f"--device {device} was asked for, but torch sees "
+                         f"{'no CUDA GPU' if not have else f'{have} CUDA GPU(s) (cuda:0 to cuda:{have - 1})'}")
+
+
+def check_gpus(gpus: int) -> None:
+    """``--gpus N`` needs N CUDA GPUs (checked before torchrun is launched)."""
+    if gpus <= 1:
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > have:
+        raise UsageError(f"--gpus {gpus} was asked for, but torch sees {have or 'no'} CUDA GPU{'s' if have != 1 else ''}")
+
+
+def generation(max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> "GenerationConfig":
+    from vidqa.generate import GenerationConfig
+
+    check_generation(max_new_tokens, temperature, top_p, seed)
+    return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+
+
+def question(text: str) -> str:
+    """The question, stripped; an empty one or one that is not valid UTF-8 is refused."""
+    return check_question(text)
 
 
 def cache_options(cache_dir: str | None, no_cache: bool = False) -> CacheOptions:
@@ -88,5 +131,8 @@ def sampling(fps: float, num_frames: int | None, max_frames: int | None, start: 
              end: float | None = None, rule: str | None = None, preprocess: str | None = None) -> "Sampling":
     from vidqa.video import Sampling
 
+    for name, value in (("--num-frames", num_frames), ("--max-frames", max_frames)):
+        if value is not None and not 1 <= value <= MAX_SAMPLED_FRAMES:
+            raise UsageError(f"{name} must be from 1 to {MAX_SAMPLED_FRAMES}, not {value}")
     return Sampling(fps=fps, num_frames=num_frames, max_frames=max_frames, start=start, end=end, rule=rule,
                     preprocess=preprocess)

@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
+from vidqa.cli import common
 from vidqa.cli.writers import err, live_progress
 from vidqa.options import DistEnv
 
@@ -101,6 +102,7 @@ def train(
     from vidqa.checkpoint import quiet_transformers
 
     quiet_transformers()  # no transformers progress bars (saving shards) or warnings among ours
+    common.quiet_native_logs()
     dist = DistEnv.from_env()
     dev = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() and device in ("auto", "cuda") else
                        ("cpu" if device == "auto" else device))

@@ -10,7 +10,11 @@
   transient rich bar on stderr only when stderr is a terminal and the output is not JSON; else it
   draws nothing.
 
-Notes and errors go to stderr in every mode (``note``, ``err``).
+Notes and errors go to stderr in every mode (``note``, ``error_line``, ``err``).
+
+Every string that comes from the user or from data (file names, questions, answers, error messages,
+store paths, category names) reaches rich escaped (``escape``) or as a ``Text``: ``My video [dQw4w9WgXcQ].mp4``
+is printed as it is, and ``a[/]b.mp4`` is not a markup error.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Iterable, Iterator
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
@@ -30,7 +35,12 @@ err = Console(stderr=True, highlight=False)
 
 def note(message: str) -> None:
     """A one-line note on stderr (every mode: JSON readers read stdout only)."""
-    err.print(f"note: {message}", soft_wrap=True, markup=False)
+    err.print(f"note: {' '.join(str(message).split())}", soft_wrap=True, markup=False)
+
+
+def error_line(message: object, label: str = "error") -> None:
+    """``error: <message>`` on stderr, one line; the message is printed as it is (no markup)."""
+    err.print(Text.assemble((f"{label}:", "bold red"), " ", " ".join(str(message).split())), soft_wrap=True)
 
 
 class _Bar:
@@ -44,7 +54,7 @@ class _Bar:
     def stage(self, name: str, total: int | None = None) -> None:
         if self._task is not None:  # a new task: rich cannot turn a sized task back into a spinner
             self._progress.remove_task(self._task)
-        self._task = self._progress.add_task(name, total=total)
+        self._task = self._progress.add_task(escape(name), total=total)  # TextColumn renders markup
 
     def advance(self, n: int = 1) -> None:
         if self._task is not None:
@@ -95,10 +105,11 @@ class TextWriter:
 
     def result(self, obj: Any, text: Any = None) -> None:
         if text is not None:
-            Console(file=self.stream, highlight=False).print(text, soft_wrap=isinstance(text, str))
+            Console(file=self.stream, highlight=False).print(Text(text) if isinstance(text, str) else text,
+                                                             soft_wrap=isinstance(text, str))
 
     def summary(self, line: str) -> None:
-        err.print(f"[dim]{line}[/dim]", soft_wrap=True)
+        err.print(Text(line, style="dim"), soft_wrap=True)
 
     def progress(self):
         return progress_bar(enabled=True)
