@@ -61,9 +61,7 @@ def weight_bytes(module) -> int:
 def fused_bytes(llm) -> int:
     """Bytes read per decoded token: the layers' weights (fused Q/K/V and gate/up as the decoder reads
     them) plus the final norm and lm_head (the embedding row is negligible)."""
-    layers = llm.model.layers
-    total = weight_bytes(llm) - weight_bytes(llm.model.embed_tokens)
-    return total
+    return weight_bytes(llm) - weight_bytes(llm.model.embed_tokens)
 
 
 def first_logits(qa, cache) -> torch.Tensor:
@@ -211,7 +209,13 @@ def main(argv=None) -> int:
             res["voco"][mode] = {"skipped": str(e)}
             continue
         t0 = time.perf_counter()
-        res["voco"][mode], r = voco_mode(mode, args, device, dtype, pixels[:args.frames], ref)
+        try:
+            res["voco"][mode], r = voco_mode(mode, args, device, dtype, pixels[:args.frames], ref)
+        except Exception as e:  # report, do not hide; the other modes still run
+            res["voco"][mode], r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}, None
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         res["voco"][mode]["seconds"] = round(time.perf_counter() - t0, 1)
         ref = ref or r
         print(mode, json.dumps(res["voco"][mode]), flush=True)
