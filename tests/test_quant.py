@@ -4,7 +4,6 @@ unquantised runs apart."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import media
