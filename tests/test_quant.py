@@ -196,3 +196,16 @@ def test_compute_options_carry_quantize_and_cache_dtype():
     c = compute_options("cpu", "fp32", None, "int4", "fp8")
     assert (c.quantize, c.cache_dtype) == ("int4", "fp8")
     assert compute_options("cpu", "fp32", None).quantize == "none"
+
+
+def test_importing_torchao_through_transformers_prints_nothing():
+    """With torchao installed, transformers imports it; its import-time log lines must not reach stderr
+    (the CLI's error contract is one `error:` line)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    code = "import vidqa.fast, sys; assert 'torchao' in sys.modules"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
