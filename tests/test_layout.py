@@ -30,7 +30,7 @@ LAYERS = {
     "vidqa.pipeline": 5,
     "vidqa.generate": 4,
     "vidqa.methods": 3,
-    "vidqa.checkpoint": 2, "vidqa.store": 2,
+    "vidqa.checkpoint": 2, "vidqa.store": 2, "vidqa.quant": 2,
     "vidqa.options": 1, "vidqa.video": 1, "vidqa.vision": 1, "vidqa.fast": 1, "vidqa.synthetic": 1,
     "vidqa.framecache": 1,  # the per-frame cache type that methods make and the store keeps
     "vidqa.errors": 0,

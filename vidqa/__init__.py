@@ -13,11 +13,18 @@ The names below are loaded on first use (module ``__getattr__``), so ``import vi
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING
 
 from vidqa.errors import VidqaError
 
 __version__ = "0.1.0"
+
+# torchao (which transformers imports whenever it is installed: pip install 'vidqa[quant]') logs at import
+# time: C++ extensions that do not load on this machine, and torch's deprecation of its pytree enum
+# registrations. Neither concerns vidqa, and they would break the one-line `error:` contract on stderr.
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 _LAZY = {
     "VideoQA": "vidqa.pipeline",

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 import torch
 
+from vidqa import quant
 from vidqa.errors import VideoError, VidqaError
 from vidqa.methods.base import FrameCache
 from vidqa.options import CacheOptions, ComputeOptions, ModelOptions
@@ -74,7 +75,18 @@ def cache_settings(qa, sampling: Sampling) -> dict:
     """Everything a stored cache must agree on with the run that reads it."""
     return {"model_fingerprint": qa.model_fingerprint, "method": qa.method.name,
             "tokens_per_frame": qa.method.tokens_per_frame, "dtype": str(qa.vision.dtype).replace("torch.", ""),
-            "sampling": dataclasses.asdict(sampling), "method_meta": qa.method.cache_meta()}
+            "sampling": dataclasses.asdict(sampling), "method_meta": qa.method.cache_meta(),
+            **quant_settings(qa)}
+
+
+def quant_settings(qa) -> dict:
+    """The store keys on ``quantize`` and ``cache_dtype`` only when they are not the defaults, so entries
+    made before they existed (and by unquantised runs) keep their keys."""
+    compute = getattr(qa, "compute", None)
+    mode = getattr(qa, "quantize", "none")
+    cache_dtype = quant.check_cache_dtype(getattr(compute, "cache_dtype", None))
+    return {**({"quantize": mode} if mode != "none" else {}),
+            **({"cache_dtype": cache_dtype} if cache_dtype != "auto" else {})}
 
 
 def thin(cache: FrameCache, limit: int) -> FrameCache:
@@ -86,6 +98,8 @@ def thin(cache: FrameCache, limit: int) -> FrameCache:
 
 
 def put(store: Store, key: str, video: Path, settings: dict, cache: FrameCache, frames, model_id: str) -> None:
+    if settings.get("cache_dtype") == "fp8":
+        cache = quant.encode_cache(cache)
     store.put(key, cache, {"source": str(video), "settings": settings, "model_id": model_id,
                            "frame_indices": [int(i) for i in frames.indices]})
 
@@ -184,7 +198,7 @@ def load_or_compress(qa, video: str | Path, sampling: Sampling, *, store: Store 
         key = store.key(video, settings)
         cache = stored(qa, store, key, settings)
         if cache is not None:
-            return cache, None, True
+            return quant.decode_cache(cache), None, True
     if progress:
         progress.stage("decoding frames")
     frames = qa.load_frames(video, sampling, decoder=decoder)  # fitted to the model's input as they decode
@@ -213,7 +227,7 @@ def video_cache(qa, video: str | Path, sampling: Sampling, info: VideoInfo, budg
             settings = cache_settings(qa, sampling)
             full = stored(qa, store, store.key(video, settings), settings)
             if full is not None:
-                return thin(full, budget), True
+                return quant.decode_cache(thin(full, budget)), True
         sampling = dataclasses.replace(sampling, max_frames=budget)
     cache, _, hit = load_or_compress(qa, video, sampling, store=store, decoder=decoder, batch_size=batch_size,
                                      timings=timings, progress=progress)

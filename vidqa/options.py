@@ -58,6 +58,8 @@ class ComputeOptions:
     batch_size: int | None = None  # frames compressed per batch; None: 16 on GPU, 4 on CPU
     compile: bool = False  # torch.compile for compression and the decode step
     compile_mode: str | None = None  # a torch.compile mode, e.g. max-autotune-no-cudagraphs
+    quantize: str = "none"  # none, fp8, int8, int4: the LLM's linear layers through torchao (vidqa.quant)
+    cache_dtype: str = "auto"  # auto (the model's dtype) or fp8: how frame caches are stored (vidqa.quant)
 
     def __post_init__(self) -> None:
         if not DEVICE.fullmatch(str(self.device)):

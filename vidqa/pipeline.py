@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
-from vidqa import checkpoint, fast
+from vidqa import checkpoint, fast, quant
 from vidqa.errors import ModelError
 from vidqa.generate import DecodeStats, Detokenizer, GenerationConfig, StaticDecoder, generate
 from vidqa.methods.base import FrameCache, Method, get_method
@@ -77,6 +77,8 @@ class VideoQA:
         self.compute = compute
         if compute is not None:
             method.compile_kernels = vision.compile_kernels = compute.compile
+            quant.quantize(method, compute.quantize)  # after loading, before any decoder fuses weights
+        self.quantize = quant.quantized_mode(method)
         self.device = vision.device
         # CUDA-graph decoding where it applies; the transformers path everywhere else
         self.fast = self.device.type == "cuda" and fast.supports(method.llm)
@@ -103,6 +105,8 @@ class VideoQA:
         checkpoint.quiet_transformers()
         dev = pick_device(compute.device)
         dt = pick_dtype(compute.dtype, dev)
+        quant.check(compute.quantize, dev, dt)  # before reading any weights
+        quant.check_cache_dtype(compute.cache_dtype)
         path = checkpoint.resolve(model)
         cfg = checkpoint.read_config(path)
         method_class = get_method(options.method or checkpoint.detect_method(cfg))
@@ -151,7 +155,8 @@ class VideoQA:
         return self.method.max_frames(question, max_new_tokens, history)
 
     def cache_meta(self) -> dict:
-        return {**self.method.cache_meta(), "model": self.model_fingerprint, "dtype": str(self.vision.dtype)}
+        meta = {**self.method.cache_meta(), "model": self.model_fingerprint, "dtype": str(self.vision.dtype)}
+        return {**meta, "quantize": self.quantize} if self.quantize != "none" else meta
 
     @torch.inference_mode()
     def compress(self, frames: Frames, batch_size: int | None = None, timings: Timings | None = None,

@@ -55,6 +55,12 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Dtype = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
 BatchSize = Annotated[Optional[int], typer.Option(min=1, show_default=False,
                                                   help="Frames compressed per batch (16 on GPU, 4 on CPU).")]
+Quantize = Annotated[str, typer.Option(
+    help="none, or the LLM's linear layers in fewer bits (torchao; pip install 'vidqa[quant]'): fp8 (GPUs with "
+         "compute capability 8.9+: faster compression and prefill), int8 or int4 (weight-only: faster decoding, "
+         "less memory; CPU and GPU).")]
+CacheDtype = Annotated[str, typer.Option(
+    help="auto (the model's dtype) or fp8: store frame caches in 8 bits with per-row scales (half of bf16).")]
 Gpus = Annotated[int, typer.Option(min=1, help="Run on this many GPUs (launches torchrun).")]
 
 # ---- the cache store ---------------------------------------------------------------------------
@@ -81,8 +87,10 @@ def model_options(model: str | None, method: str | None, vision_tower: str | Non
     return ModelOptions(model=model, method=method, vision_tower=vision_tower, tokens_per_frame=tokens_per_frame)
 
 
-def compute_options(device: str, dtype: str, batch_size: int | None) -> ComputeOptions:
-    compute = ComputeOptions.from_env(device=device, dtype=dtype, batch_size=batch_size)
+def compute_options(device: str, dtype: str, batch_size: int | None, quantize: str | None = None,
+                    cache_dtype: str | None = None) -> ComputeOptions:
+    compute = ComputeOptions.from_env(device=device, dtype=dtype, batch_size=batch_size, quantize=quantize,
+                                      cache_dtype=cache_dtype)
     check_device(compute.device)
     return compute
 
