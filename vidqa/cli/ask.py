@@ -21,6 +21,8 @@ def ask(
     max_frames: P.MaxFrames = None, start: P.Start = None, end: P.End = None, decoder: P.Decoder = "auto",
     max_new_tokens: P.MaxNewTokens = 256, temperature: P.Temperature = 0.0, top_p: P.TopP = 1.0,
     seed: P.Seed = None, device: P.Device = "auto", dtype: P.Dtype = "auto", batch_size: P.BatchSize = None,
+    sampling_rule: P.SamplingRule = None, preprocess: P.PreprocessMode = None, quantize: P.Quantize = "none",
+    cache_dtype: P.CacheDtype = "auto",
     cache_dir: P.CacheDir = None, no_cache: P.NoCache = False,
     as_json: P.json_flag("Print one JSON object (answer, frames, timings) instead.") = False,
 ):
@@ -42,8 +44,8 @@ def ask(
     out = get_writer(as_json)
     question = P.question(question)  # every option is checked before the video is opened or the model loaded
     gen = P.generation(max_new_tokens, temperature, top_p, seed)
-    sampling = P.sampling(fps, num_frames, max_frames, start, end)
-    compute = P.compute_options(device, dtype, batch_size)
+    sampling = P.sampling(fps, num_frames, max_frames, start, end, rule=sampling_rule, preprocess=preprocess)
+    compute = P.compute_options(device, dtype, batch_size, quantize, cache_dtype)
     model_opts = P.model_options(model, method, vision_tower, tokens_per_frame)
     info = probe(video)  # fail on a bad file before the model is loaded
     qa = common.load(model_opts, compute, as_json)

@@ -52,9 +52,9 @@ def bench(
     merge: Annotated[bool, typer.Option("--merge", help="Answer nothing: combine the prediction files in --out "
                                                         "into one report (judging them with --judge-model).")] = False,
     prompt: Annotated[Optional[str], typer.Option(
-        show_default=False, help="Template around each question; {question} is replaced. Default: the question, a "
-                                 "newline and 'Answer the question using a single word or phrase.'; '{question}' "
-                                 "asks it bare.")] = None,
+        show_default=False, help="Template around each question; {question} is replaced. Default: the model's own "
+                                 "(config.json vidqa_prompt; the demo models: the bare question), else its paper's "
+                                 "evaluation prompt (PARITY.md); '{question}' asks it bare.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens (greedy decoding).")] = 32,
     judge_model: Annotated[Optional[str], typer.Option(
         show_default=False, help="Also score with the Video-ChatGPT GPT-judge protocol, with this model (recorded "
@@ -69,7 +69,9 @@ def bench(
     model: P.Model = None, method: P.Method = None, vision_tower: P.VisionTower = None,
     tokens_per_frame: P.TokensPerFrame = None, fps: P.Fps = 1.0, num_frames: P.NumFrames = None,
     max_frames: P.MaxFrames = None, decoder: P.Decoder = "auto", device: P.Device = "auto", dtype: P.Dtype = "auto",
-    batch_size: P.BatchSize = None, cache_dir: P.CacheDir = None, no_cache: P.NoCache = False, gpus: P.Gpus = 1,
+    batch_size: P.BatchSize = None,
+    sampling_rule: P.SamplingRule = None, preprocess: P.PreprocessMode = None, quantize: P.Quantize = "none",
+    cache_dtype: P.CacheDtype = "auto", cache_dir: P.CacheDir = None, no_cache: P.NoCache = False, gpus: P.Gpus = 1,
     as_json: P.json_flag("Print the final report as one JSON object.") = False,
 ):
     from vidqa import bench as B  # heavy (torch): imported when the command runs, not for `vidqa --help`
@@ -92,7 +94,7 @@ def bench(
             raise VidqaError("--shard and torchrun ranks do not mix: each rank takes its own shard", exit_code=2)
         if not merge:
             shard_t = (rank, world)
-    compute = P.compute_options(device, dtype, batch_size).for_rank(dist)
+    compute = P.compute_options(device, dtype, batch_size, quantize, cache_dtype).for_rank(dist)
     cache = P.cache_options(cache_dir, no_cache)
     template = B.check_prompt(prompt)
     ds = B.load_dataset(dataset, data, split)  # a missing dataset fails before the model loads
@@ -133,7 +135,7 @@ def bench(
         finish(judged_report(selection))
         return
 
-    sampling = P.sampling(fps, num_frames, max_frames)
+    sampling = P.sampling(fps, num_frames, max_frames, rule=sampling_rule, preprocess=preprocess)
     qa = common.load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, quiet)
     settings = B.run_settings(qa, ds, prompt=template, max_new_tokens=max_new_tokens, sampling=sampling)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,8 @@ def index(
     tokens_per_frame: P.TokensPerFrame = None, fps: P.Fps = 1.0, num_frames: P.NumFrames = None,
     max_frames: P.MaxFrames = None, start: P.Start = None, end: P.End = None, decoder: P.Decoder = "auto",
     device: P.Device = "auto", dtype: P.Dtype = "auto", batch_size: P.BatchSize = None,
+    sampling_rule: P.SamplingRule = None, preprocess: P.PreprocessMode = None, quantize: P.Quantize = "none",
+    cache_dtype: P.CacheDtype = "auto",
     cache_dir: P.CacheDir = None, gpus: P.Gpus = 1,
     as_json: P.json_flag("Print one JSON report instead of progress.") = False,
 ):
@@ -40,8 +42,8 @@ def index(
     relaunch_on_gpus(gpus, dist)
     out = get_writer(as_json)
     videos = library.find_videos(paths)[dist.rank::dist.world_size]
-    sampling = P.sampling(fps, num_frames, max_frames, start, end)
-    compute = P.compute_options(device, dtype, batch_size).for_rank(dist)
+    sampling = P.sampling(fps, num_frames, max_frames, start, end, rule=sampling_rule, preprocess=preprocess)
+    compute = P.compute_options(device, dtype, batch_size, quantize, cache_dtype).for_rank(dist)
     quiet = as_json or dist.rank > 0
     qa = common.load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, quiet)
     store = library.open_store(P.cache_options(cache_dir))
