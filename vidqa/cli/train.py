@@ -47,7 +47,7 @@ class _StepBar:
 
 
 def train(
-    out: Annotated[str, typer.Option(help="Run directory: train_state.pt (resumable) and model/.",
+    out: Annotated[str, typer.Option(help="Run directory: train_state/ (resumable; safetensors + JSON) and model/.",
                                      show_default=False)],
     method: Annotated[Literal["voco", "mini", "full", "pool"], typer.Option(help="What to train (full and pool are the retention table's reference "
                                              "rows).")] = "voco",
@@ -75,7 +75,8 @@ def train(
         help="Budget in questions seen: the schedule ends there (equal data across compared runs).",
         show_default=False)] = None,
     vision_from: Annotated[Optional[str], typer.Option(
-        help="Start the vision tower from another run's train_state.pt (with --freeze-vision: a fixed, pretrained "
+        help="Start the vision tower from another run (its --out folder or its train_state; safetensors only, pickles "
+             "are refused) (with --freeze-vision: a fixed, pretrained "
              "tower, as VoCo-LLaMA's comparisons use a frozen CLIP).", show_default=False)] = None,
     max_minutes: Annotated[Optional[float], typer.Option(
         help="Hard stop after this long (steps done are reported).", show_default=False)] = None,

@@ -12,6 +12,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 
 from vidqa.train.data import DataError, Sample
 from vidqa.train.inputs import InputBuilder, builder_class
+from vidqa.train.state import read_model_tensors
 from vidqa.vision import Preprocess, VisionEncoder, build_projector, preprocess
 
 
@@ -126,13 +127,16 @@ def build_tiny(variant: str, tokenizer, cfg: TinyConfig, tokens_per_frame: int =
     return Learner(vision, projector, llm, tokenizer, inputs)
 
 
-def load_vision_from(learner: Learner, state_file: Path) -> None:
-    """Copy the vision tower of another run (its ``train_state.pt``) into ``learner``."""
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=False)["model"]
-    except (OSError, KeyError, RuntimeError) as e:
-        raise DataError(f"cannot read a training state from {state_file}: {e}")
-    tower = {k[len("vision."):]: v for k, v in state.items() if k.startswith("vision.")}
+def load_vision_from(learner: Learner, source: Path) -> None:
+    """Copy the vision tower of another run (its directory or its ``train_state``) into ``learner``.
+
+    Safetensors only (``vidqa.train.state``): a pickled ``train_state.pt`` is refused, never unpickled."""
+    if not Path(source).exists():
+        raise DataError(f"--vision-from {source}: no such file or directory")
+    tower = read_model_tensors(Path(source), "vision.")
     if not tower:
-        raise DataError(f"{state_file} holds no vision tower")
-    learner.vision.load_state_dict(tower)
+        raise DataError(f"{source} holds no vision tower")
+    try:
+        learner.vision.load_state_dict(tower)
+    except RuntimeError as e:
+        raise DataError(f"the vision tower in {source} does not fit this model: {str(e).splitlines()[0]}")
