@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -53,6 +54,7 @@ class ScaleConfig:
     log_every: int = 10
     seed: int = 0
     peak_tflops: float = 800.0  # per device, bf16 dense: the MFU denominator
+    save: bool = True  # False: no training state at all (benchmarks)
     stop_after: int | None = None  # stop (state saved) after this many steps of this call: tests, time slices
 
 
@@ -92,10 +94,12 @@ def prepare(learner: Learner, cfg: ScaleConfig, device: torch.device, world: int
     if not any(p.requires_grad for p in learner.parameters()):
         raise VidqaError("nothing to train: --tune names no part (projector, llm, vision) or --lora-r 0", exit_code=2)
     if cfg.grad_checkpointing:
-        learner.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        learner.llm.config.use_cache = False
-        if not any(p.requires_grad for p in learner.llm.get_input_embeddings().parameters()):
-            learner.llm.enable_input_require_grads()
+        with warnings.catch_warnings():  # transformers 5 renames it (FutureWarning) but both work
+            warnings.simplefilter("ignore", FutureWarning)
+            learner.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            learner.llm.config.use_cache = False
+            if not any(p.requires_grad for p in learner.llm.get_input_embeddings().parameters()):
+                learner.llm.enable_input_require_grads()
     learner.to(device)
     learner.max_length = cfg.max_length
     if world > 1 and cfg.fsdp:
@@ -247,7 +251,7 @@ def fit(learner: Learner, data: InstructionData, cfg: ScaleConfig, out: Path, de
                     f"data wait {100 * entry['data_wait']:.1f}% ETA {_hms(entry['eta_s'])}")
             acc = dict.fromkeys(acc, 0) | {"loss": 0.0, "flops": 0.0, "wait": 0.0, "time": 0.0}
         stop = cfg.stop_after is not None and done_here >= cfg.stop_after
-        if step % cfg.save_every == 0 or step == cfg.steps or stop:
+        if cfg.save and (step % cfg.save_every == 0 or step == cfg.steps or stop):
             save_state(out, learner, opt, {"step": step, "elapsed": before + time.perf_counter() - t0,
                                            "seen": seen_before + seen, "history": history,
                                            "config": {k: (list(v) if isinstance(v, tuple) else v)
