@@ -32,6 +32,7 @@ import torch
 
 from vidqa.checkpoint import load_tokenizer
 from vidqa.train import SyntheticData, TinyConfig, build_tiny, evaluate
+from vidqa.train.state import read_model_tensors
 
 ROWS = {"full": ["--method", "full"], "voco1": ["--method", "voco", "--tokens-per-frame", "1"],
         "voco4": ["--method", "voco", "--tokens-per-frame", "4"], "mini": ["--method", "mini"],
@@ -81,7 +82,7 @@ def main():
         tower = work / "tower"
         subprocess.run(command("full", tower, args.frozen_tower, []), check=True, env=env,
                        stdout=open(work / "tower.log", "w"), stderr=subprocess.STDOUT)
-        extra = ["--vision-from", str(tower / "train_state.pt"), "--freeze-vision"]
+        extra = ["--vision-from", str(tower), "--freeze-vision"]
     procs = {}
     for row in args.rows:
         procs[row] = subprocess.Popen(command(row, work / row, args.minutes, extra), stdout=open(work / f"{row}.log", "w"),
@@ -103,7 +104,7 @@ def main():
         eval_data = SyntheticData(args.eval_clips, seed=10_000, size=TinyConfig().image_size, workers=4)
         tok = load_tokenizer(work / "full" / "tokenizer")
         learner = build_tiny("voco", tok, TinyConfig(), tokens_per_frame=1)
-        state = torch.load(work / "full" / "train_state.pt", map_location="cpu", weights_only=False)["model"]
+        state = read_model_tensors(work / "full")  # safetensors: nothing here unpickles
         learner.load_state_dict(state, strict=False)
         learner.to(device)
         lower = evaluate(learner, eval_data, device)

@@ -11,7 +11,7 @@ from vidqa.train import DataError, build_tiny, load_vision_from, make_word_token
 def test_vision_tower_from_another_run(tmp_path):
     learner, _ = tiny_run(tmp_path, 1)
     other = build_tiny("pool", learner.tokenizer, TINY)
-    load_vision_from(other, tmp_path / "run" / "train_state.pt")
+    load_vision_from(other, tmp_path / "run")
     for a, b in zip(other.vision.parameters(), learner.vision.parameters()):
         assert torch.equal(a, b)
     with pytest.raises(DataError):

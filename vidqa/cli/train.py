@@ -48,7 +48,7 @@ class _StepBar:
 
 
 def train(
-    out: Annotated[str, typer.Option(help="Run directory: train_state.pt (resumable) and model/.",
+    out: Annotated[str, typer.Option(help="Run directory: train_state/ (resumable; safetensors + JSON) and model/.",
                                      show_default=False)],
     method: Annotated[Literal["voco", "mini", "full", "pool"], typer.Option(help="What to train (full and pool are the retention table's reference "
                                              "rows).")] = "voco",
@@ -76,7 +76,8 @@ def train(
         help="Budget in questions seen: the schedule ends there (equal data across compared runs).",
         show_default=False)] = None,
     vision_from: Annotated[Optional[str], typer.Option(
-        help="Start the vision tower from another run's train_state.pt (with --freeze-vision: a fixed, pretrained "
+        help="Start the vision tower from another run (its --out folder or its train_state; safetensors only, pickles "
+             "are refused) (with --freeze-vision: a fixed, pretrained "
              "tower, as VoCo-LLaMA's comparisons use a frozen CLIP).", show_default=False)] = None,
     max_minutes: Annotated[Optional[float], typer.Option(
         help="Hard stop after this long (steps done are reported).", show_default=False)] = None,
@@ -88,6 +89,31 @@ def train(
         help="Seconds between held-out checks in the log (0: only at the end).")] = 0.0,
     device: Annotated[str, typer.Option(help="auto (this rank's GPU if there is one, else cpu), cpu, cuda or "
                                              "cuda:N.")] = "auto",
+    base: Annotated[Optional[str], typer.Option(
+        help="Real VoCo run: start from this LLaVA-1.5 checkpoint (or a VoCo one: video stage) or llava-hf "
+             "checkpoint (hub id or folder); --data names instruction JSON files.", show_default=False)] = None,
+    llm: Annotated[Optional[str], typer.Option(help="Real VoCo run from parts: a Llama-family LLM (with "
+                                                    "--vision-tower and --projector).", show_default=False)] = None,
+    vision_tower: Annotated[Optional[str], typer.Option(help="CLIP tower (hub id or folder) for --llm, or in place "
+                                                             "of --base's.", show_default=False)] = None,
+    projector: Annotated[Optional[str], typer.Option(help="LLaVA's pretrained projector (mm_projector.bin, read "
+                                                          "as tensors only, or .safetensors) for --llm.",
+                                                     show_default=False)] = None,
+    image_folder: Annotated[Optional[str], typer.Option(help="Folder of the JSON records' 'image' paths.",
+                                                        show_default=False)] = None,
+    video_folder: Annotated[Optional[str], typer.Option(help="Folder of the JSON records' 'video' paths.",
+                                                        show_default=False)] = None,
+    max_frames: Annotated[int, typer.Option(help="Real runs: frames per video at most (vidqa's sampling).")] = 8,
+    max_length: Annotated[int, typer.Option(help="Real runs: longer sequences are left out.")] = 2048,
+    micro_batch_size: Annotated[int, typer.Option(help="Real runs: records per GPU per forward; --batch-size "
+                                                       "(global) / (this x GPUs) steps of gradient accumulation.")] = 1,
+    tune: Annotated[str, typer.Option(help="Real runs: the parts that train, of projector,llm,vision.")] = "projector,llm",
+    freeze_llm: Annotated[bool, typer.Option("--freeze-llm", help="Real runs: do not train the LLM.")] = False,
+    lora_r: Annotated[int, typer.Option(help="Real runs: LoRA rank on the LLM (0: full fine-tune); the export is "
+                                             "merged.")] = 0,
+    peak_tflops: Annotated[float, typer.Option(help="Per-GPU peak bf16 TFLOP/s, for the MFU in the log.")] = 800.0,
+    save_every: Annotated[int, typer.Option(help="Steps between saved (resumable) states.")] = 200,
+    log_every: Annotated[int, typer.Option(help="Real runs: steps between log lines.")] = 10,
 ):
     """Train VoCo or LLaVA-Mini compression (or a small demo model from scratch).
 
@@ -103,6 +129,8 @@ def train(
 
     quiet_transformers()  # no transformers progress bars (saving shards) or warnings among ours
     common.quiet_native_logs()
+    if base or llm:
+        return _train_real(locals())
     dist = DistEnv.from_env()
     dev = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() and device in ("auto", "cuda") else
                        ("cpu" if device == "auto" else device))
@@ -135,5 +163,54 @@ def train(
         if method in ("voco", "mini", "pool"):  # the rows vidqa can answer with (full is a reference only)
             T.export(learner.float(), out_dir / "model", cfg.tiny, note=f"vidqa demo model ({method}), trained on "
                      "synthetic clips only; random-init, not a general video model")
+        (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+
+
+def _train_real(o: dict) -> None:
+    """`--base` / `--llm`: a VoCo model from LLaVA-1.5 on instruction data (``vidqa.train.scale``)."""
+    import torch
+
+    from vidqa.errors import VidqaError
+    from vidqa.train import scale
+    from vidqa.train.base import load_base
+    from vidqa.train.export import export_voco
+    from vidqa.train.model import build_from_base
+    from vidqa.train.stream import InstructionData, read_records
+
+    if o["method"] != "voco":
+        raise VidqaError("--base/--llm trains VoCo only (--method voco)", exit_code=2)
+    if o["data"] == "synthetic":
+        raise VidqaError("--base/--llm needs --data FILE.json[,FILE2.json] (LLaVA-style instruction data)", exit_code=2)
+    if o["vision_from"]:
+        raise VidqaError("--vision-from is for the demo models; a real run takes its tower from --base or "
+                         "--vision-tower", exit_code=2)
+    if o["tokens_per_frame"] < 1 or o["max_frames"] < 1 or o["micro_batch_size"] < 1 or o["lora_r"] < 0:
+        raise VidqaError("--tokens-per-frame, --max-frames and --micro-batch-size must be >= 1", exit_code=2)
+    dev = scale.local_device(o["device"])
+    rank = DistEnv.from_env().rank
+    report = (lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True)) if rank == 0 else (lambda m: None)
+    records = read_records(o["data"].split(","), o["image_folder"], o["video_folder"], o["on_bad"], report)
+    torch.manual_seed(o["seed"])
+    b = load_base(o["base"], llm=o["llm"], vision_tower=o["vision_tower"], projector=o["projector"])
+    learner = build_from_base(b, o["tokens_per_frame"])
+    tune = tuple(t.strip() for t in o["tune"].split(",") if t.strip())
+    if o["freeze_llm"]:
+        tune = tuple(t for t in tune if t != "llm")
+    if o["freeze_vision"]:
+        tune = tuple(t for t in tune if t != "vision")
+    cfg = scale.ScaleConfig(steps=o["steps"], batch_size=o["batch_size"], micro_batch_size=o["micro_batch_size"],
+                            lr=o["lr"], warmup=o["warmup"], tune=tune, lora_r=o["lora_r"],
+                            grad_checkpointing=o["grad_checkpointing"], max_frames=o["max_frames"],
+                            max_length=o["max_length"], workers=o["workers"], save_every=o["save_every"],
+                            log_every=o["log_every"], seed=o["seed"], peak_tflops=o["peak_tflops"])
+    data = InstructionData(records, learner.vision.spec, o["max_frames"])
+    out_dir = Path(o["out"])
+    try:
+        result = scale.fit(learner, data, cfg, out_dir, dev, log=lambda line: report(line) if rank == 0 else None)
+        export_voco(learner, out_dir / "model")
+    finally:
+        scale.cleanup()
+    if rank == 0:
         (out_dir / "result.json").write_text(json.dumps(result, indent=1))
         print(json.dumps({k: v for k, v in result.items() if k != "history"}))

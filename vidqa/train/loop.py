@@ -1,11 +1,10 @@
 """The training loop: AdamW with warmup + cosine decay, bf16 autocast on GPU, DistributedDataParallel
-under torchrun, resumable from ``out/train_state.pt``; and the held-out evaluation."""
+under torchrun, resumable from ``out/train_state`` (safetensors + JSON, ``vidqa.train.state``); and the held-out evaluation."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from torch import nn
 from vidqa.options import DistEnv
 from vidqa.train.data import load_batch
 from vidqa.train.model import Learner, TinyConfig
+from vidqa.train.state import load_state, save_state, state_dir
 
 
 @dataclass
@@ -63,11 +63,10 @@ def evaluate(learner: Learner, data, device, batch_size: int = 64, limit: int | 
             "per_category": {c: sum(v) / len(v) for c, v in sorted(hits.items())}}
 
 
-def _save(learner, opt, step, elapsed, seen, history, cfg, state_file: Path) -> None:
-    tmp = state_file.with_suffix(".tmp")
-    torch.save({"model": learner.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                "seen": seen, "history": history, "config": asdict(cfg)}, tmp)
-    os.replace(tmp, state_file)  # atomic: a kill never leaves a half-written state
+def _save(learner, opt, step, elapsed, seen, history, cfg, out: Path) -> None:
+    """Safetensors + JSON (``vidqa.train.state``): swapped in whole, so a kill never leaves half a state."""
+    save_state(out, learner, opt, {"step": step, "elapsed": elapsed, "seen": seen, "history": history,
+                                   "config": asdict(cfg)})
 
 
 def progress(cfg: TrainConfig, step: int, elapsed: float, seen: int = 0) -> float:
@@ -87,7 +86,7 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed: float, seen: int = 0) ->
 
 def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Callable[[str], None] = print,
           eval_data=None) -> dict:
-    """AdamW with warmup + cosine decay; bf16 autocast on GPU; resumable from ``out/train_state.pt``."""
+    """AdamW with warmup + cosine decay; bf16 autocast on GPU; resumable from ``out/train_state`` (safetensors + JSON, ``vidqa.train.state``)."""
     env = DistEnv.from_env()
     rank, world = env.rank, env.world_size
     out.mkdir(parents=True, exist_ok=True)
@@ -104,16 +103,13 @@ def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Call
                                                     find_unused_parameters=True)
     params = [p for p in learner.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    state_file = out / "train_state.pt"
     step, before, seen_before = 0, 0.0, 0
     history: list[dict] = []
-    if state_file.exists():
-        state = torch.load(state_file, map_location=device, weights_only=False)
-        learner.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+    state = load_state(out, learner, opt)
+    if state is not None:
         step, before, seen_before = state["step"], state.get("elapsed", 0.0), state.get("seen", 0)
         history = state.get("history", [])
-        log(f"resumed from {state_file} at step {step}")
+        log(f"resumed from {state_dir(out)} at step {step}")
     rng = random.Random(cfg.seed * 1000 + rank + step)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     t0, seen = time.perf_counter(), 0
@@ -166,10 +162,9 @@ def train(learner: Learner, data, cfg: TrainConfig, out: Path, device, log: Call
                 extra = f" held-out {entry['eval_acc']:.3f}" if "eval_acc" in entry else ""
                 log(f"step {step}/{cfg.steps} loss {entry['loss']:.4f} acc {entry['train_acc']:.3f}{extra} "
                     f"lr {opt.param_groups[0]['lr']:.2e} {seen / (time.perf_counter() - t0):.0f} samples/s")
-        if rank == 0 and step % cfg.save_every == 0:
-            _save(learner, opt, step, elapsed(), seen_before + seen, history, cfg, state_file)
-    if rank == 0:
-        _save(learner, opt, step, elapsed(), seen_before + seen, history, cfg, state_file)
+        if step % cfg.save_every == 0:
+            _save(learner, opt, step, elapsed(), seen_before + seen, history, cfg, out)
+    _save(learner, opt, step, elapsed(), seen_before + seen, history, cfg, out)
     result = {"steps": step, "history": history, "seconds": elapsed(), "samples": seen_before + seen}
     if eval_data is not None and rank == 0:
         result["eval"] = evaluate(learner, eval_data, device)

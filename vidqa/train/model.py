@@ -11,7 +11,8 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from vidqa.train.data import DataError, Sample
-from vidqa.train.inputs import InputBuilder, builder_class
+from vidqa.train.inputs import InputBuilder, builder_class, stack_rows
+from vidqa.train.state import read_model_tensors
 from vidqa.vision import Preprocess, VisionEncoder, build_projector, preprocess
 
 
@@ -68,14 +69,20 @@ class Learner(nn.Module):
         x = preprocess(pixels.flatten(0, 1), self.vision.spec, next(self.vision.parameters()).dtype)
         return self.vision(x).view(B, T, self.vision.num_patches, -1)
 
-    def forward(self, pixels: torch.Tensor, samples: list[Sample], owner: list[int] | None = None):
+    def forward(self, pixels: torch.Tensor | None = None, samples: list[Sample] | None = None,
+                owner: list[int] | None = None, records: list[dict] | None = None):
         """Cross-entropy over the answer tokens; also whether each first answer word is the argmax.
 
         ``owner`` packs a batch: ``pixels`` holds clips and ``owner[i]`` is the clip of sample i. The
         builder then puts all of a clip's questions in one sequence after its frames (each question sees
         the frames and itself only), so the frames go through the model once per clip instead of once
         per question; a builder that cannot pack these prompts gets each sample's clip in a plain batch.
+
+        ``records`` (real instruction data, ``vidqa.train.stream``): ``record_loss`` instead (called through
+        here so that FSDP's hooks on the root module run).
         """
+        if records is not None:
+            return self.record_loss(records)
         feats = self.features(pixels)
         device = feats.device
         prompts = [self.prompt_ids(s.question) for s in samples]
@@ -105,6 +112,45 @@ class Learner(nn.Module):
         return loss, pred == where[2], word_at
 
 
+    max_length: int = 2048  # rows longer than this are left out (record_loss)
+
+    def record_loss(self, records: list[dict]):
+        """Summed cross-entropy over every answer token of ``records`` (each a dict with ``frames`` uint8
+        ``[T, S, S, 3]`` and ``turns``), the number of answer tokens, and the number of sequence tokens.
+
+        Each gpt turn is one row: its question with the earlier turns as history (VoCo's Vicuna prompt),
+        laid out by the builder's ``single`` pass (each frame's VoCo block, then the text), padded into
+        one batch. The vision tower runs once over all frames of the micro-batch.
+        """
+        device = next(self.projector.parameters()).device
+        frames = torch.cat([r["frames"] for r in records]).to(device, non_blocking=True)
+        x = preprocess(frames, self.vision.spec, next(self.vision.parameters()).dtype)
+        feats = self.vision(x).split([r["frames"].shape[0] for r in records])
+        rows, answers = [], []
+        for r, f in zip(records, feats):
+            for k, (q, a) in enumerate(r["turns"]):
+                prompt = self.inputs.voco.prompt_ids(q, list(r["turns"][:k]))
+                answer = self.inputs.answer_ids(a)
+                row = self.inputs.single(f, prompt, answer)
+                if row[0].shape[0] <= self.max_length:
+                    rows.append(row)
+                    answers.append(answer)
+        if not rows:  # every row too long: a zero loss that still touches the graph
+            zero = sum(p.sum() for p in self.projector.parameters()) * 0.0
+            return zero, 0, 0
+        E, M, P, starts = stack_rows(rows)
+        r_idx = [b for b, tgt in enumerate(answers) for _ in tgt]
+        c_idx = [st - 1 + k for st, tgt in zip(starts, answers) for k in range(len(tgt))]
+        flat = torch.tensor([r_idx, c_idx, [t for tgt in answers for t in tgt]], device=device)
+        labels = torch.full(E.shape[:2], -100, dtype=torch.long, device=device)
+        labels[flat[0], flat[1]] = flat[2]
+        mask = torch.zeros(M.shape, dtype=E.dtype, device=device).masked_fill_(~M, torch.finfo(E.dtype).min)
+        logits = self.llm(inputs_embeds=E, attention_mask=mask, position_ids=P).logits.float()
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        self.last_seq_sq = float(sum(e.shape[0] ** 2 for e, _, _, _ in rows))  # attention FLOPs (MFU)
+        return loss, int(flat.shape[1]), int(sum(e.shape[0] for e, _, _, _ in rows))
+
+
 def build_tiny(variant: str, tokenizer, cfg: TinyConfig, tokens_per_frame: int = 1) -> Learner:
     """A from-scratch Learner with the demo architecture."""
     builder = builder_class(variant)
@@ -126,13 +172,31 @@ def build_tiny(variant: str, tokenizer, cfg: TinyConfig, tokens_per_frame: int =
     return Learner(vision, projector, llm, tokenizer, inputs)
 
 
-def load_vision_from(learner: Learner, state_file: Path) -> None:
-    """Copy the vision tower of another run (its ``train_state.pt``) into ``learner``."""
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=False)["model"]
-    except (OSError, KeyError, RuntimeError) as e:
-        raise DataError(f"cannot read a training state from {state_file}: {e}")
-    tower = {k[len("vision."):]: v for k, v in state.items() if k.startswith("vision.")}
+def load_vision_from(learner: Learner, source: Path) -> None:
+    """Copy the vision tower of another run (its directory or its ``train_state``) into ``learner``.
+
+    Safetensors only (``vidqa.train.state``): a pickled ``train_state.pt`` is refused, never unpickled."""
+    if not Path(source).exists():
+        raise DataError(f"--vision-from {source}: no such file or directory")
+    tower = read_model_tensors(Path(source), "vision.")
     if not tower:
-        raise DataError(f"{state_file} holds no vision tower")
-    learner.vision.load_state_dict(tower)
+        raise DataError(f"{source} holds no vision tower")
+    try:
+        learner.vision.load_state_dict(tower)
+    except RuntimeError as e:
+        raise DataError(f"the vision tower in {source} does not fit this model: {str(e).splitlines()[0]}")
+
+
+def build_from_base(base, tokens_per_frame: int = 2) -> Learner:
+    """A VoCo Learner from a loaded base (``vidqa.train.base.load_base``): ``<voco>`` added (one new
+    embedding row) and the VoCo input builder on its LLM, projector and tokenizer."""
+    from vidqa.train.base import add_voco
+
+    add_voco(base.llm, base.tokenizer)
+    base.llm.config._attn_implementation = "sdpa"
+    inputs = builder_class("voco").create(base.llm, base.projector, base.tokenizer,
+                                          num_patches=base.vision.num_patches,
+                                          vision_hidden=base.vision.hidden_size, tokens_per_frame=tokens_per_frame)
+    learner = Learner(base.vision, base.projector, base.llm, base.tokenizer, inputs)
+    learner.mm = dict(base.mm)
+    return learner
