@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vidqa.cli import common
+from vidqa.cli import common, remote
 from vidqa.cli import params as P
 from vidqa.cli.writers import err, get_writer, note
 
@@ -19,7 +19,7 @@ def chat(
     max_frames: P.MaxFrames = None, start: P.Start = None, end: P.End = None, decoder: P.Decoder = "auto",
     max_new_tokens: P.MaxNewTokens = 256, temperature: P.Temperature = 0.0, top_p: P.TopP = 1.0,
     seed: P.Seed = None, device: P.Device = "auto", dtype: P.Dtype = "auto", batch_size: P.BatchSize = None,
-    cache_dir: P.CacheDir = None, no_cache: P.NoCache = False,
+    cache_dir: P.CacheDir = None, no_cache: P.NoCache = False, server: remote.Server = None,
     as_json: P.json_flag("Print one JSON object per turn (question, answer, frames), one line each.") = False,
 ):
     """Ask several questions in a row about one video, compressed once.
@@ -28,6 +28,9 @@ def chat(
     ends the chat. Earlier turns are kept in the prompt as the model's chat template expects; when
     they no longer fit the context, the oldest turns are dropped, with a note.
     """
+    if server:  # a running `vidqa serve` answers (cli/remote.py)
+        return remote.chat(server, video, as_json=as_json, fps=fps, num_frames=num_frames, max_frames=max_frames,
+                              start=start, end=end, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     from vidqa import library  # heavy (torch): imported when the command runs, not for `vidqa --help`
     from vidqa.generate import GenerationConfig
     from vidqa.video import probe

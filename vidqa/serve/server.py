@@ -19,8 +19,9 @@ from vidqa.serve.schema import Limits
 
 class Server:
     def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None,
-                 max_body_bytes: int = 1 << 20, limits: Limits = Limits(), log_level: str = "warning"):
-        self.engine = engine
+                 max_body_bytes: int = 1 << 20, limits: Limits = Limits(), log_level: str = "warning",
+                 own_engine: bool = True):
+        self.engine, self.own_engine = engine, own_engine  # own_engine: stop() closes the engine's lanes
         self.app = create_app(engine, api_key=api_key, max_body_bytes=max_body_bytes, limits=limits)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -62,7 +63,8 @@ class Server:
         self.uvicorn.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self.engine.close()
+        if self.own_engine:
+            self.engine.close()
         self.sock.close()
 
     def __enter__(self) -> "Server":
