@@ -42,8 +42,7 @@ def load(base: Path, device=None) -> bool:
     if fn is None or not path.is_file():
         return False
     try:
-        fn(path.read_bytes())
-        return True
+        return fn(path.read_bytes()) is not None  # None: torch could not read it (logged)
     except Exception:  # a stale or foreign file: recompile and overwrite it later
         return False
 
