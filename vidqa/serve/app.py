@@ -31,6 +31,7 @@ from vidqa.serve.engine import Answer, Cancelled, Engine, Prepared, status_of
 from vidqa.serve.schema import ChatRequest, Limits, RequestError, parse_chat, parse_search
 
 _DONE = object()
+_FIRST = object()  # the first token is out (its text may come later)
 
 
 def error_response(e: BaseException) -> JSONResponse:
@@ -164,7 +165,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
 
         def job():
             try:
-                ans = engine.answer(prep, req, emit=put, cancel=cancel)
+                ans = engine.answer(prep, req, emit=put, cancel=cancel, on_first=lambda: put(_FIRST))
             except BaseException as e:  # noqa: BLE001 (handed to the request, which answers with it)
                 put(e)
             else:
@@ -174,7 +175,6 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
 
         if not req.stream:
             try:
-                parts = []
                 while True:
                     item = await queue.get()
                     if isinstance(item, BaseException):
@@ -182,7 +182,6 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
                     if isinstance(item, tuple):
                         ans = item[1]
                         break
-                    parts.append(item)
             except asyncio.CancelledError:
                 cancel.set()
                 raise
@@ -198,7 +197,8 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
             return f"data: {json.dumps(body)}\n\n"
 
-        # wait for the first token (or the error) before answering, so that a failed prefill gets its status
+        # wait for the first token (or the error) before answering, so that a failed prefill gets its status;
+        # the role chunk goes out with the first token, so a client's time to first chunk is the time to it
         try:
             first = await queue.get()
         except asyncio.CancelledError:
@@ -210,8 +210,11 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
         async def events():
             try:
                 yield chunk({"role": "assistant", "content": ""})
-                item = first
+                item = first if first is not _FIRST else await queue.get()
                 while True:
+                    if item is _FIRST:
+                        item = await queue.get()
+                        continue
                     if isinstance(item, BaseException):
                         if not isinstance(item, Cancelled):
                             yield f"data: {json.dumps(status_of(item).body())}\n\n"

@@ -37,7 +37,7 @@ import torch
 from vidqa import library, search
 from vidqa.errors import ContextError, ModelError, VideoError, VidqaError
 from vidqa.framecache import FrameCache
-from vidqa.generate import DecodeStats, GenerationConfig
+from vidqa.generate import DecodeStats, Detokenizer, GenerationConfig, generate
 from vidqa.serve.schema import ChatRequest, RequestError, SearchRequest
 
 WARMUP_QUESTION = "what is in this video?"
@@ -249,27 +249,39 @@ class Engine:
 
     # ---- answers -------------------------------------------------------------------------------
     def answer(self, prep: Prepared, req: ChatRequest, emit: Callable[[str], None] | None = None,
-               cancel: threading.Event | None = None) -> Answer:
-        """Answer ``req`` from ``prep``'s frames; ``emit`` hears each text delta. Raises ``Cancelled``
-        when ``cancel`` is set (checked between tokens)."""
+               cancel: threading.Event | None = None, on_first: Callable[[], None] | None = None) -> Answer:
+        """Answer ``req`` from ``prep``'s frames; ``emit`` hears each text delta, ``on_first`` the first
+        token (even one that is not yet text). Raises ``Cancelled`` when ``cancel`` is set (checked at
+        every token). The steps of ``VideoQA.answer``, token by token."""
+        qa = self.qa
         gen = GenerationConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                                seed=req.seed)
         history = list(req.history)
         cache, dropped = prep.cache, 0
         if req.chat or history:
-            cache, dropped = library.fit_turn(self.qa, cache, req.question, req.max_tokens, history)
+            cache, dropped = library.fit_turn(qa, cache, req.question, req.max_tokens, history)
+        if cache.meta.get("model") not in (None, qa.model_fingerprint):
+            raise ModelError("this frame cache was made by another model; recompute it")
         stats = DecodeStats()
+        prefill = qa.method.prefill(cache, req.question, history)
+        past = prefill.past_key_values.get_seq_length() if prefill.past_key_values is not None else 0
+        decoder = qa.decoder(past + prefill.position_ids.shape[1] + gen.max_new_tokens)
+        detok = Detokenizer(qa.tokenizer, qa.method.answer_prefix)
         out: list[str] = []
-        pieces = self.qa.answer(cache, req.question, gen, stats, history=history)
+        tokens = generate(qa.llm, prefill, gen, qa.method.stop_ids, stats, decoder=decoder)
         try:
-            for delta in pieces:
+            for token in tokens:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled()
-                out.append(delta)
-                if emit is not None:
-                    emit(delta)
+                if stats.tokens == 1 and on_first is not None:
+                    on_first()
+                delta = detok.push(token)
+                if delta:
+                    out.append(delta)
+                    if emit is not None:
+                        emit(delta)
         finally:
-            pieces.close()
+            tokens.close()
         return Answer("".join(out), stats, cache.num_frames, dropped)
 
     # ---- search --------------------------------------------------------------------------------
