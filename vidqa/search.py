@@ -4,7 +4,8 @@ A video's score is the model's probability of answering yes (rather than no) to 
 made from the query ("Does this video show QUERY?"), asked of the video's stored frame cache:
 ``P(yes) / (P(yes) + P(no))`` at the first answer token, where yes and no are every spelling of the
 two words that the tokenizer has as one token (``yes``, ``Yes``, `` yes``...; a token that both words
-map to, e.g. an unknown-word token, counts for neither). No new model and no new cache: only the
+map to, e.g. an unknown-word token, counts for neither; a tokenizer without one-token forms gives
+the first token of each). No new model and no new cache: only the
 prompt runs, on the stored caches.
 
 Batching: videos with the same number of frames have prompts of the same length at the same
@@ -67,23 +68,27 @@ def question_for(query: str, model_id: str = "", template: str | None = None) ->
 
 
 def answer_ids(tokenizer) -> tuple[list[int], list[int]]:
-    """Token ids of one-token spellings of yes and of no (none in both lists)."""
+    """Token ids that start an answer of yes, and of no: every spelling's one-token form where the
+    tokenizer has one, else the first token of each spelling (none in both lists, no unknown token)."""
 
-    def ids(words):
+    def ids(words, whole: bool):
         out = set()
         for w in words:
             enc = tokenizer.encode(w, add_special_tokens=False)
-            if len(enc) == 1:
+            if not whole:  # a leading word-boundary piece says nothing about the word
+                enc = [t for i, t in enumerate(enc) if i or tokenizer.decode([t]).strip()]
+            if enc and (len(enc) == 1 or not whole):
                 out.add(enc[0])
         return out
 
-    yes, no = ids(YES), ids(NO)
-    both = yes & no
     unk = getattr(tokenizer, "unk_token_id", None)
-    yes, no = sorted(yes - both - {unk}), sorted(no - both - {unk})
-    if not yes or not no:
-        raise VidqaError("this model's tokenizer has no one-token 'yes' and 'no': search cannot score with it")
-    return yes, no
+    for whole in (True, False):
+        yes, no = ids(YES, whole), ids(NO, whole)
+        both = yes & no
+        yes, no = sorted(yes - both - {unk}), sorted(no - both - {unk})
+        if yes and no:
+            return yes, no
+    raise VidqaError("this model's tokenizer cannot tell 'yes' from 'no' in one token: search cannot score with it")
 
 
 def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:

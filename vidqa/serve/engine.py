@@ -160,11 +160,9 @@ class Engine:
             one = qa.compress(frames, batch_size=n).select([0])
             room = qa.max_frames(WARMUP_QUESTION, self.default_max_tokens)
             cache = one.select([0] * max(1, min(self.warmup_frames, room)))
-            pieces = qa.answer(cache, WARMUP_QUESTION, GenerationConfig(max_new_tokens=self.default_max_tokens))
-            for i, _ in enumerate(pieces):
-                if i >= 3:
-                    break
-            pieces.close()
+            # the default answer budget sizes the decoder as a real request will; four tokens capture its step
+            req = ChatRequest(video="", question=WARMUP_QUESTION, max_tokens=self.default_max_tokens)
+            self.answer(Prepared(Path(), cache), req, stop_after=4)
             if qa.device.type == "cuda":
                 torch.cuda.synchronize(qa.device)
         self.warmup_s = time.perf_counter() - t0
@@ -249,7 +247,8 @@ class Engine:
 
     # ---- answers -------------------------------------------------------------------------------
     def answer(self, prep: Prepared, req: ChatRequest, emit: Callable[[str], None] | None = None,
-               cancel: threading.Event | None = None, on_first: Callable[[], None] | None = None) -> Answer:
+               cancel: threading.Event | None = None, on_first: Callable[[], None] | None = None,
+               stop_after: int | None = None) -> Answer:
         """Answer ``req`` from ``prep``'s frames; ``emit`` hears each text delta, ``on_first`` the first
         token (even one that is not yet text). Raises ``Cancelled`` when ``cancel`` is set (checked at
         every token). The steps of ``VideoQA.answer``, token by token."""
@@ -275,6 +274,8 @@ class Engine:
                     raise Cancelled()
                 if stats.tokens == 1 and on_first is not None:
                     on_first()
+                if stop_after is not None and stats.tokens > stop_after:
+                    break
                 delta = detok.push(token)
                 if delta:
                     out.append(delta)
