@@ -36,7 +36,7 @@ def test_real_process_exit_code_and_stderr(tmp_path):
 
 
 def test_every_command_is_listed():
-    assert {p[0] for p in PATHS} == {"ask", "chat", "index", "cache", "bench", "train", "synthetic"}
+    assert {p[0] for p in PATHS} == {"ask", "chat", "index", "cache", "bench", "train", "synthetic", "serve", "search"}
     assert {p for p in PATHS if p[0] == "cache"} >= {("cache", "ls"), ("cache", "rm"), ("cache", "verify")}
 
 

@@ -27,6 +27,7 @@ TESTS = REPO / "tests"
 LAYERS = {
     "vidqa.cli": 7,
     "vidqa.library": 6, "vidqa.bench": 6, "vidqa.train": 6, "vidqa.testing": 6,
+    "vidqa.serve": 6, "vidqa.search": 6,  # the resident engine and its API; ranking indexed videos
     "vidqa.pipeline": 5,
     "vidqa.generate": 4,
     "vidqa.methods": 3,

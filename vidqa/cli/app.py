@@ -27,7 +27,7 @@ from typing import Iterator
 import typer
 
 from vidqa import __version__
-from vidqa.cli import ask, bench, cache, chat, index, synthetic, train
+from vidqa.cli import ask, bench, cache, chat, index, search, serve, synthetic, train
 from vidqa.cli.writers import err, error_line, note
 from vidqa.errors import VidqaError
 from vidqa.options import debug
@@ -71,6 +71,8 @@ app.add_typer(cache.app, name="cache")
 app.command(help=bench.HELP)(bench.bench)
 app.command()(train.train)
 app.command()(synthetic.synthetic)
+app.command(help=serve.HELP)(serve.serve)
+app.command(help=search.HELP)(search.search)
 
 
 def _is_ours(category: type) -> bool:

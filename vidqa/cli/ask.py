@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vidqa.cli import common
+from vidqa.cli import common, remote
 from vidqa.cli import params as P
 from vidqa.cli.writers import get_writer, note
 
@@ -23,7 +23,7 @@ def ask(
     seed: P.Seed = None, device: P.Device = "auto", dtype: P.Dtype = "auto", batch_size: P.BatchSize = None,
     sampling_rule: P.SamplingRule = None, preprocess: P.PreprocessMode = None, quantize: P.Quantize = "none",
     cache_dtype: P.CacheDtype = "auto",
-    cache_dir: P.CacheDir = None, no_cache: P.NoCache = False,
+    cache_dir: P.CacheDir = None, no_cache: P.NoCache = False, server: remote.Server = None,
     as_json: P.json_flag("Print one JSON object (answer, frames, timings) instead.") = False,
 ):
     """Stream an answer about VIDEO to the terminal.
@@ -34,6 +34,9 @@ def ask(
     not fit the model's context with the question, fewer frames are used, uniformly, with a note on
     stderr.
     """
+    if server:  # a running `vidqa serve` answers (cli/remote.py)
+        return remote.ask(server, video, question, as_json=as_json, fps=fps, num_frames=num_frames, max_frames=max_frames,
+                             start=start, end=end, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     from vidqa import library  # heavy (torch): imported when the command runs, not for `vidqa --help`
     from vidqa.generate import DecodeStats
     from vidqa.pipeline import Timings

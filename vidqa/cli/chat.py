@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vidqa.cli import common
+from vidqa.cli import common, remote
 from vidqa.cli import params as P
 from vidqa.cli.writers import err, error_line, get_writer, note
 from vidqa.errors import VidqaError
@@ -22,7 +22,7 @@ def chat(
     seed: P.Seed = None, device: P.Device = "auto", dtype: P.Dtype = "auto", batch_size: P.BatchSize = None,
     sampling_rule: P.SamplingRule = None, preprocess: P.PreprocessMode = None, quantize: P.Quantize = "none",
     cache_dtype: P.CacheDtype = "auto",
-    cache_dir: P.CacheDir = None, no_cache: P.NoCache = False,
+    cache_dir: P.CacheDir = None, no_cache: P.NoCache = False, server: remote.Server = None,
     as_json: P.json_flag("Print one JSON object per turn (question, answer, frames), one line each.") = False,
 ):
     """Ask several questions in a row about one video, compressed once.
@@ -31,6 +31,9 @@ def chat(
     ends the chat. Earlier turns are kept in the prompt as the model's chat template expects; when
     they no longer fit the context, the oldest turns are dropped, with a note.
     """
+    if server:  # a running `vidqa serve` answers (cli/remote.py)
+        return remote.chat(server, video, as_json=as_json, fps=fps, num_frames=num_frames, max_frames=max_frames,
+                              start=start, end=end, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     from vidqa import library  # heavy (torch): imported when the command runs, not for `vidqa --help`
     from vidqa.video import probe
 

@@ -1,0 +1,48 @@
+"""`vidqa serve` as a user starts it: a process that listens on 127.0.0.1, says ready on /health after
+warm-up, answers, and refuses bad options with one line."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from cli_helpers import one_line_error, run, wide_help
+from serve_helpers import CLIPS, messages
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_help(capsys, monkeypatch):
+    text = wide_help(capsys, monkeypatch, "serve")
+    for opt in ("--host", "--port", "--api-key", "--allow-root", "--cache-gpu-gb", "--cache-host-gb", "127.0.0.1"):
+        assert opt in text
+
+
+def test_bad_allow_root(capsys, tmp_path):
+    code, _, err = run(capsys, "serve", "--model", "tiny-voco", "--allow-root", tmp_path / "nope", "--port", "0")
+    one_line_error(code, err, "--allow-root")
+
+
+def test_serve_process_answers(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VIDQA_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vidqa", "serve", "--model", "tiny-voco", "--device", "cpu",
+                             "--port", "0", "--warmup-frames", "2", "--allow-root", str(CLIPS)],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stderr:  # the start line names the URL; the ready line follows warm-up
+            found = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+            url = url or (found and found.group(1))
+            if line.startswith("ready after"):
+                break
+        assert url, "no start line"
+        assert httpx.get(url + "/health").json()["status"] == "ready"
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": messages(CLIPS / "shapes00.mp4",
+                                                                                 "what colour is the square?")}, timeout=60)
+        assert r.json()["choices"][0]["message"]["content"] == "green"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,26 @@
+"""benchmarks/serve_speed.py --tiny: the GPU benchmark's code runs on the CPU at small shapes and writes JSON."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_serve_speed_tiny(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_speed.py"), "--tiny", "--out", str(tmp_path),
+                        "--parts", "ttft,concurrent,search"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "serve_speed.json").read_text())
+    t = res["ttft"]
+    assert t["frames"] == 16 and t["first_request"]["from_cache"] and t["cold_index_request"]["from_cache"] is False
+    assert 0 < t["warm_ttft_median_s"] < 60
+    c = res["concurrent"]
+    assert c["8_clients"]["tokens"] > 0 and c["1_clients"]["tokens_per_s"] > 0
+    assert res["search"]["videos"] == 8 and res["search"]["rank_in_gpu_memory_s"] > 0
+    assert "ttft:" in p.stdout and "concurrent:" in p.stdout and "search:" in p.stdout
