@@ -72,7 +72,9 @@ def find_videos(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def cache_settings(qa, sampling: Sampling) -> dict:
-    """Everything a stored cache must agree on with the run that reads it."""
+    """Everything a stored cache must agree on with the run that reads it (the sampling as the method
+    resolves it: its rule and preprocessing, so explicit and default settings share entries)."""
+    sampling = qa.resolve_sampling(sampling)
     return {"model_fingerprint": qa.model_fingerprint, "method": qa.method.name,
             "tokens_per_frame": qa.method.tokens_per_frame, "dtype": str(qa.vision.dtype).replace("torch.", ""),
             "sampling": dataclasses.asdict(sampling), "method_meta": qa.method.cache_meta(),
@@ -82,9 +84,8 @@ def cache_settings(qa, sampling: Sampling) -> dict:
 def quant_settings(qa) -> dict:
     """The store keys on ``quantize`` and ``cache_dtype`` only when they are not the defaults, so entries
     made before they existed (and by unquantised runs) keep their keys."""
-    compute = getattr(qa, "compute", None)
-    mode = getattr(qa, "quantize", "none")
-    cache_dtype = quant.check_cache_dtype(getattr(compute, "cache_dtype", None))
+    mode = qa.quantize
+    cache_dtype = quant.check_cache_dtype(qa.compute.cache_dtype if qa.compute else None)
     return {**({"quantize": mode} if mode != "none" else {}),
             **({"cache_dtype": cache_dtype} if cache_dtype != "auto" else {})}
 
@@ -174,6 +175,7 @@ def stored(qa, store: Store, key: str, settings: dict) -> FrameCache | None:
     cache = store.get(key, settings)
     if cache is None:
         return None
+    cache = quant.decode_cache(cache)  # an fp8-stored cache (--cache-dtype fp8) back to the model's dtype
     problem = misfit(qa, cache)
     if problem:
         warnings.warn(CacheWarning(f"cache entry {key[:12]} does not fit this model ({problem}); recomputing"),
@@ -198,7 +200,7 @@ def load_or_compress(qa, video: str | Path, sampling: Sampling, *, store: Store 
         key = store.key(video, settings)
         cache = stored(qa, store, key, settings)
         if cache is not None:
-            return quant.decode_cache(cache), None, True
+            return cache, None, True
     if progress:
         progress.stage("decoding frames")
     frames = qa.load_frames(video, sampling, decoder=decoder)  # fitted to the model's input as they decode
@@ -227,7 +229,7 @@ def video_cache(qa, video: str | Path, sampling: Sampling, info: VideoInfo, budg
             settings = cache_settings(qa, sampling)
             full = stored(qa, store, store.key(video, settings), settings)
             if full is not None:
-                return quant.decode_cache(thin(full, budget)), True
+                return thin(full, budget), True
         sampling = dataclasses.replace(sampling, max_frames=budget)
     cache, _, hit = load_or_compress(qa, video, sampling, store=store, decoder=decoder, batch_size=batch_size,
                                      timings=timings, progress=progress)
