@@ -169,13 +169,13 @@ def rank(qa, named: Sequence[tuple[str, FrameCache]], query: str, *, top_k: int 
 
 def indexed(qa, store, videos, sampling) -> tuple[list[tuple[str, FrameCache]], list[str]]:
     """The stored caches of ``videos`` for this model and sampling, and the videos without one."""
-    from vidqa.library import cache_settings  # same layer (6)
+    from vidqa.library import cache_settings, stored  # same layer (6)
 
     settings = cache_settings(qa, sampling)
     found, missing = [], []
     for v in videos:
         try:
-            cache = store.get(store.key(v, settings), settings)
+            cache = stored(qa, store, store.key(v, settings), settings)
         except VidqaError:
             cache = None
         if cache is None:

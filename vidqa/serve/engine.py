@@ -212,10 +212,10 @@ class Engine:
         if cache is None and self.store is not None:
             settings = library.cache_settings(self.qa, sampling)
             if planned > prep.budget:
-                full = self.store.get(self.store.key(video, settings), settings)
+                full = library.stored(self.qa, self.store, self.store.key(video, settings), settings)
                 cache = library.thin(full, prep.budget) if full is not None else None
             else:
-                cache = self.store.get(self.store.key(video, settings), settings)
+                cache = library.stored(self.qa, self.store, self.store.key(video, settings), settings)
             if cache is not None:
                 self.memory.put(prep.key, cache)
                 cache = self.memory.get(prep.key) or cache

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One device call for the GPU benchmarks of issues 15-17 (see benchmarks/NOTES.md, "Session 5").
+#   bash benchmarks/device_session.sh quant|serve|train   (needs $OUT; carried wheels in .whl/)
+# The device has torch 2.11 and transformers 5.17 (vidqa's lowest supported versions) but no torchao,
+# fastapi or uvicorn: they travel as wheels (.whl/) and are installed into /tmp/site.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+case "${1:-}" in
+  quant)
+    timeout 560 python3 benchmarks/quant_speed.py --compile --out "$OUT/quant.json" 2>&1 | tee "$OUT/quant.log" ;;
+  serve)
+    timeout 330 python3 benchmarks/serve_speed.py --parts ttft,concurrent,search,mini --out "$OUT/serve" 2>&1 | tee "$OUT/serve.log"
+    timeout 200 python3 benchmarks/train_speed.py --mode lora --out "$OUT/train_lora.json" 2>&1 | tee "$OUT/train.log" ;;
+  train2)  # nvidia-h200-x2
+    timeout 280 torchrun --nproc-per-node 2 benchmarks/train_speed.py --mode full --out "$OUT/train_full.json" 2>&1 | tee "$OUT/train_full.log"
+    timeout 280 torchrun --nproc-per-node 2 benchmarks/train_speed.py --mode video --out "$OUT/train_video.json" 2>&1 | tee "$OUT/train_video.log" ;;
+  *) echo "usage: device_session.sh quant|serve|train2"; exit 2 ;;
+esac
