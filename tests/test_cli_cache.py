@@ -2,31 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import media
 from cli_helpers import run
 
 from vidqa.store import Store
-
-
-def spawn(args, env_extra=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "vidqa", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-
-
-def wait_for_entries(root: Path, n: int, proc, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if len(list((root / "entries").rglob("*.json"))) >= n if (root / "entries").exists() else False:
-            return
-        if proc.poll() is not None:
-            return
-        time.sleep(0.02)
 
 
 class Stages:

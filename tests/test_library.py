@@ -2,9 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import media
@@ -71,22 +68,6 @@ def test_a_corrupt_cache_file_is_detected_and_recomputed(tmp_path, capsys, voco_
     assert "unusable" in err  # the CLI shows vidqa's warnings as one line each
     assert json.loads(run(capsys, "ask", vid, "what?", "--model", voco_dir, "--json", "--max-new-tokens", "2")[1])[
         "from_cache"] is True
-
-
-def spawn(args, env_extra=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "vidqa", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-
-
-def wait_for_entries(root: Path, n: int, proc, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if len(list((root / "entries").rglob("*.json"))) >= n if (root / "entries").exists() else False:
-            return
-        if proc.poll() is not None:
-            return
-        time.sleep(0.02)
 
 
 def test_load_model_needs_a_model_and_open_store_can_be_off(tmp_path):
@@ -173,7 +154,6 @@ def test_a_forged_entry_that_does_not_fit_the_model_is_recomputed(tmp_path, caps
     not with the model: `ask` recomputes it (never `internal error`), `index` does not skip it."""
     from store_helpers import tamper
 
-    from vidqa.store import CacheWarning
 
     (vid,) = media.videos(tmp_path / "lib", 1)
     ask = ["ask", vid, "what?", "--model", voco_dir, "--json", "--max-new-tokens", "2"]

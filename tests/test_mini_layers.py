@@ -3,41 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from mini_helpers import _no_grad, ckpt, model, prompt_tensor, tokenizer  # noqa: F401 (fixtures)
 
-from vidqa import testing
 from vidqa.methods import mini
-
-
-@pytest.fixture(autouse=True)
-def _no_grad():
-    """Inference only here; scoped so that other test modules (training) keep autograd."""
-    with torch.no_grad():
-        yield
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return testing.write_tiny_official_checkpoint(tmp_path_factory.mktemp("llava-mini-tiny"))
-
-
-@pytest.fixture(scope="module")
-def model(ckpt) -> mini.LlavaMiniModules:
-    return mini.load_llava_mini_state(ckpt, dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(ckpt):
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast.from_pretrained(str(ckpt))
-
-
-def _prompt(tokenizer, question: str) -> torch.Tensor:
-    return torch.tensor(mini.build_prompt_ids(tokenizer, question).ids)
 
 
 def _frames(model: mini.LlavaMiniModules, n: int, seed: int = 1) -> mini.FrameFeatures:
@@ -163,7 +134,7 @@ def test_prefusion_positions():
 
 
 def test_prefusion_shapes_and_masking(model, tokenizer):
-    ids = _prompt(tokenizer, "Why?! Tell me.")  # "!" is id 0 in a Llama-3 style vocabulary: masked too
+    ids = prompt_tensor(tokenizer, "Why?! Tell me.")  # "!" is id 0 in a Llama-3 style vocabulary: masked too
     assert (ids == 0).sum() == 1 and (ids == mini.IMAGE_TOKEN_INDEX).sum() == 1
     frames = _frames(model, 2)
     embeds, visible = mini.prompt_embeddings(model.embed_tokens, ids)
@@ -184,7 +155,7 @@ def test_prefusion_shapes_and_masking(model, tokenizer):
 
 
 def test_prefusion_frames_are_independent_and_video_mean(model, tokenizer):
-    ids = _prompt(tokenizer, "What happens?")
+    ids = prompt_tensor(tokenizer, "What happens?")
     frames = _frames(model, 3)
     both = mini.question_via_projected(model.prefusion_layers, model.rotary_emb, model.embed_tokens, frames, ids)
     singles = [mini.question_via_projected(model.prefusion_layers, model.rotary_emb, model.embed_tokens, frames.select(slice(i, i + 1)), ids)
@@ -208,7 +179,7 @@ def test_cache_a_equals_cache_b_equals_full_pass(model, tokenizer):
     assert kv.num_prefix == 577 and len(kv.keys) == 2 and kv.keys[0].shape == (3, 1, 577, 32)
     stored = [k.clone() for k in kv.keys] + [v.clone() for v in kv.values]
     for question in ("What is the man doing?", "Is it raining!? Answer yes or no."):
-        ids = _prompt(tokenizer, question)
+        ids = prompt_tensor(tokenizer, question)
         embeds, visible = mini.prompt_embeddings(model.embed_tokens, ids)
         full = mini.prefusion_full(model.prefusion_layers, model.rotary_emb, frames, embeds, visible)
         a = mini.question_via_projected(model.prefusion_layers, model.rotary_emb, model.embed_tokens, frames, ids)
@@ -249,7 +220,7 @@ def test_hd_mode_shapes_and_positions(model, tokenizer):
     torch.testing.assert_close(frames.compressed, model.projector(model.compressor(stitched)), atol=1e-6, rtol=0)
     torch.testing.assert_close(frames.vision[:, :2304], model.projector(stitched), atol=1e-6, rtol=0)
     torch.testing.assert_close(frames.vision[:, 2304:], model.projector(clip[:, 4]), atol=1e-6, rtol=0)
-    ids = _prompt(tokenizer, "Small?")
+    ids = prompt_tensor(tokenizer, "Small?")
     embeds, visible = mini.prompt_embeddings(model.embed_tokens, ids)
     pos = mini.prefusion_positions(frames.num_prefix, visible)
     assert pos[: frames.num_prefix].tolist() == list(range(2881)) and int(pos[frames.num_prefix]) == 2881
@@ -263,10 +234,3 @@ def test_hd_mode_shapes_and_positions(model, tokenizer):
         mini.encode_frames(clip[:, :4], model.compressor, model.projector, resolution_ratio=2)
 
 
-def _llama3_inv_freq(theta: float, dim: int, factor: float, low: float, high: float, orig: int) -> torch.Tensor:
-    inv = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    wavelen = 2 * math.pi / inv
-    out = torch.where(wavelen > orig / low, inv / factor, inv)
-    smooth = (orig / wavelen - low) / (high - low)
-    medium = (wavelen >= orig / high) & (wavelen <= orig / low)
-    return torch.where(medium, (1 - smooth) * inv / factor + smooth * inv, out)

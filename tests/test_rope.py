@@ -2,75 +2,14 @@
 
 import torch
 
-from vidqa.methods.base import FrameCache
 from vidqa.methods.rope import frame_slots, rerotate, voco_context
 
 TOL = 1e-4
 
 
-def voco_mask(length: int, first_voco: int, last_voco: int) -> torch.Tensor:
-    """VoCo-LLaMA's mask as an additive [1, 1, L, L] float mask.
-
-    Up to the last VoCo token: causal. After it: keys from the first VoCo token on, causally.
-    """
-    q = torch.arange(length).view(-1, 1)
-    k = torch.arange(length).view(1, -1)
-    allowed = (k <= q) & ((q <= last_voco) | (k >= first_voco))
-    return torch.where(allowed, 0.0, torch.finfo(torch.float32).min).view(1, 1, length, length)
-
-
 def features(qa, n, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, qa.vision.num_patches, qa.vision.hidden_size, generator=g)
-
-
-def two_stage_logits(qa, feats, question, steps):
-    """Logits at every prompt position, then at each greedy decode step; and the generated ids."""
-    m = qa.method
-    cache = FrameCache("voco", m.compress(feats), [0.0] * feats.shape[0], m.tokens_per_frame, m.cache_meta())
-    pre = m.prefill(cache, question)
-    out = qa.llm(input_ids=pre.input_ids, position_ids=pre.position_ids, past_key_values=pre.past_key_values)
-    logits = [out.logits[0]]
-    tokens, pos = [], int(pre.position_ids[0, -1]) + 1
-    for _ in range(steps):
-        tok = int(logits[-1][-1].argmax())
-        tokens.append(tok)
-        out = qa.llm(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]),
-                     past_key_values=out.past_key_values)
-        logits.append(out.logits[0])
-        pos += 1
-    return torch.cat(logits), tokens, pre.input_ids[0].tolist()
-
-
-def single_pass_logits(qa, feats, text_ids):
-    """One forward over [frame blocks..., text] with the VoCo mask, generalised to T frames.
-
-    Frame t's block ``[BOS, image, "\\n", VoCo x N]`` sits at positions shifted by ``t * N``
-    (vidqa's temporal layout), sees only itself, causally; text sees every VoCo span and itself.
-    """
-    m = qa.method
-    T, N = feats.shape[0], m.tokens_per_frame
-    blocks = m.frame_embeds(feats)  # T, B, D
-    B = blocks.shape[1]
-    text = qa.llm.get_input_embeddings()(torch.tensor(text_ids))
-    embeds = torch.cat([blocks.reshape(T * B, -1), text]).unsqueeze(0)
-    L = embeds.shape[1]
-    block_of = torch.cat([torch.arange(T).repeat_interleave(B), torch.full((len(text_ids),), -1)])
-    is_voco = torch.zeros(L, dtype=torch.bool)
-    for t in range(T):
-        is_voco[t * B + m.p0 : t * B + m.p0 + N] = True
-    pos = torch.cat([torch.arange(B) + t * N for t in range(T)] + [m.p0 + T * N + torch.arange(len(text_ids))])
-    q, k = torch.arange(L).view(-1, 1), torch.arange(L).view(1, -1)
-    same_block = (block_of.view(-1, 1) == block_of.view(1, -1)) & (block_of.view(-1, 1) >= 0)
-    text_row = (block_of == -1).view(-1, 1)
-    allowed = (k <= q) & (same_block | (text_row & (is_voco.view(1, -1) | (block_of == -1).view(1, -1))))
-    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min).view(1, 1, L, L)
-    out = qa.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos.unsqueeze(0))
-    return out.logits[0, T * B:]
-
-
-def _kw(pre):
-    return dict(input_ids=pre.input_ids, position_ids=pre.position_ids, past_key_values=pre.past_key_values)
 
 
 @torch.no_grad()
