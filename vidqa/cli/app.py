@@ -86,13 +86,11 @@ def quiet_stderr() -> Iterator[None]:
     shown = debug()
     logging_was = logging.root.manager.disable
     with warnings.catch_warnings():
-        show_python = warnings.showwarning
-
         def show(message, category, filename, lineno, file=None, line=None):
             if _is_ours(category):
                 note(str(message))
-            elif shown:
-                show_python(message, category, filename, lineno, file, line)
+            elif shown:  # to stderr itself: a host (pytest, a notebook) may have replaced showwarning
+                sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
         warnings.simplefilter("default")  # each distinct warning once
         warnings.showwarning = show
