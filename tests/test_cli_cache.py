@@ -10,17 +10,6 @@ from cli_helpers import run
 from vidqa.store import Store
 
 
-class Stages:
-    def __init__(self):
-        self.seen, self.done = [], 0
-
-    def stage(self, name, total=None):
-        self.seen.append((name, total))
-
-    def advance(self, n=1):
-        self.done += n
-
-
 def test_cache_ls_rm_verify(tmp_path, capsys, voco_dir):
     vids = media.videos(tmp_path / "lib", 2)
     run(capsys, "index", tmp_path / "lib", "--model", voco_dir, "--json")

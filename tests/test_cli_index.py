@@ -20,17 +20,6 @@ def spawn(args, env_extra=None):
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
-class Stages:
-    def __init__(self):
-        self.seen, self.done = [], 0
-
-    def stage(self, name, total=None):
-        self.seen.append((name, total))
-
-    def advance(self, n=1):
-        self.done += n
-
-
 def test_index_then_rerun_skips_and_failures_are_listed(tmp_path, capsys, voco_dir):
     vids = media.videos(tmp_path / "lib", 2)
     media.videos(tmp_path / "lib" / "nested", 1, frames=40)
