@@ -215,8 +215,7 @@ def fit(learner: Learner, data: InstructionData, cfg: ScaleConfig, out: Path, de
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= world
-        gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        del gn
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
