@@ -24,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -74,6 +75,7 @@ def first_logits(qa, cache) -> torch.Tensor:
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    b = b.to(a.device)  # the reference is kept on the host
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
@@ -126,6 +128,7 @@ def voco_mode(mode: str, args, device, dtype, pixels, ref: dict | None) -> dict:
             run(d)
             res[f"decode_{name}_ms_per_token"] = statistics.median(run(d).ms_per_token for _ in range(args.repeats))
         except Exception as e:  # report, do not hide
+            traceback.print_exc(limit=8)
             res[f"decode_{name}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
     read = fused_bytes(qa.llm)
     res["decode_weight_bytes_per_token"] = read
@@ -212,6 +215,7 @@ def main(argv=None) -> int:
         try:
             res["voco"][mode], r = voco_mode(mode, args, device, dtype, pixels[:args.frames], ref)
         except Exception as e:  # report, do not hide; the other modes still run
+            traceback.print_exc(limit=8)
             res["voco"][mode], r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}, None
             gc.collect()
             if device.type == "cuda":
@@ -228,6 +232,7 @@ def main(argv=None) -> int:
         try:
             res["mini"][mode] = mini_mode(mode, args, device, dtype, pixels[:args.long])
         except Exception as e:  # report, do not hide
+            traceback.print_exc(limit=8)
             res["mini"][mode] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
         print("mini", mode, json.dumps(res["mini"][mode]), flush=True)
     if args.out:

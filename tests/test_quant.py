@@ -209,3 +209,51 @@ def test_importing_torchao_through_transformers_prints_nothing():
     code = "import vidqa.fast, sys; assert 'torchao' in sys.modules"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0 and p.stderr == "", p.stderr
+
+
+class _Split(torch.Tensor):
+    """A stand-in for a torchao layout whose per-group scales keep the output rows on a later axis
+    (int4 tile-packed: ``scale_and_zero [groups, out, 2]``): its row slice has non-contiguous scales."""
+
+    @staticmethod
+    def __new__(cls, data, scale):
+        return torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=data.dtype, device=data.device)
+
+    def __init__(self, data, scale):
+        self.data_, self.scale = data, scale
+
+    def __tensor_flatten__(self):
+        return ["data_", "scale"], None
+
+    @classmethod
+    def __tensor_unflatten__(cls, inner, ctx, size, stride):
+        return cls(inner["data_"], inner["scale"])
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.slice.Tensor:
+            t, dim, start, end = args[:4]
+            return cls(t.data_[start:end], t.scale[:, start:end])
+        raise NotImplementedError(func)
+
+
+def test_row_slice_makes_a_layouts_inner_tensors_contiguous():
+    w = torch.randn(8, 4)
+    assert torch.equal(quant.row_slice(w, 2, 6), w[2:6])  # a plain tensor: a view
+    t = _Split(torch.randn(8, 4), torch.randn(3, 8, 2))
+    assert not t[2:6].scale.is_contiguous()
+    part = quant.row_slice(t, 2, 6)
+    assert type(part) is _Split and part.scale.is_contiguous() and part.data_.is_contiguous()
+    assert torch.equal(part.scale, t.scale[:, 2:6]) and torch.equal(part.data_, t.data_[2:6])
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_row_slices_of_a_quantised_weight_give_its_rows(mode):
+    torch.manual_seed(0)
+    w = torch.randn(96, 64)
+    with torch.inference_mode():
+        qw = quant.quantize_weight(w, mode)
+        x = torch.randn(3, 64)
+        full = torch.nn.functional.linear(x, qw)
+        part = torch.nn.functional.linear(x, quant.row_slice(qw, 32, 80))
+    torch.testing.assert_close(part, full[:, 32:80], rtol=1e-5, atol=1e-5)

@@ -147,6 +147,24 @@ def quantize_weight(weight: torch.Tensor, mode: str) -> torch.Tensor:
     return lin.weight.detach()
 
 
+def row_slice(weight: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Rows ``start:end`` of a (quantised) weight, as a view of its data where the layout allows.
+
+    torchao slices its tensors' inner tensors, but some layouts keep per-group parameters with the
+    output rows on a later axis (int4 tile-packed: ``scale_and_zero [groups, out, 2]``), whose slice is
+    then not contiguous, which that layout's matmul refuses: those inner tensors (scales, 1/64 of the
+    weight's bytes or less) are copied to contiguous memory; the packed weight stays a view."""
+    part = weight[start:end]
+    if type(part) is torch.Tensor or not hasattr(part, "__tensor_flatten__"):
+        return part
+    names, ctx = part.__tensor_flatten__()
+    inner = {n: getattr(part, n) for n in names}
+    if all(t.is_contiguous() for t in inner.values()):
+        return part
+    return type(part).__tensor_unflatten__({n: t.contiguous() for n, t in inner.items()}, ctx, part.shape,
+                                           part.stride())
+
+
 def _set(module: nn.Linear, weight: torch.Tensor) -> None:
     module.weight = nn.Parameter(weight, requires_grad=False)
 
@@ -163,7 +181,7 @@ def quantize_layers(layers, mode: str) -> int:
                 qw = quantize_weight(w, mode)
                 start = 0
                 for mod in mods:  # row slices of the quantised fused weight (views)
-                    _set(mod, qw[start:start + mod.out_features])
+                    _set(mod, row_slice(qw, start, start + mod.out_features))
                     start += mod.out_features
                 fused.append((qw, b))
                 done += qw is not w
