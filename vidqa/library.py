@@ -175,7 +175,9 @@ def stored(qa, store: Store, key: str, settings: dict) -> FrameCache | None:
     cache = store.get(key, settings)
     if cache is None:
         return None
-    cache = quant.decode_cache(cache)  # an fp8-stored cache (--cache-dtype fp8) back to the model's dtype
+    # an fp8-stored cache (--cache-dtype fp8) back to the model's dtype, on the model's device: the
+    # host-to-GPU copy moves the 8-bit data (half of bf16), and the GPU decodes it in microseconds
+    cache = quant.decode_cache(cache, qa.device)
     problem = misfit(qa, cache)
     if problem:
         warnings.warn(CacheWarning(f"cache entry {key[:12]} does not fit this model ({problem}); recomputing"),
