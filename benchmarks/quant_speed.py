@@ -37,6 +37,7 @@ import voco_speed  # noqa: E402 (the VoCo-7B build and the shared helpers)
 from voco_speed import sizes, sync, timed  # noqa: E402
 
 from vidqa import quant  # noqa: E402
+from vidqa.options import ComputeOptions  # noqa: E402
 from vidqa.generate import DecodeStats, GenerationConfig, StaticDecoder, generate  # noqa: E402
 
 PEAK_BYTES = 4.8e12
@@ -79,6 +80,43 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+def store_read(qa, cache, frames: int) -> dict:
+    """Seconds to read a ``frames``-frame cache from the store onto the model's device (the file in the
+    page cache, as for an indexed video asked again), stored in the model's dtype and with
+    ``--cache-dtype fp8`` (decoded on the device), median of 3; and the bytes each entry holds."""
+    import dataclasses
+    import tempfile
+
+    from vidqa import library
+    from vidqa.store import Store
+    from vidqa.video import Sampling
+
+    big = cache.select([i % cache.num_frames for i in range(frames)]).to("cpu")
+    picked = SimpleNamespace(indices=list(range(frames)))
+    out = {"frames": frames}
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(tmp) / "v.mp4"
+        video.write_bytes(b"not decoded: the store keys on the file's content")
+        for cache_dtype in ("auto", "fp8"):
+            store = Store(Path(tmp) / cache_dtype)
+            qa.compute = dataclasses.replace(qa.compute or ComputeOptions(), cache_dtype=cache_dtype)
+            settings = library.cache_settings(qa, Sampling(fps=1.0))
+            key = store.key(video, settings)
+            library.put(store, key, video, settings, big, picked, qa.model_id)
+            nbytes = sum(f.stat().st_size for f in (Path(tmp) / cache_dtype).rglob("*") if f.is_file())
+            times = []
+            for _ in range(4):
+                t0 = time.perf_counter()
+                got = library.stored(qa, store, key, settings)
+                got = got.to(qa.device)
+                sync()
+                times.append(time.perf_counter() - t0)
+            out[cache_dtype] = {"read_s": statistics.median(times[1:]), "store_bytes_total": nbytes}
+            assert got.num_frames == frames
+        qa.compute = dataclasses.replace(qa.compute, cache_dtype="auto")
+    return out
+
+
 def voco_mode(mode: str, args, device, dtype, pixels, ref: dict | None) -> dict:
     """Build VoCo-7B (seed 0), quantise it to ``mode``, time compression and decoding."""
     qa, _, llm_cfg, clip_cfg = voco_speed.build(args.tiny, device, dtype, tokens_per_frame=1)
@@ -106,6 +144,7 @@ def voco_mode(mode: str, args, device, dtype, pixels, ref: dict | None) -> dict:
         res["first_token_agrees"] = int(logits.argmax()) == int(ref["logits"].argmax())
     else:
         ref = {"cache": cache.to("cpu"), "logits": logits}
+        res["store_read"] = store_read(qa, cache, args.long)
         dec = quant.decode_cache(quant.encode_cache(cache))
         res["cache_fp8_kv_rel_err"] = {k: rel(dec.tensors[k], cache.tensors[k]) for k in ("keys", "values")}
         res["cache_fp8_first_logits_rel_err"] = rel(first_logits(qa, dec), logits)
