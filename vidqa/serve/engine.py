@@ -169,7 +169,7 @@ class Split:
     copy_s: float = 0.0  # the frame cache from the host tier to the GPU (0 when it was there already)
     prefill_s: float = 0.0  # the method's prefill: frames to the LLM's inputs (LLaVA-Mini: the pre-fusion)
     first_token_s: float = 0.0  # the LLM's prefill forward and the first token's sampling
-    frames_on: str = ""  # where the cache was when the answer started: "gpu" or "host"
+    frames_on: str = ""  # where the cache was when the answer started: "device" (the model's) or "host"
 
     @property
     def total_s(self) -> float:
@@ -383,7 +383,7 @@ class Engine:
             cache, dropped = library.fit_turn(qa, cache, req.question, req.max_tokens, history)
         if cache.meta.get("model") not in (None, qa.model_fingerprint):
             raise ModelError("this frame cache was made by another model; recompute it")
-        split = Split(frames_on="gpu" if _on(cache, qa.device) else "host")
+        split = Split(frames_on="device" if _on(cache, qa.device) else "host")
         cache, split.copy_s = self._to_gpu(cache)
         stats, timings = DecodeStats(), {}
         out: list[str] = []
