@@ -134,8 +134,8 @@ def serve(qa, store_dir: Path, roots: list[Path], warmup_frames: int):
     from vidqa.serve.server import Server
     from vidqa.store import Store
 
-    engine = Engine(qa, Store(store_dir), allow_roots=roots, warmup_frames=warmup_frames, cache_gpu_bytes=60 << 30,
-                    cache_host_bytes=60 << 30)
+    # the GPU tier's budget as `vidqa serve` sets it by default (auto: 60% of the GPU memory free after warm-up)
+    engine = Engine(qa, Store(store_dir), allow_roots=roots, warmup_frames=warmup_frames, cache_host_bytes=60 << 30)
     t0 = time.perf_counter()
     server = Server(engine, own_engine=True).start()
     return server, time.perf_counter() - t0
@@ -198,9 +198,13 @@ def part_mini(cfg: dict, res: dict, work: Path, video: Path, tiny: bool) -> None
     try:
         cold = stream_ttft(server.url, video, q, cfg["new_tokens"])
         runs = [stream_ttft(server.url, video, q, cfg["new_tokens"]) for _ in range(cfg["repeats"])]
+        memory = server.engine.memory.stats()  # the tiers' budgets and use: is the K/V cache on the GPU?
+        cached = [c for tier in (server.engine.memory.gpu, server.engine.memory.host) for c in tier.values()]
+        mini_bytes = cached[0].bytes_per_frame if cached else None
     finally:
         server.stop()
     res["mini"] = {"frames": cold["frames"], "time_to_ready_s": ready_s, "cold_index_request": cold,
+                   "cache_bytes_per_frame": mini_bytes, "memory": memory,
                    "first_stored_request": runs[0], "tenth_request": runs[-1],
                    "ttft_median_s": statistics.median(r["ttft_s"] for r in runs)}
     del qa, server
@@ -386,7 +390,11 @@ def main():
               f"{c['1_clients']['tokens_per_s']:.1f} for one client")
     m = res.get("mini")
     if m:
-        print(f"mini: {m['frames']} stored frames, TTFT median {1000 * m['ttft_median_s']:.1f} ms")
+        last = m["tenth_request"]
+        print(f"mini: {m['frames']} stored frames, TTFT median {1000 * m['ttft_median_s']:.1f} ms (last request, "
+              f"server: copy {1000 * (last['server_copy_s'] or 0):.1f} ms, prefill {1000 * (last['server_prefill_s'] or 0):.1f} "
+              f"ms, first token {1000 * (last['server_first_token_s'] or 0):.1f} ms; cache on the {last['frames_on']}, "
+              f"{(m['cache_bytes_per_frame'] or 0) / 1e6:.2f} MB/frame)")
     s = res.get("search")
     if s:
         print(f"search: {s['videos']} videos, HTTP {s['http_first_s']:.2f} s first / {s['http_second_s']:.2f} s second, "

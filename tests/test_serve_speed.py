@@ -13,7 +13,7 @@ def test_serve_speed_tiny(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_speed.py"), "--tiny", "--out", str(tmp_path),
-                        "--parts", "ttft,concurrent,search"], cwd=REPO, env=env, capture_output=True, text=True,
+                        "--parts", "ttft,concurrent,search,mini"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads((tmp_path / "serve_speed.json").read_text())
@@ -27,6 +27,8 @@ def test_serve_speed_tiny(tmp_path):
     assert c["8_clients"]["tokens"] > 0 and c["1_clients"]["tokens_per_s"] > 0
     assert res["search"]["videos"] == 8 and res["search"]["rank_in_gpu_memory_s"] > 0
     assert "ttft:" in p.stdout and "concurrent:" in p.stdout and "search:" in p.stdout
+    m = res["mini"]  # LLaVA-Mini's K/V cache stays in the GPU tier (auto budget; on the CPU: the device itself)
+    assert m["tenth_request"]["server_prefill_s"] > 0 and m["cache_bytes_per_frame"] > 0
 
 
 def test_serve_speed_compile_part_tiny(tmp_path):
