@@ -13,7 +13,9 @@ first chunk when the first token is sampled), unless said otherwise. Parts (``--
               server: warm-up before /health says ready, the cache in the store on disk) answers ten
               questions: the first reads the store, the next nine hit the in-memory LRU (GPU tier).
               Reports each request's client TTFT, and the server's own split (frames_s: cache lookup;
-              time_to_first_token_s: prefill to first token).
+              time_to_first_token_s = copy_s (host tier to GPU) + prefill_s (the method's prefill:
+              LLaVA-Mini's pre-fusion) + first_token_s (the LLM's prefill forward and first token)).
+              The restarted server preloads the stored cache before it is ready (``preloaded_entries``).
   concurrent  8 clients at once (and 1 client alone) ask ``--new-tokens`` tokens each on the indexed
               video: p50 / p99 TTFT and total tokens per second.
   mini        LLaVA-Mini-8B: the same video indexed, then a question on its 1,000 stored frames (TTFT,
@@ -24,7 +26,11 @@ first chunk when the first token is sampled), unless said otherwise. Parts (``--
               in GPU memory.
   compile     VIDQA_COMPILE=1: two fresh processes each build the model and warm up (what `vidqa
               serve` does before it is ready), with the compile caches under OUT/compile-cache; the
-              first compiles, the second should load the artifacts. Reports time to ready for both.
+              first compiles, the second should load the artifacts. Reports time to ready for both, and
+              torch's counters: graphs traced, inductor FX graph cache misses (compiled) and hits
+              (loaded); ``second_recompiled`` is true if the second start compiled anything. On the CPU
+              vidqa compiles nothing (its compiled kernels are CUDA-only), so a small probe function
+              is compiled instead, to show the cache at work.
 
 Random weights decode as fast as real ones; answers from them are noise, and may stop early at
 a stop token: the number of tokens is reported with every rate.
@@ -112,7 +118,9 @@ def stream_ttft(url: str, video: Path, question: str, max_tokens: int, **extra) 
             info = c.get("vidqa", info)
     total = time.perf_counter() - t0
     return {"ttft_s": first, "total_s": total, "tokens": info.get("answer_tokens", 0), "from_cache": info.get("from_cache"),
-            "server_frames_s": info.get("frames_s"), "server_prefill_s": info.get("time_to_first_token_s"),
+            "server_frames_s": info.get("frames_s"), "server_ttft_s": info.get("time_to_first_token_s"),
+            "server_copy_s": info.get("copy_s"), "server_prefill_s": info.get("prefill_s"),
+            "server_first_token_s": info.get("first_token_s"), "frames_on": info.get("frames_on"),
             "frames": len(info.get("frames", []))}
 
 
@@ -126,8 +134,8 @@ def serve(qa, store_dir: Path, roots: list[Path], warmup_frames: int):
     from vidqa.serve.server import Server
     from vidqa.store import Store
 
-    engine = Engine(qa, Store(store_dir), allow_roots=roots, warmup_frames=warmup_frames, cache_gpu_bytes=60 << 30,
-                    cache_host_bytes=60 << 30)
+    # the GPU tier's budget as `vidqa serve` sets it by default (auto: 60% of the GPU memory free after warm-up)
+    engine = Engine(qa, Store(store_dir), allow_roots=roots, warmup_frames=warmup_frames, cache_host_bytes=60 << 30)
     t0 = time.perf_counter()
     server = Server(engine, own_engine=True).start()
     return server, time.perf_counter() - t0
@@ -141,11 +149,13 @@ def part_ttft(qa, work: Path, cfg: dict, res: dict, video: Path) -> None:
     finally:
         server.stop()
     server, ready_s = serve(qa, work / "store", [work], cfg["frames"])  # a restarted server: the store only
+    preloaded = len(server.engine.preloaded)  # read into memory before ready (newest stored caches of this model)
     try:
         runs = [stream_ttft(server.url, video, q, cfg["new_tokens"]) for _ in range(cfg["repeats"])]
     finally:
         server.stop()
     res["ttft"] = {"frames": cold["frames"], "cold_index_request": cold, "time_to_ready_s": ready_s,
+                   "preloaded_entries": preloaded,
                    "first_request": runs[0], "tenth_request": runs[-1],
                    "warm_ttft_median_s": statistics.median(r["ttft_s"] for r in runs[1:])}
 
@@ -188,9 +198,13 @@ def part_mini(cfg: dict, res: dict, work: Path, video: Path, tiny: bool) -> None
     try:
         cold = stream_ttft(server.url, video, q, cfg["new_tokens"])
         runs = [stream_ttft(server.url, video, q, cfg["new_tokens"]) for _ in range(cfg["repeats"])]
+        memory = server.engine.memory.stats()  # the tiers' budgets and use: is the K/V cache on the GPU?
+        cached = [c for tier in (server.engine.memory.gpu, server.engine.memory.host) for c in tier.values()]
+        mini_bytes = cached[0].bytes_per_frame if cached else None
     finally:
         server.stop()
     res["mini"] = {"frames": cold["frames"], "time_to_ready_s": ready_s, "cold_index_request": cold,
+                   "cache_bytes_per_frame": mini_bytes, "memory": memory,
                    "first_stored_request": runs[0], "tenth_request": runs[-1],
                    "ttft_median_s": statistics.median(r["ttft_s"] for r in runs)}
     del qa, server
@@ -251,6 +265,28 @@ def part_search(qa, work: Path, cfg: dict, res: dict) -> None:
                      "http_second_s": second_s, "rank_in_gpu_memory_s": rank_s, "top": r.json()["data"][:1]}
 
 
+def compile_counters() -> dict:
+    """What torch compiled in this process: graphs traced by dynamo, and inductor's FX graph cache
+    hits and misses (a miss is a graph compiled from scratch; a hit was loaded from the cache)."""
+    from torch._dynamo.utils import counters
+
+    ind, aot = counters["inductor"], counters["aot_autograd"]
+    return {"graphs": int(counters["stats"]["unique_graphs"]), "fx_cache_hits": int(ind["fxgraph_cache_hit"]),
+            "fx_cache_misses": int(ind["fxgraph_cache_miss"]), "fx_cache_bypasses": int(ind["fxgraph_cache_bypass"]),
+            "autograd_cache_hits": int(aot["autograd_cache_hit"]), "autograd_cache_misses": int(aot["autograd_cache_miss"])}
+
+
+def cpu_probe() -> None:
+    """On the CPU vidqa compiles nothing (its compiled kernels are CUDA-only): compile one small function
+    the way they are compiled, so that a CPU run still shows whether the second start recompiles."""
+    import torch
+
+    def step(x, w):
+        return torch.nn.functional.silu(x @ w) * x
+
+    torch.compile(step, dynamic=False)(torch.randn(4, 8), torch.randn(8, 8))
+
+
 def start_once(args) -> None:
     """One fresh start with compile on (a child process of the compile part): build, warm up, report."""
     from vidqa.serve import compile as compile_cache
@@ -265,9 +301,16 @@ def start_once(args) -> None:
 
     engine = Engine(qa, None, allow_roots=[Path.cwd()], warmup_frames=args.frames)
     warm_s = engine.warm_up()
+    probe = qa.device.type != "cuda"
+    if probe:  # counted in the warm-up: a CPU server would compile it there
+        t1 = time.perf_counter()
+        cpu_probe()
+        warm_s += time.perf_counter() - t1
     saved = compile_cache.save(base, qa.device)
+    c = compile_counters()
     print(json.dumps({"build_s": build_s, "warmup_s": warm_s, "ready_s": build_s + warm_s, "artifacts_loaded": loaded,
-                      "artifacts_saved": saved}))
+                      "artifacts_saved": saved, "cpu_probe": probe, **c,
+                      "recompiled": c["fx_cache_misses"] > 0}))
 
 
 def part_compile(args, cfg: dict, res: dict, out: Path) -> None:
@@ -283,7 +326,8 @@ def part_compile(args, cfg: dict, res: dict, out: Path) -> None:
             raise RuntimeError(f"start failed:\n{p.stderr[-3000:]}")
         starts.append(json.loads(p.stdout.strip().splitlines()[-1]))
     res["compile"] = {"first_start": starts[0], "second_start": starts[1],
-                      "warmup_speedup": starts[0]["warmup_s"] / max(1e-9, starts[1]["warmup_s"])}
+                      "warmup_speedup": starts[0]["warmup_s"] / max(1e-9, starts[1]["warmup_s"]),
+                      "second_recompiled": starts[1]["recompiled"]}
 
 
 def main():
@@ -346,15 +390,22 @@ def main():
               f"{c['1_clients']['tokens_per_s']:.1f} for one client")
     m = res.get("mini")
     if m:
-        print(f"mini: {m['frames']} stored frames, TTFT median {1000 * m['ttft_median_s']:.1f} ms")
+        last = m["tenth_request"]
+        print(f"mini: {m['frames']} stored frames, TTFT median {1000 * m['ttft_median_s']:.1f} ms (last request, "
+              f"server: copy {1000 * (last['server_copy_s'] or 0):.1f} ms, prefill {1000 * (last['server_prefill_s'] or 0):.1f} "
+              f"ms, first token {1000 * (last['server_first_token_s'] or 0):.1f} ms; cache on the {last['frames_on']}, "
+              f"{(m['cache_bytes_per_frame'] or 0) / 1e6:.2f} MB/frame)")
     s = res.get("search")
     if s:
         print(f"search: {s['videos']} videos, HTTP {s['http_first_s']:.2f} s first / {s['http_second_s']:.2f} s second, "
               f"rank alone {s['rank_in_gpu_memory_s']:.2f} s")
     cc = res.get("compile")
     if cc:
-        print(f"compile: ready after {cc['first_start']['ready_s']:.1f} s (first start), "
-              f"{cc['second_start']['ready_s']:.1f} s (second)")
+        a, b = cc["first_start"], cc["second_start"]
+        print(f"compile: ready after {a['ready_s']:.1f} s (first start: {a['graphs']} graphs, {a['fx_cache_misses']} "
+              f"compiled, {a['fx_cache_hits']} from the cache), {b['ready_s']:.1f} s (second: {b['fx_cache_misses']} "
+              f"compiled, {b['fx_cache_hits']} from the cache; {'recompiled' if b['recompiled'] else 'no recompilation'})"
+              + (" [CPU: a probe function; vidqa compiles on CUDA only]" if a["cpu_probe"] else ""))
     print(f"wrote {out / 'serve_speed.json'}")
 
 

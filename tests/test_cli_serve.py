@@ -17,8 +17,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_help(capsys, monkeypatch):
     text = wide_help(capsys, monkeypatch, "serve")
-    for opt in ("--host", "--port", "--api-key", "--allow-root", "--cache-gpu-gb", "--cache-host-gb", "127.0.0.1"):
+    for opt in ("--host", "--port", "--api-key", "--allow-root", "--cache-gpu-gb", "--cache-host-gb", "127.0.0.1",
+                "--preload", "--no-preload", "auto"):
         assert opt in text
+
+
+def test_bad_cache_gpu_gb(capsys):
+    for bad in ("lots", "-1", "nan"):
+        code, _, err = run(capsys, "serve", "--model", "tiny-voco", "--cache-gpu-gb", bad, "--port", "0")
+        one_line_error(code, err, "--cache-gpu-gb")
+
+
+def test_gpu_budget_option():
+    from vidqa.cli.serve import gpu_budget
+
+    assert gpu_budget("auto") is None and gpu_budget("AUTO") is None
+    assert gpu_budget("4") == 4 << 30 and gpu_budget("0.5") == 1 << 29
 
 
 def test_bad_allow_root(capsys, tmp_path):

@@ -52,6 +52,9 @@ def test_models_health_and_the_vidqa_fields(served):
     times = [f["time"] for f in r["vidqa"]["frames"]]
     assert times and all(1 <= t <= 5 for t in times) and len(times) == 8  # 2 fps over 4 s
     assert r["usage"]["completion_tokens"] >= 1
+    v = r["vidqa"]  # the server's time to first token, split honestly: copy + method prefill + the LLM's first token
+    assert v["frames_on"] == "device" and v["copy_s"] == 0 and v["prefill_s"] > 0 and v["first_token_s"] > 0
+    assert abs(v["time_to_first_token_s"] - (v["copy_s"] + v["prefill_s"] + v["first_token_s"])) < 2e-4
 
 
 def test_sse_wire_format(served):

@@ -129,3 +129,153 @@ def test_status_of_errors():
     assert status_of(RuntimeError("boom")).status == 500
     e = RequestError(403, "no")
     assert status_of(e) is e
+
+
+# ---- preload at start (issue 15: the first request as fast as the tenth) ---------------------------------
+
+def _stored(engine, video, question="what colour is the square?"):
+    """Compress ``video`` through the engine (into its store) and return the request and its store key."""
+    from vidqa import library
+
+    req = request(video, question)
+    prep = engine.prepare(req)
+    settings = library.cache_settings(engine.qa, req.frames.sampling())
+    return req, engine.store.key(engine.check_path(req.video), settings), prep
+
+
+def test_preload_reads_this_models_newest_entries_and_a_request_finds_them(demo_qa, tmp_path, monkeypatch):
+    import warnings
+
+    from vidqa import library
+    from vidqa.store import CacheWarning
+
+    store = Store(tmp_path / "store")
+    maker = Engine(demo_qa, store, allow_roots=[CLIPS], preload=0)
+    req0, key0, prep0 = _stored(maker, "shapes00.mp4")
+    req1, key1, _ = _stored(maker, "shapes01.mp4")
+    _, key2, _ = _stored(maker, "shapes02.mp4")
+    # another model's entry (other fingerprint) for the same video: never read
+    settings = library.cache_settings(demo_qa, req0.frames.sampling())
+    other = {**settings, "model_fingerprint": "0" * 64}
+    okey = store.key(CLIPS / "shapes00.mp4", other)
+    store.put(okey, prep0.cache, {"source": str(CLIPS / "shapes00.mp4"), "settings": other, "model_id": "other",
+                                  "frame_indices": list(range(prep0.cache.num_frames))})
+    # a corrupt entry of this model: skipped with one warning
+    meta = store.metadata(key2)
+    path = store.root / "entries" / key2[:2] / meta["tensors"]["file"]
+    path.write_bytes(b"x" * path.stat().st_size)
+    maker.close()
+
+    read = []
+    real_get = Store.get
+    monkeypatch.setattr(Store, "get", lambda self, key, settings=None: read.append(key) or real_get(self, key, settings))
+    fresh = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], warmup_frames=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fresh.warm_up()
+    assert okey not in read  # the other model's entry was not read
+    assert sorted(fresh.preloaded) == sorted([key0, key1])
+    assert len([w for w in caught if issubclass(w.category, CacheWarning)]) == 1  # the corrupt one
+    read.clear()
+    hit = fresh.lookup(fresh.check_path(req0.video), req0)
+    assert hit.from_cache and read == []  # from memory: the store was not read again
+    assert torch.equal(hit.cache.tensors["keys"], prep0.cache.tensors["keys"])
+    assert fresh.answer(hit, req0).text == "green"
+    fresh.close()
+
+
+def test_preload_respects_the_budgets_and_the_limit(demo_qa, tmp_path):
+    store = Store(tmp_path / "store")
+    maker = Engine(demo_qa, store, allow_roots=[CLIPS], preload=0)
+    _, key0, prep = _stored(maker, "shapes00.mp4")
+    _, key1, _ = _stored(maker, "shapes01.mp4")
+    maker.close()
+    one = store.entries()[0].bytes
+    small = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], warmup_frames=0,
+                   cache_host_bytes=one + one // 2)  # room for one entry only
+    small.warm_up()
+    assert len(small.preloaded) == 1 and small.memory.stats()["host_entries"] == 1
+    small.close()
+    limited = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], warmup_frames=0, preload=1)
+    limited.warm_up()
+    assert len(limited.preloaded) == 1
+    limited.close()
+    off = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], warmup_frames=0, preload=0)
+    off.warm_up()
+    assert off.preloaded == [] and off.memory.stats()["host_entries"] == 0
+    off.close()
+
+
+# ---- memory tiers: auto GPU budget, pinned host tier ------------------------------------------------------
+
+def test_auto_gpu_budget_is_a_share_of_the_free_memory(monkeypatch):
+    from vidqa.serve import engine as eng
+
+    assert eng.auto_gpu_bytes(torch.device("cpu")) == 0
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 << 30, 140 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 20 << 30)
+    assert eng.auto_gpu_bytes(torch.device("cuda:0")) == int(0.6 * (110 << 30))
+
+
+def test_auto_gpu_budget_is_set_at_warm_up(demo_qa, monkeypatch):
+    from vidqa.serve import engine as eng
+
+    e = Engine(demo_qa, None, allow_roots=[CLIPS], warmup_frames=0)  # cache_gpu_bytes: auto by default
+    assert e.gpu_auto
+    monkeypatch.setattr(eng, "auto_gpu_bytes", lambda device: 12345)
+    e.warm_up()
+    assert e.memory.gpu_bytes == 12345
+    e.close()
+    fixed = Engine(demo_qa, None, allow_roots=[CLIPS], warmup_frames=0, cache_gpu_bytes=0)
+    fixed.warm_up()
+    assert not fixed.gpu_auto and fixed.memory.gpu_bytes == 0
+    fixed.close()
+
+
+def test_host_tier_is_pinned_where_it_can_be_and_falls_back_silently(monkeypatch):
+    from vidqa.serve import engine as eng
+
+    pinned = []
+
+    def pin(self):
+        pinned.append(self.shape)
+        raise RuntimeError("no locked memory")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self, *a: False)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    c = cache(400)
+    host = eng.to_host(c)  # pinning was tried, failed, and the pageable copy is kept
+    assert pinned == [c.tensors["k"].shape] and torch.equal(host.tensors["k"], c.tensors["k"])
+
+
+# ---- one token loop, and an honest split of the time to first token ---------------------------------------
+
+def test_answer_is_videoqa_tokens_and_reports_its_split(engine, demo_qa):
+    from vidqa.generate import GenerationConfig
+
+    req = request()
+    prep = engine.prepare(req)
+    local = "".join(demo_qa.answer(prep.cache, req.question, GenerationConfig(max_new_tokens=req.max_tokens)))
+    ans = engine.answer(prep, req)
+    assert ans.text == local == "green"
+    s = ans.split
+    assert s.frames_on == "device" and s.copy_s == 0  # a CPU engine: the cache is where the model is
+    assert s.prefill_s > 0 and s.first_token_s == ans.stats.prefill_s
+    assert s.total_s == s.copy_s + s.prefill_s + s.first_token_s
+
+
+def test_videoqa_tokens_cancel_hook_and_timings(voco_qa):
+    from vidqa import library
+    from vidqa.generate import DecodeStats, GenerationConfig
+    from vidqa.video import Sampling
+
+    cache, _, _ = library.load_or_compress(voco_qa, CLIPS / "shapes00.mp4", Sampling(fps=1.0), store=None)
+    gen = GenerationConfig(max_new_tokens=20)
+    full = list(voco_qa.tokens(cache, "what is here?", gen))
+    assert "".join(d for _, d in full) == "".join(voco_qa.answer(cache, "what is here?", gen))
+    seen, timings, stats = [], {}, DecodeStats()
+    for tok, _ in voco_qa.tokens(cache, "what is here?", gen, stats, cancel=lambda: len(seen) >= 3, timings=timings):
+        seen.append(tok)
+    assert seen == [t for t, _ in full[:3]] and timings["prefill_s"] > 0

@@ -233,16 +233,39 @@ class VideoQA:
     def answer(self, cache: FrameCache, question: str, gen: GenerationConfig = GenerationConfig(),
                stats: DecodeStats | None = None, history: list[tuple[str, str]] = ()) -> Iterator[str]:
         """Stream the answer's text, delta by delta. ``history``: earlier (question, answer) turns."""
+        for _, delta in self.tokens(cache, question, gen, stats, history):
+            if delta:
+                yield delta
+
+    def tokens(self, cache: FrameCache, question: str, gen: GenerationConfig = GenerationConfig(),
+               stats: DecodeStats | None = None, history: list[tuple[str, str]] = (), *,
+               cancel: Callable[[], bool] | None = None, timings: dict | None = None) -> Iterator[tuple[int, str]]:
+        """The answer token by token, as ``(token id, text delta)`` (a delta may be empty: a token that
+        ends inside a character). The one token loop behind ``answer`` and ``vidqa serve``.
+
+        ``cancel``: asked before each token; once it returns True the answer stops (the generator
+        returns, and the decoder is free again). ``timings``: a dict that gets ``prefill_s``, the
+        method's prefill (the frames to the LLM's inputs: any host-to-device copy of the cache and
+        LLaVA-Mini's pre-fusion), synchronised; ``stats.prefill_s`` is the LLM's part after it.
+        """
         if cache.meta.get("model") not in (None, self.model_fingerprint):
             raise ModelError("this frame cache was made by another model; recompute it")
+        t0 = time.perf_counter()
         prefill = self.method.prefill(cache, question, history)  # moves what it needs to the device
+        if timings is not None:
+            self._sync()
+            timings["prefill_s"] = time.perf_counter() - t0
         past = prefill.past_key_values.get_seq_length() if prefill.past_key_values is not None else 0
         decoder = self.decoder(past + prefill.position_ids.shape[1] + gen.max_new_tokens)
         detok = Detokenizer(self.tokenizer, self.method.answer_prefix)
-        for token in generate(self.llm, prefill, gen, self.method.stop_ids, stats, decoder=decoder):
-            delta = detok.push(token)
-            if delta:
-                yield delta
+        steps = generate(self.llm, prefill, gen, self.method.stop_ids, stats, decoder=decoder)
+        try:
+            for token in steps:
+                if cancel is not None and cancel():
+                    return
+                yield token, detok.push(token)
+        finally:
+            steps.close()
 
     def decoder(self, needed: int):
         """A static-cache CUDA-graph decoder with room for ``needed`` tokens, reused across questions.

@@ -25,6 +25,19 @@ use a running server with --server URL or VIDQA_SERVER.
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
+def gpu_budget(value: str) -> int | None:
+    """``--cache-gpu-gb``: None for auto (decided after warm-up), else bytes."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        gb = float(value)
+    except ValueError:
+        gb = -1.0
+    if not gb >= 0:  # also NaN
+        raise VidqaError(f"--cache-gpu-gb {value}: give a number of GB (0 or more) or auto")
+    return int(gb * 2**30)
+
+
 def serve(
     model: P.Model = None, method: P.Method = None, vision_tower: P.VisionTower = None,
     tokens_per_frame: P.TokensPerFrame = None,
@@ -34,16 +47,21 @@ def serve(
                                                    help="Require Authorization: Bearer KEY on /v1 routes.")] = None,
     allow_root: Annotated[Optional[list[str]], typer.Option(show_default=False,
                                                             help="A folder requests may read files under (repeatable; default: the current folder).")] = None,
-    cache_gpu_gb: Annotated[float, typer.Option(min=0.0, help="GPU memory for hot frame caches, GB.")] = 4.0,
+    cache_gpu_gb: Annotated[str, typer.Option(help="GPU memory for hot frame caches, GB, or auto: 60% of the GPU "
+                                                   "memory free after warm-up (the rest is for activations).")] = "auto",
     cache_host_gb: Annotated[float, typer.Option(min=0.0, help="Host memory for hot frame caches, GB.")] = 16.0,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body, MB.")] = 1.0,
     warmup_frames: Annotated[int, typer.Option(min=0, help="Frames of the warm-up question (0: no warm-up).")] = 1000,
+    preload: Annotated[int, typer.Option(min=0, help="Before ready, read up to N of this model's newest stored frame "
+                                                     "caches into memory (within the cache budgets).")] = 32,
+    no_preload: Annotated[bool, typer.Option("--no-preload", help="Read no stored caches at start.")] = False,
     decoder: P.Decoder = "auto", device: P.Device = "auto", dtype: P.Dtype = "auto", batch_size: P.BatchSize = None,
     cache_dir: P.CacheDir = None, no_cache: P.NoCache = False,
 ):
     from pathlib import Path
 
     cache = P.cache_options(cache_dir, no_cache)
+    gpu_bytes = gpu_budget(cache_gpu_gb)
     from vidqa.serve import compile as compile_cache  # before torch compiles anything
 
     compile_dir = compile_cache.use_cache_dir(P.cache_options(cache_dir).root)
@@ -68,8 +86,9 @@ def serve(
     compile_cache.load(compile_dir, None)
     qa = common.load(P.model_options(model, method, vision_tower, tokens_per_frame), compute)
     engine = Engine(qa, library.open_store(cache), allow_roots=roots or None,
-                    cache_gpu_bytes=int(cache_gpu_gb * 2**30), cache_host_bytes=int(cache_host_gb * 2**30),
-                    decoder=decoder, batch_size=compute.batch_size, warmup_frames=warmup_frames)
+                    cache_gpu_bytes=gpu_bytes, cache_host_bytes=int(cache_host_gb * 2**30),
+                    decoder=decoder, batch_size=compute.batch_size, warmup_frames=warmup_frames,
+                    preload=0 if no_preload else preload)
     try:
         server = Server(engine, host, port, api_key=api_key, max_body_bytes=int(max_body_mb * 2**20), limits=Limits(),
                         log_level="warning")
@@ -82,7 +101,10 @@ def serve(
         engine.warm_up()
         if compute.compile:
             compile_cache.save(compile_dir, qa.device)
-        err.print(f"ready after {engine.warmup_s:.1f} s of warm-up", soft_wrap=True)
+        mem = engine.memory.stats()
+        err.print(f"ready after {engine.warmup_s:.1f} s of warm-up; {len(engine.preloaded)} stored caches preloaded; "
+                  f"frame cache budgets {mem['gpu_budget'] / 2**30:.1f} GB GPU, {mem['host_budget'] / 2**30:.1f} GB host",
+                  soft_wrap=True)
 
     import threading
 

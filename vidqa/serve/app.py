@@ -64,8 +64,11 @@ def vidqa_fields(prep: Prepared, ans: Answer | None) -> dict:
            "from_cache": prep.from_cache, "notes": prep.notes, "frames_s": round(prep.frames_s, 4)}
     if ans is not None:
         s = ans.stats
+        sp = ans.split  # the server's time to first token, split: copy + prefill + first token
         out.update({"answer_frames": ans.frames, "dropped_turns": ans.history_dropped,
-                    "time_to_first_token_s": round(s.prefill_s, 4), "ms_per_token": round(s.ms_per_token, 3),
+                    "time_to_first_token_s": round(sp.total_s, 4), "copy_s": round(sp.copy_s, 4),
+                    "prefill_s": round(sp.prefill_s, 4), "first_token_s": round(sp.first_token_s, 4),
+                    "frames_on": sp.frames_on, "ms_per_token": round(s.ms_per_token, 3),
                     "answer_tokens": s.tokens, "stopped": s.stopped})
     return out
 

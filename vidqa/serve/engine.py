@@ -24,6 +24,7 @@ import dataclasses
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,17 +38,67 @@ import torch
 from vidqa import library, search
 from vidqa.errors import ContextError, ModelError, VideoError, VidqaError
 from vidqa.framecache import FrameCache
-from vidqa.generate import DecodeStats, Detokenizer, GenerationConfig, generate
+from vidqa.generate import DecodeStats, GenerationConfig
 from vidqa.serve.schema import ChatRequest, RequestError, SearchRequest
+from vidqa.store import CacheWarning
 
 WARMUP_QUESTION = "what is in this video?"
+PRELOAD = 32  # stored caches read into memory at start, at most (newest first, within the budgets)
+
+
+def _index(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _on(cache: FrameCache, device: torch.device) -> bool:
+    """Every tensor of ``cache`` is on ``device`` (``cuda`` and ``cuda:N`` of the current device are one)."""
+    device = torch.device(device)
+    return all(v.device.type == device.type and _index(v.device) == _index(device) for v in cache.tensors.values())
+
+
+def to_host(cache: FrameCache) -> FrameCache:
+    """``cache`` in host memory, page-locked where CUDA is there (so that copies to the GPU run at
+    full speed and asynchronously); pageable when pinning fails (no CUDA, or locked memory exhausted)."""
+    tensors = {}
+    for k, v in cache.tensors.items():
+        v = v.to("cpu")
+        if torch.cuda.is_available() and not v.is_pinned():
+            try:
+                v = v.pin_memory()
+            except RuntimeError:  # silently pageable: slower copies, same results
+                pass
+        tensors[k] = v
+    return FrameCache(cache.method, tensors, list(cache.timestamps), cache.tokens_per_frame, dict(cache.meta))
+
+
+def to_device(cache: FrameCache, device: torch.device) -> FrameCache:
+    """``cache`` on ``device``; from pinned memory the copies do not block the host (the stream orders them)."""
+    if _on(cache, device):
+        return cache
+    return FrameCache(cache.method, {k: v.to(device, non_blocking=True) for k, v in cache.tensors.items()},
+                      list(cache.timestamps), cache.tokens_per_frame, dict(cache.meta))
+
+
+def auto_gpu_bytes(device: torch.device, share: float = 0.6) -> int:
+    """The GPU tier's budget for ``--cache-gpu-gb auto``: ``share`` of the GPU memory free now (call it
+    after warm-up: the weights, CUDA graphs and a long question's activations are then accounted
+    for), counting blocks torch holds but does not use as free. 0 on a CPU device."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    free, _ = torch.cuda.mem_get_info(device)
+    idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(share * (free + max(0, idle)))
 
 
 class FrameLRU:
     """Frame caches by key under a GPU budget and a host budget (bytes), least recently used out first.
 
     A cache that fits the GPU budget is kept on ``device``; the GPU tier's oldest entries move to the
-    host tier, whose oldest entries are dropped. On a CPU device there is only the host tier.
+    host tier, whose oldest entries are dropped. On a CPU device there is only the host tier. The
+    host tier is page-locked memory where CUDA is there (``to_host``).
     """
 
     def __init__(self, device: torch.device, gpu_bytes: int, host_bytes: int):
@@ -70,24 +121,31 @@ class FrameLRU:
                     return tier[key]
         return None
 
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self.gpu or key in self.host
+
+    def fits(self, nbytes: int) -> bool:
+        return nbytes <= max(self.gpu_bytes, self.host_bytes)
+
     def put(self, key, cache: FrameCache) -> None:
         with self._lock:
             self.gpu.pop(key, None)
             self.host.pop(key, None)
             if cache.nbytes <= self.gpu_bytes:
-                self.gpu[key] = cache.to(self.device)
+                self.gpu[key] = to_device(cache, self.device)
                 while self._size(self.gpu) > self.gpu_bytes:
                     k, old = self.gpu.popitem(last=False)
-                    self.host[k] = old.to("cpu")
+                    self.host[k] = to_host(old)
             elif cache.nbytes <= self.host_bytes:
-                self.host[key] = cache.to("cpu")
+                self.host[key] = to_host(cache)
             while self.host and self._size(self.host) > self.host_bytes:
                 self.host.popitem(last=False)
 
     def stats(self) -> dict:
         with self._lock:
             return {"gpu_entries": len(self.gpu), "gpu_bytes": self._size(self.gpu), "host_entries": len(self.host),
-                    "host_bytes": self._size(self.host)}
+                    "host_bytes": self._size(self.host), "gpu_budget": self.gpu_bytes, "host_budget": self.host_bytes}
 
 
 @dataclass
@@ -100,8 +158,22 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     info: object = None
     budget: int = 0
-    key: tuple = ()
-    frames_s: float = 0.0
+    key: tuple = ()  # the request's memory key: file, size, mtime, sampling, frame budget
+    frames_s: float = 0.0  # lookup (memory or store) and, on a miss, compression
+
+
+@dataclass
+class Split:
+    """Where an answer's time to first token went (seconds, from the start of the answer lane's work)."""
+
+    copy_s: float = 0.0  # the frame cache from the host tier to the GPU (0 when it was there already)
+    prefill_s: float = 0.0  # the method's prefill: frames to the LLM's inputs (LLaVA-Mini: the pre-fusion)
+    first_token_s: float = 0.0  # the LLM's prefill forward and the first token's sampling
+    frames_on: str = ""  # where the cache was when the answer started: "device" (the model's) or "host"
+
+    @property
+    def total_s(self) -> float:
+        return self.copy_s + self.prefill_s + self.first_token_s
 
 
 @dataclass
@@ -110,6 +182,7 @@ class Answer:
     stats: DecodeStats
     frames: int
     history_dropped: int = 0
+    split: Split = field(default_factory=Split)
 
 
 class Cancelled(Exception):
@@ -125,13 +198,18 @@ class Engine:
     them in the lanes (``lane_*`` executors)."""
 
     def __init__(self, qa, store=None, *, allow_roots: Iterable[str | os.PathLike] | None = None,
-                 cache_gpu_bytes: int = 4 << 30, cache_host_bytes: int = 16 << 30, decoder: str = "auto",
+                 cache_gpu_bytes: int | None = None, cache_host_bytes: int = 16 << 30, decoder: str = "auto",
                  batch_size: int | None = None, warmup_frames: int = 1000, default_max_tokens: int = 256,
-                 lookup_threads: int = 4):
+                 lookup_threads: int = 4, preload: int = PRELOAD):
         self.qa, self.store = qa, store
         roots = list(allow_roots) if allow_roots else [Path.cwd()]
         self.allow_roots = [Path(r).expanduser().resolve() for r in roots]
-        self.memory = FrameLRU(qa.device, cache_gpu_bytes, cache_host_bytes)
+        # cache_gpu_bytes None: "auto", a share of the GPU memory free after warm-up (auto_gpu_bytes)
+        self.gpu_auto = cache_gpu_bytes is None
+        self.memory = FrameLRU(qa.device, 0 if cache_gpu_bytes is None else cache_gpu_bytes, cache_host_bytes)
+        self.preload_limit = preload
+        self.preloaded: list[str] = []  # store keys read into memory at start
+        self._entry_of: dict[tuple, str] = {}  # (file, size, mtime, sampling) -> its store key
         self.decoder, self.batch_size = decoder, batch_size
         self.warmup_frames, self.default_max_tokens = warmup_frames, default_max_tokens
         self.lane_lookup = ThreadPoolExecutor(lookup_threads, thread_name_prefix="vidqa-lookup")
@@ -165,9 +243,48 @@ class Engine:
             self.answer(Prepared(Path(), cache), req, stop_after=4)
             if qa.device.type == "cuda":
                 torch.cuda.synchronize(qa.device)
+        if self.gpu_auto:
+            self.memory.gpu_bytes = auto_gpu_bytes(self.qa.device)
+        if self.preload_limit > 0 and self.store is not None:
+            self.preload(self.preload_limit)
         self.warmup_s = time.perf_counter() - t0
         self.ready = True
         return self.warmup_s
+
+    def preload(self, limit: int) -> list[str]:
+        """Read this model's newest stored caches into memory (at most ``limit``, within the budgets),
+        so that the first question on a recently used video is as fast as the tenth. Entries of other
+        models (or other settings of this one) are never read; a corrupt entry is skipped with one
+        warning. Returns the keys it loaded."""
+        from vidqa.store.keys import check_settings
+        from vidqa.video import Sampling
+
+        qa, store = self.qa, self.store
+        ours = {k: v for k, v in check_settings(library.cache_settings(qa, Sampling())).items() if k != "sampling"}
+        room = self.memory.gpu_bytes + self.memory.host_bytes
+        picked = []
+        for e in sorted(store.entries(), key=lambda e: e.created, reverse=True):  # newest first
+            if len(picked) >= limit or room <= 0:
+                break
+            if e.method != qa.method.name or e.tokens_per_frame != qa.method.tokens_per_frame or e.bytes > room:
+                continue
+            record = store.metadata(e.key) or {}
+            settings = record.get("settings")
+            if not isinstance(settings, dict) or {k: v for k, v in settings.items() if k != "sampling"} != ours:
+                continue  # another model's (or this model's with other settings): not even read
+            picked.append((e.key, settings))
+            room -= e.bytes
+        for key, settings in reversed(picked):  # oldest first in: the newest end up most recently used
+            try:
+                cache = library.stored(qa, store, key, settings)  # a corrupt entry: warned about, removed, None
+            except Exception as ex:  # noqa: BLE001 (a start must not fail on one bad entry)
+                warnings.warn(CacheWarning(f"cache entry {key[:12]} could not be preloaded ({ex}); skipped"),
+                              stacklevel=2)
+                continue
+            if cache is not None and self.memory.fits(cache.nbytes):
+                self.memory.put(("entry", key), cache)
+                self.preloaded.append(key)
+        return self.preloaded
 
     def close(self) -> None:
         for lane in (self.lane_lookup, self.lane_compress, self.lane_answer):
@@ -208,17 +325,22 @@ class Engine:
         if planned > prep.budget:
             prep.notes.append(f"{planned} frames do not fit the context with this question; using {prep.budget}, "
                               "sampled uniformly")
-        cache = self.memory.get(prep.key)
+        cache = self.memory.get(prep.key)  # a cache this server computed for the same request shape
         if cache is None and self.store is not None:
+            # stored caches live in memory under their store key (preloaded ones too), whole: thinned per request
             settings = library.cache_settings(self.qa, sampling)
-            if planned > prep.budget:
-                full = library.stored(self.qa, self.store, self.store.key(video, settings), settings)
-                cache = library.thin(full, prep.budget) if full is not None else None
-            else:
-                cache = library.stored(self.qa, self.store, self.store.key(video, settings), settings)
-            if cache is not None:
-                self.memory.put(prep.key, cache)
-                cache = self.memory.get(prep.key) or cache
+            file_key = prep.key[:4]
+            entry = self._entry_of.get(file_key)
+            if entry is None:
+                entry = self._entry_of[file_key] = self.store.key(video, settings)  # the content hash is memoised
+            full = self.memory.get(("entry", entry))
+            if full is None:
+                full = library.stored(self.qa, self.store, entry, settings)
+                if full is not None:
+                    self.memory.put(("entry", entry), full)
+                    full = self.memory.get(("entry", entry)) or full
+            if full is not None:
+                cache = library.thin(full, prep.budget) if planned > prep.budget else full
         if cache is not None:
             prep.cache, prep.from_cache = cache, True
         prep.frames_s = time.perf_counter() - t0
@@ -251,7 +373,7 @@ class Engine:
                stop_after: int | None = None) -> Answer:
         """Answer ``req`` from ``prep``'s frames; ``emit`` hears each text delta, ``on_first`` the first
         token (even one that is not yet text). Raises ``Cancelled`` when ``cancel`` is set (checked at
-        every token). The steps of ``VideoQA.answer``, token by token."""
+        every token). The token loop is ``VideoQA.tokens``, the one ``vidqa ask`` runs."""
         qa = self.qa
         gen = GenerationConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                                seed=req.seed)
@@ -261,29 +383,46 @@ class Engine:
             cache, dropped = library.fit_turn(qa, cache, req.question, req.max_tokens, history)
         if cache.meta.get("model") not in (None, qa.model_fingerprint):
             raise ModelError("this frame cache was made by another model; recompute it")
-        stats = DecodeStats()
-        prefill = qa.method.prefill(cache, req.question, history)
-        past = prefill.past_key_values.get_seq_length() if prefill.past_key_values is not None else 0
-        decoder = qa.decoder(past + prefill.position_ids.shape[1] + gen.max_new_tokens)
-        detok = Detokenizer(qa.tokenizer, qa.method.answer_prefix)
+        split = Split(frames_on="device" if _on(cache, qa.device) else "host")
+        cache, split.copy_s = self._to_gpu(cache)
+        stats, timings = DecodeStats(), {}
         out: list[str] = []
-        tokens = generate(qa.llm, prefill, gen, qa.method.stop_ids, stats, decoder=decoder)
+        steps = qa.tokens(cache, req.question, gen, stats, history,
+                          cancel=cancel.is_set if cancel is not None else None, timings=timings)
         try:
-            for token in tokens:
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled()
-                if stats.tokens == 1 and on_first is not None:
-                    on_first()
+            for _token, delta in steps:
+                if stats.tokens == 1:
+                    split.prefill_s, split.first_token_s = timings.get("prefill_s", 0.0), stats.prefill_s
+                    if on_first is not None:
+                        on_first()
                 if stop_after is not None and stats.tokens > stop_after:
                     break
-                delta = detok.push(token)
                 if delta:
                     out.append(delta)
                     if emit is not None:
                         emit(delta)
         finally:
-            tokens.close()
-        return Answer("".join(out), stats, cache.num_frames, dropped)
+            steps.close()
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if stats.tokens == 0:  # stopped at once (a stop token first)
+            split.prefill_s, split.first_token_s = timings.get("prefill_s", 0.0), stats.prefill_s
+        return Answer("".join(out), stats, cache.num_frames, dropped, split)
+
+    def _to_gpu(self, cache: FrameCache) -> tuple[FrameCache, float]:
+        """A host-tier cache copied to the GPU whole (from pinned memory: at full speed) when it fits in
+        half the free GPU memory, with the seconds it took; else as it is (the method then streams it in
+        chunks inside its prefill)."""
+        dev = self.qa.device
+        if dev.type != "cuda" or _on(cache, dev):
+            return cache, 0.0
+        free, _ = torch.cuda.mem_get_info(dev)
+        if cache.nbytes > 0.5 * free:
+            return cache, 0.0
+        t0 = time.perf_counter()
+        moved = to_device(cache, dev)
+        torch.cuda.synchronize(dev)
+        return moved, time.perf_counter() - t0
 
     # ---- search --------------------------------------------------------------------------------
     def search(self, req: SearchRequest) -> dict:
