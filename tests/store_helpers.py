@@ -131,6 +131,10 @@ def tamper(store: Store, key: str, name: str, *, dtype: str | None = None, shape
     new = struct.pack("<Q", len(text)) + text + data[8 + n:]
     path.write_bytes(new)
     record["tensors"]["sha256"] = hashlib.sha256(new).hexdigest()
+    if "chunk_sha256" in record["tensors"]:
+        from vidqa.store.io import digests
+
+        record["tensors"]["chunk_sha256"] = digests([new])[1]
     record["tensors"]["bytes"] = len(new)
     if record_too:
         names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "I64": "int64", "I32": "int32"}

@@ -151,6 +151,32 @@ def _tensor_file(store: Store, key: str) -> Path:
     return store.root / "entries" / key[:2] / meta["tensors"]["file"]
 
 
+@pytest.mark.parametrize("pieces", [True, False])
+def test_entries_with_and_without_piece_digests_are_checked(store, video, monkeypatch, pieces):
+    """New entries carry per-piece sha256 (checked in parallel); entries written before them carry only
+    the whole file's sha256, and still read. Either way a flipped byte is refused."""
+    import vidqa.store.io as sio
+
+    monkeypatch.setattr(sio, "CHECK_CHUNK", 64)  # several pieces even in a small test file
+    monkeypatch.setattr(sio.digests, "__defaults__", (64,))
+    monkeypatch.setattr(sio.check_chunks, "__defaults__", (64,))
+    cache = make_cache(frames=5)
+    key = put(store, video, cache)
+    meta = store.root / "entries" / key[:2] / f"{key}.json"
+    record = json.loads(meta.read_text())
+    assert len(record["tensors"]["chunk_sha256"]) > 3
+    if not pieces:  # an entry as older versions wrote it
+        del record["tensors"]["chunk_sha256"]
+        meta.write_text(json.dumps(record))
+    assert same(store.get(key), cache)
+    path = _tensor_file(store, key)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.warns(CacheWarning, match="checksum mismatch"):
+        assert store.get(key) is None
+
+
 @pytest.mark.parametrize("damage, problem", [
     ("flip", "checksum mismatch"), ("truncate", "truncated tensor file"), ("delete", "missing tensor file"),
 ])

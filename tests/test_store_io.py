@@ -89,3 +89,24 @@ def test_fsync_dir(tmp_path):
     (tmp_path / "f").write_bytes(b"")
     with pytest.raises(NotADirectoryError):
         io.fsync_dir(tmp_path / "f")
+
+
+def test_chunk_digests_match_whole_and_catch_any_changed_byte():
+    import hashlib
+
+    from vidqa.store import io as sio
+
+    rng = __import__("random").Random(0)
+    data = bytes(rng.getrandbits(8) for _ in range(10_000))
+    parts = [data[:1234], data[1234:7000], data[7000:]]  # buffers that straddle the pieces
+    whole, pieces = sio.digests(parts, chunk=1000)
+    assert whole == hashlib.sha256(data).hexdigest()
+    assert pieces == [hashlib.sha256(data[i:i + 1000]).hexdigest() for i in range(0, 10_000, 1000)]
+    assert sio.check_chunks(data, pieces, chunk=1000)
+    for at in (0, 999, 1000, 5555, 9999):
+        bad = bytearray(data)
+        bad[at] ^= 1
+        assert not sio.check_chunks(bad, pieces, chunk=1000)
+    assert not sio.check_chunks(data[:9000], pieces, chunk=1000)  # truncated: a piece missing
+    assert not sio.check_chunks(data + b"x", pieces, chunk=1000)  # grown: a piece more
+    assert sio.digests([b""], chunk=1000)[1] == [] and sio.check_chunks(b"", [], chunk=1000)

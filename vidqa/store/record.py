@@ -22,7 +22,7 @@ _FIELDS = (("key", str), ("format", int), ("source", dict), ("settings", dict), 
 
 def build(key: str, *, source: dict, settings: dict, cache: FrameCache, model_id: str | None,
           frame_indices: list[int] | None, extra, tensors: dict[str, torch.Tensor], checksum: str,
-          nbytes: int) -> dict:
+          nbytes: int, pieces: list[str] | None = None) -> dict:
     """The record of ``cache`` stored as ``key``: ``settings`` canonical, ``source`` the video's
     path, sha256 and stat; ``tensors`` as written, ``checksum`` and ``nbytes`` of their file."""
     now = time.time()
@@ -41,6 +41,7 @@ def build(key: str, *, source: dict, settings: dict, cache: FrameCache, model_id
         "cache_meta": canonical(cache.meta, "cache meta", fold=False),
         "extra": canonical(extra, "extra metadata", fold=False),
         "tensors": {"file": f"{key}.{checksum[:16]}.safetensors", "sha256": checksum, "bytes": nbytes,
+                    **({"chunk_sha256": pieces} if pieces is not None else {}),
                     "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()},
                     "shapes": {k: list(v.shape) for k, v in tensors.items()}},
         "vidqa_version": vidqa.__version__,
@@ -71,4 +72,7 @@ def parse(raw: bytes) -> dict:
     if not (isinstance(dtypes, dict) and isinstance(shapes, dict) and all(isinstance(v, str) for v in dtypes.values())
             and all(isinstance(v, list) and all(type(n) is int for n in v) for v in shapes.values())):
         raise ValueError("no tensor shapes and dtypes")
+    pieces = record["tensors"].get("chunk_sha256")
+    if pieces is not None and not (isinstance(pieces, list) and all(isinstance(p, str) for p in pieces)):
+        raise ValueError("bad chunk_sha256")
     return record

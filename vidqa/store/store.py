@@ -245,7 +245,12 @@ class Store:
                 raise _Bad(f"cannot read the tensor file: {e.strerror or e}", st, removable=False) from None
             if len(data) != record["tensors"].get("bytes", len(data)):
                 raise _Bad(f"truncated tensor file ({len(data)} of {record['tensors']['bytes']} bytes)", st)
-            if hashlib.sha256(data).hexdigest() != record["tensors"].get("sha256"):
+            pieces = record["tensors"].get("chunk_sha256")
+            if pieces is not None:  # per-piece digests (entries written since 0.x): checked in parallel
+                ok = io.check_chunks(data, pieces)
+            else:
+                ok = hashlib.sha256(data).hexdigest() == record["tensors"].get("sha256")
+            if not ok:
                 raise _Bad("checksum mismatch in the tensor file", st)
             try:
                 tensors = codec.decode(data)
@@ -315,14 +320,12 @@ class Store:
             data = codec.encode(tensors, {"vidqa_key": key, "vidqa_store_format": str(STORE_FORMAT)})
         except TypeError as e:
             raise CacheError(str(e)) from None
-        digest = hashlib.sha256()
-        for chunk in data:
-            digest.update(chunk)
+        checksum, pieces = io.digests(data)
         record = entry_record.build(key, source={"path": str(source), "sha256": content, "size": stamp["size"],
                                                  "mtime_ns": stamp["mtime_ns"], "mtime": stamp["mtime_ns"] / 1e9},
                                     settings=settings, cache=cache, model_id=meta.get("model_id"),
                                     frame_indices=indices, extra=meta.get("extra"), tensors=tensors,
-                                    checksum=digest.hexdigest(), nbytes=sum(c.nbytes for c in data))
+                                    checksum=checksum, pieces=pieces, nbytes=sum(c.nbytes for c in data))
 
         directory = self._dir(key)
         temps: list[LockedTemp] = []
