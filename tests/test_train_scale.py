@@ -142,3 +142,71 @@ def test_lora_run_exports_merged_weights(world, tmp_path):
     assert not any("lora" in k or "base_layer" in k for k in state)
     merged = state["model.layers.0.self_attn.q_proj.weight"].float()
     assert merged.shape == before.shape and not torch.allclose(merged, before.to(merged.dtype), atol=1e-4)
+
+
+# ---- speed knobs (issue 16, MFU): same curve, fewer FLOPs wasted ---------------------------------------------
+def test_speed_knobs_give_the_same_curve(world, tmp_path):
+    """Checkpointing every other layer, FlexAttention with the VoCo block mask, foreach AdamW: the curve of the
+    plain run (recomputation, the kernel and the optimizer's loop change no number beyond rounding)."""
+    _, base, files, folders = world
+    fit_worker(0, 1, 0, base, files, folders, tmp_path / "plain", 3, tmp_path / "plain.json")
+    fit_worker(0, 1, 0, base, files, folders, tmp_path / "knobs", 3, tmp_path / "knobs.json",
+               knobs={"checkpointing": "every:2", "attention": "flex", "adam": "foreach"})
+    plain, knobs = (json.loads((tmp_path / f).read_text()) for f in ("plain.json", "knobs.json"))
+    assert knobs == pytest.approx(plain, rel=1e-4)
+
+
+def test_checkpoint_plan_and_bad_knobs():
+    from vidqa.errors import VidqaError
+    from vidqa.train import scale
+
+    assert scale.checkpoint_plan(None, 3) == [True] * 3
+    assert scale.checkpoint_plan(None, 3, default=False) == [False] * 3
+    assert scale.checkpoint_plan("none", 3) == [False] * 3 and scale.checkpoint_plan("full", 2) == [True] * 2
+    assert scale.checkpoint_plan("every:2", 5) == [True, False, True, False, True]
+    for bad in ("every:0", "every:x", "some"):
+        with pytest.raises(VidqaError, match="--checkpointing"):
+            scale.checkpoint_plan(bad, 4)
+    with pytest.raises(VidqaError, match="--adam"):
+        scale.make_optimizer([torch.nn.Parameter(torch.zeros(2))], scale.ScaleConfig(adam="sgd"), torch.device("cpu"))
+    opt = scale.make_optimizer([torch.nn.Parameter(torch.zeros(2))], scale.ScaleConfig(), torch.device("cpu"))
+    assert not opt.defaults["fused"]  # auto: fused only on CUDA
+
+
+def test_checkpointing_every_n_sets_the_layers(world):
+    from vidqa.train import scale
+    from vidqa.train.base import load_base
+    from vidqa.train.model import build_from_base
+
+    _, base, _, _ = world
+    learner = build_from_base(load_base(str(base)), 2)
+    scale.prepare(learner, scale.ScaleConfig(checkpointing="every:2", bf16=False), torch.device("cpu"), 1)
+    assert [layer.gradient_checkpointing for layer in learner.llm.model.layers] == [True, False]
+    learner = build_from_base(load_base(str(base)), 2)
+    scale.prepare(learner, scale.ScaleConfig(checkpointing="none", bf16=False), torch.device("cpu"), 1)
+    assert not any(layer.gradient_checkpointing for layer in learner.llm.model.layers)
+
+
+def test_mfu_counts_the_vision_layers_that_run_and_the_projector(world):
+    """Frozen tower: forward only, its layers up to the selected one (-2 of 3: 2 layers), the projector per patch;
+    the LLM 6 FLOPs per weight per token (trained) and 12·d·L² attention per layer."""
+    from vidqa.train import scale
+    from vidqa.train.base import load_base
+    from vidqa.train.model import build_from_base
+
+    _, base, _, _ = world
+    learner = build_from_base(load_base(str(base)), 2)
+    scale.prepare(learner, scale.ScaleConfig(bf16=False, grad_checkpointing=False), torch.device("cpu"), 1)
+    v = learner.vision
+    assert len(v.layers) == 2
+    n = lambda ps: sum(p.numel() for name, p in ps if p.ndim >= 2 and "embed_tokens" not in name
+                       and "position_embedding" not in name)
+    n_llm = n(learner.llm.named_parameters())
+    n_vis = n(list(v.layers.named_parameters()) + list(v.core.embeddings.named_parameters()))
+    n_prj = n(learner.projector.named_parameters())
+    cfg = learner.llm.config
+    tokens, frames, seq_sq = 100, 3, 5000.0
+    patches = frames * v.num_patches
+    want = 6 * n_llm * tokens + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_sq \
+        + 2 * n_vis * patches + 4 * 2 * v.hidden_size * frames * (v.num_patches + 1) ** 2 + 4 * n_prj * patches
+    assert scale.flops_per_token(learner, tokens, frames, seq_sq) == pytest.approx(want)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,11 +145,70 @@ class Learner(nn.Module):
         flat = torch.tensor([r_idx, c_idx, [t for tgt in answers for t in tgt]], device=device)
         labels = torch.full(E.shape[:2], -100, dtype=torch.long, device=device)
         labels[flat[0], flat[1]] = flat[2]
-        mask = torch.zeros(M.shape, dtype=E.dtype, device=device).masked_fill_(~M, torch.finfo(E.dtype).min)
+        if getattr(self, "attention", "sdpa") == "flex":  # scale.prepare switched the LLM to flex_attention_forward
+            mask = block_mask(M)
+        else:
+            mask = torch.zeros(M.shape, dtype=E.dtype, device=device).masked_fill_(~M, torch.finfo(E.dtype).min)
         logits = self.llm(inputs_embeds=E, attention_mask=mask, position_ids=P).logits.float()
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
         self.last_seq_sq = float(sum(e.shape[0] ** 2 for e, _, _, _ in rows))  # attention FLOPs (MFU)
         return loss, int(flat.shape[1]), int(sum(e.shape[0] for e, _, _, _ in rows))
+
+
+def block_mask(M: torch.Tensor):
+    """A FlexAttention ``BlockMask`` of a bool mask ``[B, 1, L, L]`` (True: may attend): exactly that mask,
+    read inside the kernel only for the tiles that are partly masked; whole masked tiles are skipped."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dense = M[:, 0].contiguous()
+
+    def mask_mod(b, h, q, kv):
+        return dense[b, q, kv]
+
+    B, L = dense.shape[0], dense.shape[-1]
+    return create_block_mask(mask_mod, B, None, L, L, device=dense.device)
+
+
+_compiled_flex = None
+
+
+def flex_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' attention-function interface over FlexAttention (``attention_mask``: a ``BlockMask``).
+    Compiled on GPUs (the fused kernel); eager elsewhere (the unfused reference: CPU tests)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    if not isinstance(attention_mask, BlockMask):  # a dense mask (inference on the trained model): plain SDPA
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    gqa = key.shape[1] != query.shape[1]
+    if query.is_cuda:
+        if _compiled_flex is None:  # one kernel per sequence length: real data's lengths vary
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        out = _compiled_flex(query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=gqa)
+    elif torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        # FlexAttention has no backward on the CPU: the same mask, materialised, through SDPA
+        from torch.nn.attention.flex_attention import create_mask
+
+        B, L, S = query.shape[0], query.shape[2], key.shape[2]
+        dense = create_mask(attention_mask.mask_mod, B, 1, L, S, device=query.device)
+        return sdpa_fallback(module, query, key, value, dense, scaling, dropout, **kwargs)
+    else:
+        with warnings.catch_warnings():  # "called without torch.compile": the reference path, on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            out = flex_attention(query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def sdpa_fallback(module, query, key, value, allowed, scaling, dropout, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+    mask = mask.masked_fill_(~allowed, torch.finfo(query.dtype).min)
+    return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
 def build_tiny(variant: str, tokenizer, cfg: TinyConfig, tokens_per_frame: int = 1) -> Learner:
