@@ -146,12 +146,13 @@ def test_lora_run_exports_merged_weights(world, tmp_path):
 
 # ---- speed knobs (issue 16, MFU): same curve, fewer FLOPs wasted ---------------------------------------------
 def test_speed_knobs_give_the_same_curve(world, tmp_path):
-    """Checkpointing every other layer, FlexAttention with the VoCo block mask, foreach AdamW: the curve of the
+    """Checkpointing every other layer, FlexAttention with the VoCo block mask, foreach AdamW, each decoder layer
+    through torch.compile (the aot_eager backend: no C++ build on the CPU): the curve of the
     plain run (recomputation, the kernel and the optimizer's loop change no number beyond rounding)."""
     _, base, files, folders = world
     fit_worker(0, 1, 0, base, files, folders, tmp_path / "plain", 3, tmp_path / "plain.json")
     fit_worker(0, 1, 0, base, files, folders, tmp_path / "knobs", 3, tmp_path / "knobs.json",
-               knobs={"checkpointing": "every:2", "attention": "flex", "adam": "foreach"})
+               knobs={"checkpointing": "every:2", "attention": "flex", "adam": "foreach", "compile": "aot_eager"})
     plain, knobs = (json.loads((tmp_path / f).read_text()) for f in ("plain.json", "knobs.json"))
     assert knobs == pytest.approx(plain, rel=1e-4)
 
@@ -210,3 +211,13 @@ def test_mfu_counts_the_vision_layers_that_run_and_the_projector(world):
     want = 6 * n_llm * tokens + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_sq \
         + 2 * n_vis * patches + 4 * 2 * v.hidden_size * frames * (v.num_patches + 1) ** 2 + 4 * n_prj * patches
     assert scale.flops_per_token(learner, tokens, frames, seq_sq) == pytest.approx(want)
+
+
+def test_two_process_fsdp_without_resharding_and_with_prefetch_gives_the_curve(world, tmp_path):
+    _, base, files, folders = world
+    knobs = {"reshard_after_forward": False, "prefetch": 1, "checkpointing": "every:2"}
+    fit_worker(0, 1, 0, base, files, folders, tmp_path / "one", 3, tmp_path / "one.json")
+    mp.spawn(fit_worker, args=(2, 31000 + (hash(str(tmp_path)) % 2000), base, files, folders, tmp_path / "two", 3,
+                               tmp_path / "two.json", True, None, knobs), nprocs=2)
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two == pytest.approx(one, rel=1e-4)
