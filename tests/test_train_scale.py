@@ -221,3 +221,30 @@ def test_two_process_fsdp_without_resharding_and_with_prefetch_gives_the_curve(w
                                tmp_path / "two.json", True, None, knobs), nprocs=2)
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert two == pytest.approx(one, rel=1e-4)
+
+
+def test_export_writes_the_slow_tokenizer_files_transformers_4_37_reads(trained):
+    """VoCo-LLaMA's loader asks for the slow tokenizer (``use_fast=False``, transformers 4.37): the export has
+    tokenizer.model (the base's), added_tokens.json with <voco> as the last id, special_tokens_map.json and an
+    old-format tokenizer_config.json; the sentencepiece model + added tokens give the fast tokenizer's ids."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    model = trained[2] / "model"
+    for name in ("tokenizer.model", "added_tokens.json", "special_tokens_map.json", "tokenizer_config.json",
+                 "tokenizer.json"):
+        assert (model / name).is_file(), name
+    fast = AutoTokenizer.from_pretrained(str(model))
+    voco = fast.convert_tokens_to_ids("<voco>")
+    assert voco == len(fast) - 1 == VOCAB
+    assert json.loads((model / "added_tokens.json").read_text()) == {"<voco>": voco}
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    assert cfg["tokenizer_class"] == "LlamaTokenizer" and cfg["added_tokens_decoder"][str(voco)]["content"] == "<voco>"
+    assert cfg["added_tokens_decoder"][str(voco)]["special"] and cfg["add_bos_token"] and not cfg["add_eos_token"]
+    assert not {"backend", "extra_special_tokens", "is_local"} & set(cfg)
+    assert json.loads((model / "special_tokens_map.json").read_text())["eos_token"]["content"] == "</s>"
+    sp = spm.SentencePieceProcessor(model_file=str(model / "tokenizer.model"))
+    assert sp.get_piece_size() == VOCAB
+    text = "what colour is the square"
+    assert sp.encode(text) == fast(text, add_special_tokens=False).input_ids
+    assert fast("<voco>", add_special_tokens=False).input_ids == [voco]
