@@ -12,7 +12,7 @@
 Speed knobs (each a flag of ``vidqa train`` too; see ``vidqa.train.scale``): ``--checkpointing full|none|every:N``
 (LLM layers that recompute activations), ``--compile`` (torch.compile of each decoder layer), ``--adam
 auto|fused|foreach``, ``--no-reshard`` and ``--prefetch N`` (FSDP2), ``--attention sdpa|flex`` (the VoCo mask
-as a dense SDPA mask or as a FlexAttention block mask), ``--micro-batch-size``; ``--profile DIR`` adds a
+as a dense SDPA mask or as a FlexAttention block mask), ``--pack``, ``--micro-batch-size``; ``--profile DIR`` adds a
 torch.profiler trace of two steps after the warmup.
 
 Self-contained: no checkpoint, no PyAV (frames are random uint8 made in the DataLoader workers at 480x640
@@ -132,7 +132,7 @@ def run_mode(mode: str, args, device: torch.device, world: int, workdir: Path) -
                             lora_r=args.lora_r if mode == "lora" else 0, checkpointing=args.checkpointing,
                             compile="inductor" if args.compile and not tiny else "", adam=args.adam,
                             reshard_after_forward=not args.no_reshard, prefetch=args.prefetch,
-                            attention=args.attention,
+                            attention=args.attention, pack=args.pack,
                             bf16=device.type == "cuda", fsdp=mode != "lora", max_frames=frames, max_length=seq + 8,
                             workers=args.workers if not tiny else 0, save=False, log_every=1,
                             peak_tflops=args.peak_tflops)
@@ -149,6 +149,7 @@ def run_mode(mode: str, args, device: torch.device, world: int, workdir: Path) -
     out = {"mode": mode, "processes": world, "sequence_length": seq, "frames_per_sample": frames,
            "checkpointing": args.checkpointing, "compile": args.compile, "adam": args.adam,
            "reshard_after_forward": not args.no_reshard, "prefetch": args.prefetch, "attention": args.attention,
+           "pack": args.pack,
            "global_batch": cfg.batch_size, "micro_batch": cfg.micro_batch_size, "steps": steps,
            "tokens_per_s": med("tokens_per_s"), "samples_per_s": med("samples_per_s"),
            "frames_per_s": med("frames_per_s"), "mfu": med("mfu"), "data_wait_share": med("data_wait"),
@@ -182,6 +183,7 @@ def main() -> None:
     ap.add_argument("--prefetch", type=int, default=0, help="FSDP2: layers all-gathered ahead explicitly")
     ap.add_argument("--attention", choices=["sdpa", "flex"], default="sdpa",
                     help="sdpa: dense VoCo mask; flex: FlexAttention block mask")
+    ap.add_argument("--pack", action="store_true", help="turns share sequences of --seq (block-diagonal masks)")
     ap.add_argument("--profile", default="", help="write a torch.profiler Chrome trace of 2 steps after the run here")
     args = ap.parse_args()
     quiet_transformers()

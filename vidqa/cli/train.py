@@ -84,7 +84,8 @@ def train(
     warmup: Annotated[int, typer.Option(help="Warmup steps.")] = 100,
     pack: Annotated[bool, typer.Option(
         "--pack", help="Synthetic data: --batch-size counts clips, and all of a clip's questions share one sequence "
-                       "after its frames (each sees the frames and itself only).")] = False,
+                       "after its frames (each sees the frames and itself only). Real runs: a micro-batch's turns "
+                       "share sequences of --max-length, each seeing only itself (less padding).")] = False,
     eval_every: Annotated[float, typer.Option(
         help="Seconds between held-out checks in the log (0: only at the end).")] = 0.0,
     device: Annotated[str, typer.Option(help="auto (this rank's GPU if there is one, else cpu), cpu, cuda or "
@@ -225,7 +226,7 @@ def _train_real(o: dict) -> None:
                             log_every=o["log_every"], seed=o["seed"], peak_tflops=o["peak_tflops"],
                             checkpointing=o["checkpointing"], compile="inductor" if o["compile_layers"] else "",
                             adam=o["adam"], reshard_after_forward=not o["no_reshard"], prefetch=o["prefetch"],
-                            attention=o["attention"])
+                            attention=o["attention"], pack=o["pack"])
     data = InstructionData(records, learner.vision.spec, o["max_frames"])
     out_dir = Path(o["out"])
     try:

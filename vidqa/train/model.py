@@ -121,7 +121,9 @@ class Learner(nn.Module):
 
         Each gpt turn is one row: its question with the earlier turns as history (VoCo's Vicuna prompt),
         laid out by the builder's ``single`` pass (each frame's VoCo block, then the text), padded into
-        one batch. The vision tower runs once over all frames of the micro-batch.
+        one batch (``pack``: first-fit into sequences of at most ``max_length``, block-diagonal masks, each
+        row its own positions: the same loss, less padding). The vision tower runs once over all frames of
+        the micro-batch.
         """
         device = next(self.projector.parameters()).device
         frames = torch.cat([r["frames"] for r in records]).to(device, non_blocking=True)
@@ -139,9 +141,16 @@ class Learner(nn.Module):
         if not rows:  # every row too long: a zero loss that still touches the graph
             zero = sum(p.sum() for p in self.projector.parameters()) * 0.0
             return zero, 0, 0
-        E, M, P, starts = stack_rows(rows)
-        r_idx = [b for b, tgt in enumerate(answers) for _ in tgt]
-        c_idx = [st - 1 + k for st, tgt in zip(starts, answers) for k in range(len(tgt))]
+        starts = [r[3] for r in rows]
+        seq_sq = float(sum(e.shape[0] ** 2 for e, _, _, _ in rows))  # attention FLOPs (MFU), per record
+        n_seq = int(sum(e.shape[0] for e, _, _, _ in rows))
+        if getattr(self, "pack", False):  # several rows share a sequence, each seeing only itself
+            rows, where = pack_rows(rows, self.max_length)
+        else:
+            where = [(b, 0) for b in range(len(rows))]
+        E, M, P, _ = stack_rows(rows)
+        r_idx = [where[i][0] for i, tgt in enumerate(answers) for _ in tgt]
+        c_idx = [where[i][1] + st - 1 + k for i, (st, tgt) in enumerate(zip(starts, answers)) for k in range(len(tgt))]
         flat = torch.tensor([r_idx, c_idx, [t for tgt in answers for t in tgt]], device=device)
         labels = torch.full(E.shape[:2], -100, dtype=torch.long, device=device)
         labels[flat[0], flat[1]] = flat[2]
@@ -151,8 +160,37 @@ class Learner(nn.Module):
             mask = torch.zeros(M.shape, dtype=E.dtype, device=device).masked_fill_(~M, torch.finfo(E.dtype).min)
         logits = self.llm(inputs_embeds=E, attention_mask=mask, position_ids=P).logits.float()
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-        self.last_seq_sq = float(sum(e.shape[0] ** 2 for e, _, _, _ in rows))  # attention FLOPs (MFU)
-        return loss, int(flat.shape[1]), int(sum(e.shape[0] for e, _, _, _ in rows))
+        self.last_seq_sq = seq_sq
+        return loss, int(flat.shape[1]), n_seq
+
+
+def pack_rows(rows: list, max_length: int) -> tuple[list, list[tuple[int, int]]]:
+    """Rows ``(embeds [L, D], mask [L, L], positions [L], start)`` packed first-fit into sequences of at most
+    ``max_length``: each row keeps its own mask (block-diagonal: nothing across rows) and positions. Returns
+    the packed rows and, per input row, ``(packed row, offset)``."""
+    groups: list[list[int]] = []
+    used: list[int] = []
+    for i, r in enumerate(rows):
+        n = r[0].shape[0]
+        g = next((g for g, u in enumerate(used) if u + n <= max_length), None)
+        if g is None:
+            groups.append([i])
+            used.append(n)
+        else:
+            groups[g].append(i)
+            used[g] += n
+    out, where = [], [(0, 0)] * len(rows)
+    for b, g in enumerate(groups):
+        L = used[b]
+        mask = torch.zeros(L, L, dtype=torch.bool, device=rows[g[0]][1].device)
+        off = 0
+        for i in g:
+            n = rows[i][0].shape[0]
+            mask[off: off + n, off: off + n] = rows[i][1]
+            where[i] = (b, off)
+            off += n
+        out.append((torch.cat([rows[i][0] for i in g]), mask, torch.cat([rows[i][2] for i in g]), 0))
+    return out, where
 
 
 def block_mask(M: torch.Tensor):

@@ -57,6 +57,7 @@ class ScaleConfig:
     reshard_after_forward: bool = True  # FSDP2: False keeps each layer's full weights from forward to backward
     prefetch: int = 0  # FSDP2: all-gather this many next layers ahead explicitly (0: FSDP2's implicit order)
     attention: str = "sdpa"  # sdpa | flex
+    pack: bool = False  # several turns/records share one sequence of max_length (block-diagonal masks)
     bf16: bool = True
     fsdp: bool = True  # under torchrun with more than one process
     max_frames: int = 8
@@ -149,6 +150,7 @@ def prepare(learner: Learner, cfg: ScaleConfig, device: torch.device, world: int
     if cfg.attention not in ("sdpa", "flex"):
         raise VidqaError(f"--attention {cfg.attention!r}: use sdpa or flex", exit_code=2)
     learner.attention = cfg.attention
+    learner.pack = cfg.pack
     if cfg.attention == "flex":
         learner.llm.config._attn_implementation = use_flex_attention()
     learner.to(device)
