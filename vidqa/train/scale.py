@@ -103,7 +103,11 @@ def make_optimizer(params: list[nn.Parameter], cfg: ScaleConfig, device: torch.d
 def _compile_layers(layers, backend: str) -> None:
     """Each decoder layer's forward through torch.compile, set on the instance after sharding: FSDP2's
     hooks stay outside the compiled code and transformers' checkpointing wrapper (the outermost
-    ``forward``) inside it."""
+    ``forward``) inside it. The layers share one code object: in case a guard tells them apart (their
+    index, their checkpointing flag), the recompile limit leaves room for one entry per layer."""
+    limit = 2 * len(layers) + 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
     for layer in layers:
         layer.forward = torch.compile(layer.forward, backend=backend)
 
