@@ -9,6 +9,12 @@
     # the suite's check, on the CPU in a few seconds (tiny shapes, every mode in one process):
     python benchmarks/train_speed.py --tiny --out tiny.json
 
+Speed knobs (each a flag of ``vidqa train`` too; see ``vidqa.train.scale``): ``--checkpointing full|none|every:N``
+(LLM layers that recompute activations), ``--compile`` (torch.compile of each decoder layer), ``--adam
+auto|fused|foreach``, ``--no-reshard`` and ``--prefetch N`` (FSDP2), ``--attention sdpa|flex`` (the VoCo mask
+as a dense SDPA mask or as a FlexAttention block mask), ``--pack``, ``--micro-batch-size``; ``--profile DIR`` adds a
+torch.profiler trace of two steps after the warmup.
+
 Self-contained: no checkpoint, no PyAV (frames are random uint8 made in the DataLoader workers at 480x640
 and fitted to the tower's size there, as real decoding hands them on). The steps run ``vidqa.train.scale.fit``,
 the loop ``vidqa train --base`` runs. Reported per mode: tokens/s, samples/s, frames/s, MFU against
@@ -19,6 +25,7 @@ peak memory per GPU. The first ``--warmup-steps`` steps are left out of the figu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -90,6 +97,24 @@ def records(n: int, frames: int, text_tokens: int) -> list[Record]:
     return out
 
 
+@contextlib.contextmanager
+def profiled(where: str, mode: str, warmup: int, device: torch.device):
+    """``--profile DIR``: torch.profiler over 2 steps after the warmup (fit's per-step log line moves it on);
+    rank 0's Chrome trace in DIR and its top operators by device time on stdout."""
+    if not where or int(os.environ.get("RANK", "0")) != 0:  # fit logs its step lines on rank 0 only
+        yield lambda m: None
+        return
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    Path(where).mkdir(parents=True, exist_ok=True)
+    prof = torch.profiler.profile(activities=acts, schedule=torch.profiler.schedule(wait=max(0, warmup - 1), warmup=1,
+                                                                                   active=2, repeat=1))
+    with prof:
+        yield lambda m: prof.step() if m.startswith("step ") else None
+    prof.export_chrome_trace(str(Path(where) / f"{mode}_rank0.json"))
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
+
+
 def run_mode(mode: str, args, device: torch.device, world: int, workdir: Path) -> dict:
     tiny = args.tiny
     frames = args.frames if mode == "video" else 1
@@ -104,20 +129,27 @@ def run_mode(mode: str, args, device: torch.device, world: int, workdir: Path) -
     steps = args.steps if not tiny else 3
     cfg = scale.ScaleConfig(steps=steps, batch_size=args.batch_size * world if not tiny else 2,
                             micro_batch_size=args.micro_batch_size if not tiny else 1, lr=1e-5, warmup=1,
-                            lora_r=args.lora_r if mode == "lora" else 0, grad_checkpointing=True,
+                            lora_r=args.lora_r if mode == "lora" else 0, checkpointing=args.checkpointing,
+                            compile="inductor" if args.compile and not tiny else "", adam=args.adam,
+                            reshard_after_forward=not args.no_reshard, prefetch=args.prefetch,
+                            attention=args.attention, pack=args.pack,
                             bf16=device.type == "cuda", fsdp=mode != "lora", max_frames=frames, max_length=seq + 8,
                             workers=args.workers if not tiny else 0, save=False, log_every=1,
                             peak_tflops=args.peak_tflops)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    result = scale.fit(learner, data, cfg, workdir / mode, device, log=lambda m: None)
+    with profiled(args.profile, mode, args.warmup_steps if not tiny else 0, device) as step_hook:
+        result = scale.fit(learner, data, cfg, workdir / mode, device, log=step_hook)
     wall = time.perf_counter() - t0
     hist = result["history"][args.warmup_steps if not tiny else 1:] or result["history"]
 
     def med(key):
         return statistics.median(h[key] for h in hist)
     out = {"mode": mode, "processes": world, "sequence_length": seq, "frames_per_sample": frames,
+           "checkpointing": args.checkpointing, "compile": args.compile, "adam": args.adam,
+           "reshard_after_forward": not args.no_reshard, "prefetch": args.prefetch, "attention": args.attention,
+           "pack": args.pack,
            "global_batch": cfg.batch_size, "micro_batch": cfg.micro_batch_size, "steps": steps,
            "tokens_per_s": med("tokens_per_s"), "samples_per_s": med("samples_per_s"),
            "frames_per_s": med("frames_per_s"), "mfu": med("mfu"), "data_wait_share": med("data_wait"),
@@ -144,6 +176,15 @@ def main() -> None:
     ap.add_argument("--lora-r", type=int, default=64)
     ap.add_argument("--workers", type=int, default=6)
     ap.add_argument("--peak-tflops", type=float, default=800.0)
+    ap.add_argument("--checkpointing", default="full", help="LLM layers that recompute: full, none, every:N")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (inductor)")
+    ap.add_argument("--adam", choices=["auto", "fused", "foreach"], default="auto", help="auto: fused on CUDA")
+    ap.add_argument("--no-reshard", action="store_true", help="FSDP2: keep each layer's full weights forward to backward")
+    ap.add_argument("--prefetch", type=int, default=0, help="FSDP2: layers all-gathered ahead explicitly")
+    ap.add_argument("--attention", choices=["sdpa", "flex"], default="sdpa",
+                    help="sdpa: dense VoCo mask; flex: FlexAttention block mask")
+    ap.add_argument("--pack", action="store_true", help="turns share sequences of --seq (block-diagonal masks)")
+    ap.add_argument("--profile", default="", help="write a torch.profiler Chrome trace of 2 steps after the run here")
     args = ap.parse_args()
     quiet_transformers()
     world = int(os.environ.get("WORLD_SIZE", "1"))

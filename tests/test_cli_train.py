@@ -26,3 +26,16 @@ def test_train_progress_reads_what_train_logs(capsys):
         bar(line)
         bar("resumed from x at step 3")
     assert bar.progress.tasks[0].completed == 50 and "123 samples/s" in bar.progress.tasks[0].fields["stats"]
+
+
+def test_train_speed_flags_are_shown_and_bad_values_refused(capsys, monkeypatch, tmp_path):
+    from cli_helpers import one_line_error, run
+
+    out = wide_help(capsys, monkeypatch, "train")
+    for flag in ("--checkpointing", "--compile", "--adam", "--no-reshard", "--prefetch", "--attention"):
+        assert flag in out, flag
+    assert "sdpa|flex" in out and "[default: sdpa]" in out and "--no-compile" not in out
+    for extra, needle in ((["--checkpointing", "some"], "--checkpointing"), (["--prefetch", "-1"], "--prefetch")):
+        code, _, err = run(capsys, "train", "--base", tmp_path / "none", "--data", tmp_path / "d.json",
+                           "--out", tmp_path / "o", *extra)
+        one_line_error(code, err, needle)

@@ -142,3 +142,109 @@ def test_lora_run_exports_merged_weights(world, tmp_path):
     assert not any("lora" in k or "base_layer" in k for k in state)
     merged = state["model.layers.0.self_attn.q_proj.weight"].float()
     assert merged.shape == before.shape and not torch.allclose(merged, before.to(merged.dtype), atol=1e-4)
+
+
+# ---- speed knobs (issue 16, MFU): same curve, fewer FLOPs wasted ---------------------------------------------
+def test_speed_knobs_give_the_same_curve(world, tmp_path):
+    """Checkpointing every other layer, FlexAttention with the VoCo block mask, foreach AdamW, each decoder layer
+    through torch.compile (the aot_eager backend: no C++ build on the CPU): the curve of the
+    plain run (recomputation, the kernel and the optimizer's loop change no number beyond rounding)."""
+    _, base, files, folders = world
+    fit_worker(0, 1, 0, base, files, folders, tmp_path / "plain", 3, tmp_path / "plain.json")
+    fit_worker(0, 1, 0, base, files, folders, tmp_path / "knobs", 3, tmp_path / "knobs.json",
+               knobs={"checkpointing": "every:2", "attention": "flex", "adam": "foreach", "compile": "aot_eager"})
+    plain, knobs = (json.loads((tmp_path / f).read_text()) for f in ("plain.json", "knobs.json"))
+    assert knobs == pytest.approx(plain, rel=1e-4)
+
+
+def test_checkpoint_plan_and_bad_knobs():
+    from vidqa.errors import VidqaError
+    from vidqa.train import scale
+
+    assert scale.checkpoint_plan(None, 3) == [True] * 3
+    assert scale.checkpoint_plan(None, 3, default=False) == [False] * 3
+    assert scale.checkpoint_plan("none", 3) == [False] * 3 and scale.checkpoint_plan("full", 2) == [True] * 2
+    assert scale.checkpoint_plan("every:2", 5) == [True, False, True, False, True]
+    for bad in ("every:0", "every:x", "some"):
+        with pytest.raises(VidqaError, match="--checkpointing"):
+            scale.checkpoint_plan(bad, 4)
+    with pytest.raises(VidqaError, match="--adam"):
+        scale.make_optimizer([torch.nn.Parameter(torch.zeros(2))], scale.ScaleConfig(adam="sgd"), torch.device("cpu"))
+    opt = scale.make_optimizer([torch.nn.Parameter(torch.zeros(2))], scale.ScaleConfig(), torch.device("cpu"))
+    assert not opt.defaults["fused"]  # auto: fused only on CUDA
+
+
+def test_checkpointing_every_n_sets_the_layers(world):
+    from vidqa.train import scale
+    from vidqa.train.base import load_base
+    from vidqa.train.model import build_from_base
+
+    _, base, _, _ = world
+    learner = build_from_base(load_base(str(base)), 2)
+    scale.prepare(learner, scale.ScaleConfig(checkpointing="every:2", bf16=False), torch.device("cpu"), 1)
+    assert [layer.gradient_checkpointing for layer in learner.llm.model.layers] == [True, False]
+    learner = build_from_base(load_base(str(base)), 2)
+    scale.prepare(learner, scale.ScaleConfig(checkpointing="none", bf16=False), torch.device("cpu"), 1)
+    assert not any(layer.gradient_checkpointing for layer in learner.llm.model.layers)
+
+
+def test_mfu_counts_the_vision_layers_that_run_and_the_projector(world):
+    """Frozen tower: forward only, its layers up to the selected one (-2 of 3: 2 layers), the projector per patch;
+    the LLM 6 FLOPs per weight per token (trained) and 12·d·L² attention per layer."""
+    from vidqa.train import scale
+    from vidqa.train.base import load_base
+    from vidqa.train.model import build_from_base
+
+    _, base, _, _ = world
+    learner = build_from_base(load_base(str(base)), 2)
+    scale.prepare(learner, scale.ScaleConfig(bf16=False, grad_checkpointing=False), torch.device("cpu"), 1)
+    v = learner.vision
+    assert len(v.layers) == 2
+    n = lambda ps: sum(p.numel() for name, p in ps if p.ndim >= 2 and "embed_tokens" not in name
+                       and "position_embedding" not in name)
+    n_llm = n(learner.llm.named_parameters())
+    n_vis = n(list(v.layers.named_parameters()) + list(v.core.embeddings.named_parameters()))
+    n_prj = n(learner.projector.named_parameters())
+    cfg = learner.llm.config
+    tokens, frames, seq_sq = 100, 3, 5000.0
+    patches = frames * v.num_patches
+    want = 6 * n_llm * tokens + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_sq \
+        + 2 * n_vis * patches + 4 * 2 * v.hidden_size * frames * (v.num_patches + 1) ** 2 + 4 * n_prj * patches
+    assert scale.flops_per_token(learner, tokens, frames, seq_sq) == pytest.approx(want)
+
+
+def test_two_process_fsdp_without_resharding_and_with_prefetch_gives_the_curve(world, tmp_path):
+    _, base, files, folders = world
+    knobs = {"reshard_after_forward": False, "prefetch": 1, "checkpointing": "every:2"}
+    fit_worker(0, 1, 0, base, files, folders, tmp_path / "one", 3, tmp_path / "one.json")
+    mp.spawn(fit_worker, args=(2, 31000 + (hash(str(tmp_path)) % 2000), base, files, folders, tmp_path / "two", 3,
+                               tmp_path / "two.json", True, None, knobs), nprocs=2)
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two == pytest.approx(one, rel=1e-4)
+
+
+def test_export_writes_the_slow_tokenizer_files_transformers_4_37_reads(trained):
+    """VoCo-LLaMA's loader asks for the slow tokenizer (``use_fast=False``, transformers 4.37): the export has
+    tokenizer.model (the base's), added_tokens.json with <voco> as the last id, special_tokens_map.json and an
+    old-format tokenizer_config.json; the sentencepiece model + added tokens give the fast tokenizer's ids."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    model = trained[2] / "model"
+    for name in ("tokenizer.model", "added_tokens.json", "special_tokens_map.json", "tokenizer_config.json",
+                 "tokenizer.json"):
+        assert (model / name).is_file(), name
+    fast = AutoTokenizer.from_pretrained(str(model))
+    voco = fast.convert_tokens_to_ids("<voco>")
+    assert voco == len(fast) - 1 == VOCAB
+    assert json.loads((model / "added_tokens.json").read_text()) == {"<voco>": voco}
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    assert cfg["tokenizer_class"] == "LlamaTokenizer" and cfg["added_tokens_decoder"][str(voco)]["content"] == "<voco>"
+    assert cfg["added_tokens_decoder"][str(voco)]["special"] and cfg["add_bos_token"] and not cfg["add_eos_token"]
+    assert not {"backend", "extra_special_tokens", "is_local"} & set(cfg)
+    assert json.loads((model / "special_tokens_map.json").read_text())["eos_token"]["content"] == "</s>"
+    sp = spm.SentencePieceProcessor(model_file=str(model / "tokenizer.model"))
+    assert sp.get_piece_size() == VOCAB
+    text = "what colour is the square"
+    assert sp.encode(text) == fast(text, add_special_tokens=False).input_ids
+    assert fast("<voco>", add_special_tokens=False).input_ids == [voco]

@@ -124,9 +124,11 @@ def make_mixed_data(root):
     return root / "llava.json", root / "video.json", images, videos
 
 
-def fit_worker(rank, world, port, base, data_files, folders, out, steps, result_file, fsdp=True, stop_at=None):
+def fit_worker(rank, world, port, base, data_files, folders, out, steps, result_file, fsdp=True, stop_at=None,
+               knobs=None):
     """One process of a run of ``vidqa.train.scale.fit`` (spawned for the FSDP test; rank 0 alone for the
-    one-process reference). ``stop_at``: the log callback raises there, as a kill would end the run."""
+    one-process reference). ``stop_at``: the log callback raises there, as a kill would end the run.
+    ``knobs``: more ``ScaleConfig`` fields (the speed settings)."""
     import json
     import os
 
@@ -145,7 +147,7 @@ def fit_worker(rank, world, port, base, data_files, folders, out, steps, result_
     learner = build_from_base(load_base(str(base)), 2)
     cfg = scale.ScaleConfig(steps=steps, batch_size=4, micro_batch_size=1 if world > 1 else 2, lr=2e-3, warmup=2,
                             grad_checkpointing=False, bf16=False, fsdp=fsdp, max_frames=3, workers=0, save_every=2,
-                            log_every=1)
+                            log_every=1, **(knobs or {}))
     data = InstructionData(records, learner.vision.spec, cfg.max_frames)
 
     def log(line):

@@ -84,7 +84,8 @@ def train(
     warmup: Annotated[int, typer.Option(help="Warmup steps.")] = 100,
     pack: Annotated[bool, typer.Option(
         "--pack", help="Synthetic data: --batch-size counts clips, and all of a clip's questions share one sequence "
-                       "after its frames (each sees the frames and itself only).")] = False,
+                       "after its frames (each sees the frames and itself only). Real runs: a micro-batch's turns "
+                       "share sequences of --max-length, each seeing only itself (less padding).")] = False,
     eval_every: Annotated[float, typer.Option(
         help="Seconds between held-out checks in the log (0: only at the end).")] = 0.0,
     device: Annotated[str, typer.Option(help="auto (this rank's GPU if there is one, else cpu), cpu, cuda or "
@@ -114,6 +115,21 @@ def train(
     peak_tflops: Annotated[float, typer.Option(help="Per-GPU peak bf16 TFLOP/s, for the MFU in the log.")] = 800.0,
     save_every: Annotated[int, typer.Option(help="Steps between saved (resumable) states.")] = 200,
     log_every: Annotated[int, typer.Option(help="Real runs: steps between log lines.")] = 10,
+    checkpointing: Annotated[Optional[str], typer.Option(
+        help="Real runs: LLM layers that recompute their activations: full, none or every:N (default: full with "
+             "--grad-checkpointing, else none).", show_default=False)] = None,
+    compile_layers: Annotated[bool, typer.Option("--compile", help="Real runs: torch.compile each LLM decoder layer "
+                                                            "(GPU; compiles on the first steps).")] = False,
+    adam: Annotated[Literal["auto", "fused", "foreach"], typer.Option(
+        help="Real runs: AdamW implementation (auto: fused on GPUs).")] = "auto",
+    no_reshard: Annotated[bool, typer.Option("--no-reshard", help="Real runs, FSDP: keep each layer's gathered "
+                                                                  "weights from forward to backward (more memory, "
+                                                                  "less communication).")] = False,
+    prefetch: Annotated[int, typer.Option(help="Real runs, FSDP: layers gathered ahead explicitly (0: FSDP's "
+                                               "own order).")] = 0,
+    attention: Annotated[Literal["sdpa", "flex"], typer.Option(
+        help="Real runs: the VoCo mask as a dense SDPA mask, or a FlexAttention block mask (GPU: masked tiles "
+             "skipped).")] = "sdpa",
 ):
     """Train VoCo or LLaVA-Mini compression (or a small demo model from scratch).
 
@@ -187,6 +203,10 @@ def _train_real(o: dict) -> None:
                          "--vision-tower", exit_code=2)
     if o["tokens_per_frame"] < 1 or o["max_frames"] < 1 or o["micro_batch_size"] < 1 or o["lora_r"] < 0:
         raise VidqaError("--tokens-per-frame, --max-frames and --micro-batch-size must be >= 1", exit_code=2)
+    if o["prefetch"] < 0:
+        raise VidqaError("--prefetch must be >= 0", exit_code=2)
+    if o["checkpointing"] is not None:
+        scale.checkpoint_plan(o["checkpointing"], 1)  # a bad value refused before the base is loaded
     dev = scale.local_device(o["device"])
     rank = DistEnv.from_env().rank
     report = (lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True)) if rank == 0 else (lambda m: None)
@@ -203,7 +223,10 @@ def _train_real(o: dict) -> None:
                             lr=o["lr"], warmup=o["warmup"], tune=tune, lora_r=o["lora_r"],
                             grad_checkpointing=o["grad_checkpointing"], max_frames=o["max_frames"],
                             max_length=o["max_length"], workers=o["workers"], save_every=o["save_every"],
-                            log_every=o["log_every"], seed=o["seed"], peak_tflops=o["peak_tflops"])
+                            log_every=o["log_every"], seed=o["seed"], peak_tflops=o["peak_tflops"],
+                            checkpointing=o["checkpointing"], compile="inductor" if o["compile_layers"] else "",
+                            adam=o["adam"], reshard_after_forward=not o["no_reshard"], prefetch=o["prefetch"],
+                            attention=o["attention"], pack=o["pack"])
     data = InstructionData(records, learner.vision.spec, o["max_frames"])
     out_dir = Path(o["out"])
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +121,9 @@ class Learner(nn.Module):
 
         Each gpt turn is one row: its question with the earlier turns as history (VoCo's Vicuna prompt),
         laid out by the builder's ``single`` pass (each frame's VoCo block, then the text), padded into
-        one batch. The vision tower runs once over all frames of the micro-batch.
+        one batch (``pack``: first-fit into sequences of at most ``max_length``, block-diagonal masks, each
+        row its own positions: the same loss, less padding). The vision tower runs once over all frames of
+        the micro-batch.
         """
         device = next(self.projector.parameters()).device
         frames = torch.cat([r["frames"] for r in records]).to(device, non_blocking=True)
@@ -138,17 +141,112 @@ class Learner(nn.Module):
         if not rows:  # every row too long: a zero loss that still touches the graph
             zero = sum(p.sum() for p in self.projector.parameters()) * 0.0
             return zero, 0, 0
-        E, M, P, starts = stack_rows(rows)
-        r_idx = [b for b, tgt in enumerate(answers) for _ in tgt]
-        c_idx = [st - 1 + k for st, tgt in zip(starts, answers) for k in range(len(tgt))]
+        starts = [r[3] for r in rows]
+        seq_sq = float(sum(e.shape[0] ** 2 for e, _, _, _ in rows))  # attention FLOPs (MFU), per record
+        n_seq = int(sum(e.shape[0] for e, _, _, _ in rows))
+        if getattr(self, "pack", False):  # several rows share a sequence, each seeing only itself
+            rows, where = pack_rows(rows, self.max_length)
+        else:
+            where = [(b, 0) for b in range(len(rows))]
+        E, M, P, _ = stack_rows(rows)
+        r_idx = [where[i][0] for i, tgt in enumerate(answers) for _ in tgt]
+        c_idx = [where[i][1] + st - 1 + k for i, (st, tgt) in enumerate(zip(starts, answers)) for k in range(len(tgt))]
         flat = torch.tensor([r_idx, c_idx, [t for tgt in answers for t in tgt]], device=device)
         labels = torch.full(E.shape[:2], -100, dtype=torch.long, device=device)
         labels[flat[0], flat[1]] = flat[2]
-        mask = torch.zeros(M.shape, dtype=E.dtype, device=device).masked_fill_(~M, torch.finfo(E.dtype).min)
+        if getattr(self, "attention", "sdpa") == "flex":  # scale.prepare switched the LLM to flex_attention_forward
+            mask = block_mask(M)
+        else:
+            mask = torch.zeros(M.shape, dtype=E.dtype, device=device).masked_fill_(~M, torch.finfo(E.dtype).min)
         logits = self.llm(inputs_embeds=E, attention_mask=mask, position_ids=P).logits.float()
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-        self.last_seq_sq = float(sum(e.shape[0] ** 2 for e, _, _, _ in rows))  # attention FLOPs (MFU)
-        return loss, int(flat.shape[1]), int(sum(e.shape[0] for e, _, _, _ in rows))
+        self.last_seq_sq = seq_sq
+        return loss, int(flat.shape[1]), n_seq
+
+
+def pack_rows(rows: list, max_length: int) -> tuple[list, list[tuple[int, int]]]:
+    """Rows ``(embeds [L, D], mask [L, L], positions [L], start)`` packed first-fit into sequences of at most
+    ``max_length``: each row keeps its own mask (block-diagonal: nothing across rows) and positions. Returns
+    the packed rows and, per input row, ``(packed row, offset)``."""
+    groups: list[list[int]] = []
+    used: list[int] = []
+    for i, r in enumerate(rows):
+        n = r[0].shape[0]
+        g = next((g for g, u in enumerate(used) if u + n <= max_length), None)
+        if g is None:
+            groups.append([i])
+            used.append(n)
+        else:
+            groups[g].append(i)
+            used[g] += n
+    out, where = [], [(0, 0)] * len(rows)
+    for b, g in enumerate(groups):
+        L = used[b]
+        mask = torch.zeros(L, L, dtype=torch.bool, device=rows[g[0]][1].device)
+        off = 0
+        for i in g:
+            n = rows[i][0].shape[0]
+            mask[off: off + n, off: off + n] = rows[i][1]
+            where[i] = (b, off)
+            off += n
+        out.append((torch.cat([rows[i][0] for i in g]), mask, torch.cat([rows[i][2] for i in g]), 0))
+    return out, where
+
+
+def block_mask(M: torch.Tensor):
+    """A FlexAttention ``BlockMask`` of a bool mask ``[B, 1, L, L]`` (True: may attend): exactly that mask,
+    read inside the kernel only for the tiles that are partly masked; whole masked tiles are skipped."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dense = M[:, 0].contiguous()
+
+    def mask_mod(b, h, q, kv):
+        return dense[b, q, kv]
+
+    B, L = dense.shape[0], dense.shape[-1]
+    return create_block_mask(mask_mod, B, None, L, L, device=dense.device)
+
+
+_compiled_flex = None
+
+
+def flex_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' attention-function interface over FlexAttention (``attention_mask``: a ``BlockMask``).
+    Compiled on GPUs (the fused kernel); eager elsewhere (the unfused reference: CPU tests)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    if not isinstance(attention_mask, BlockMask):  # a dense mask (inference on the trained model): plain SDPA
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    gqa = key.shape[1] != query.shape[1]
+    if query.is_cuda:
+        if _compiled_flex is None:  # one kernel per sequence length: real data's lengths vary
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        out = _compiled_flex(query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=gqa)
+    elif torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        # FlexAttention has no backward on the CPU: the same mask, materialised, through SDPA
+        from torch.nn.attention.flex_attention import create_mask
+
+        B, L, S = query.shape[0], query.shape[2], key.shape[2]
+        dense = create_mask(attention_mask.mask_mod, B, 1, L, S, device=query.device)
+        return sdpa_fallback(module, query, key, value, dense, scaling, dropout, **kwargs)
+    else:
+        with warnings.catch_warnings():  # "called without torch.compile": the reference path, on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            out = flex_attention(query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def sdpa_fallback(module, query, key, value, allowed, scaling, dropout, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+    mask = mask.masked_fill_(~allowed, torch.finfo(query.dtype).min)
+    return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
 def build_tiny(variant: str, tokenizer, cfg: TinyConfig, tokens_per_frame: int = 1) -> Learner:

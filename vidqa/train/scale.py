@@ -8,6 +8,12 @@
   is the mean over every answer token of the global batch, so 1 or N processes give the same curve;
   sharded, resumable state through ``vidqa.train.state`` (safetensors via torch.distributed.checkpoint);
   log lines (loss, tokens/s, samples/s, MFU, ETA) and ``OUT/train_log.jsonl``.
+
+Speed knobs (``ScaleConfig``; flags of ``vidqa train`` and ``benchmarks/train_speed.py``): which LLM layers
+recompute their activations (``checkpointing``: full, none, every:N), ``torch.compile`` of each decoder
+layer (``compile``), fused AdamW (``adam``), FSDP2 resharding after forward and explicit prefetching, and
+the attention kernel (``attention``: ``sdpa`` with the dense VoCo mask, or ``flex``: FlexAttention with a
+block mask made from the same dense mask, so fully masked tiles are skipped and unmasked ones run fused).
 """
 
 from __future__ import annotations
@@ -45,6 +51,13 @@ class ScaleConfig:
     lora_r: int = 0
     lora_alpha: int | None = None
     grad_checkpointing: bool = True
+    checkpointing: str | None = None  # full | none | every:N (LLM layers 0, N, 2N.. recompute); None: grad_checkpointing
+    compile: str = ""  # torch.compile backend for each LLM decoder layer ("inductor"); "": eager
+    adam: str = "auto"  # fused | foreach | auto (fused on CUDA)
+    reshard_after_forward: bool = True  # FSDP2: False keeps each layer's full weights from forward to backward
+    prefetch: int = 0  # FSDP2: all-gather this many next layers ahead explicitly (0: FSDP2's implicit order)
+    attention: str = "sdpa"  # sdpa | flex
+    pack: bool = False  # several turns/records share one sequence of max_length (block-diagonal masks)
     bf16: bool = True
     fsdp: bool = True  # under torchrun with more than one process
     max_frames: int = 8
@@ -63,6 +76,40 @@ def _dist_init(device: torch.device) -> tuple[int, int]:
     if env.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return env.rank, env.world_size
+
+
+def checkpoint_plan(spec: str | None, n_layers: int, default: bool = True) -> list[bool]:
+    """Which of ``n_layers`` LLM layers recompute their activations: ``full``, ``none`` or ``every:N``."""
+    s = ("full" if default else "none") if spec is None else spec.strip().lower()
+    if s in ("full", "all"):
+        return [True] * n_layers
+    if s in ("none", "off"):
+        return [False] * n_layers
+    if s.startswith("every:") and s[6:].isdigit() and int(s[6:]) >= 1:
+        k = int(s[6:])
+        return [i % k == 0 for i in range(n_layers)]
+    raise VidqaError(f"--checkpointing {spec!r}: use full, none or every:N (N >= 1)", exit_code=2)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: ScaleConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; ``cfg.adam``: ``fused`` (one kernel for all parameters: CUDA), ``foreach`` or ``auto``."""
+    if cfg.adam not in ("auto", "fused", "foreach"):
+        raise VidqaError(f"--adam {cfg.adam!r}: use auto, fused or foreach", exit_code=2)
+    fused = cfg.adam == "fused" or (cfg.adam == "auto" and device.type == "cuda")
+    kind = {"fused": True} if fused else ({"foreach": True} if cfg.adam == "foreach" else {})
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), **kind)
+
+
+def _compile_layers(layers, backend: str) -> None:
+    """Each decoder layer's forward through torch.compile, set on the instance after sharding: FSDP2's
+    hooks stay outside the compiled code and transformers' checkpointing wrapper (the outermost
+    ``forward``) inside it. The layers share one code object: in case a guard tells them apart (their
+    index, their checkpointing flag), the recompile limit leaves room for one entry per layer."""
+    limit = 2 * len(layers) + 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, backend=backend)
 
 
 def prepare(learner: Learner, cfg: ScaleConfig, device: torch.device, world: int) -> nn.Module:
@@ -93,13 +140,23 @@ def prepare(learner: Learner, cfg: ScaleConfig, device: torch.device, world: int
         learner.llm.requires_grad_(True)
     if not any(p.requires_grad for p in learner.parameters()):
         raise VidqaError("nothing to train: --tune names no part (projector, llm, vision) or --lora-r 0", exit_code=2)
-    if cfg.grad_checkpointing:
+    layers = list(learner.llm.model.layers)
+    plan = checkpoint_plan(cfg.checkpointing, len(layers), cfg.grad_checkpointing)
+    if any(plan):
         with warnings.catch_warnings():  # transformers 5 renames it (FutureWarning) but both work
             warnings.simplefilter("ignore", FutureWarning)
             learner.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             learner.llm.config.use_cache = False
             if not any(p.requires_grad for p in learner.llm.get_input_embeddings().parameters()):
                 learner.llm.enable_input_require_grads()
+        for layer, on in zip(layers, plan):
+            layer.gradient_checkpointing = on
+    if cfg.attention not in ("sdpa", "flex"):
+        raise VidqaError(f"--attention {cfg.attention!r}: use sdpa or flex", exit_code=2)
+    learner.attention = cfg.attention
+    learner.pack = cfg.pack
+    if cfg.attention == "flex":
+        learner.llm.config._attn_implementation = use_flex_attention()
     learner.to(device)
     learner.max_length = cfg.max_length
     if world > 1 and cfg.fsdp:
@@ -107,30 +164,59 @@ def prepare(learner: Learner, cfg: ScaleConfig, device: torch.device, world: int
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if cfg.bf16 and device.type == "cuda" else MixedPrecisionPolicy()
-        for layer in list(learner.llm.model.layers) + list(learner.vision.layers):
+        for i, layer in enumerate(layers):  # the last layer's weights are needed again at once by the backward
+            fully_shard(layer, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward and i < len(layers) - 1)
+        for layer in list(learner.vision.layers):
             fully_shard(layer, mp_policy=mp)
         fully_shard(learner, mp_policy=mp)
+        if cfg.prefetch > 0:
+            for i, layer in enumerate(layers):
+                layer.set_modules_to_forward_prefetch(layers[i + 1: i + 1 + cfg.prefetch])
+                layer.set_modules_to_backward_prefetch(layers[max(0, i - cfg.prefetch): i][::-1])
+    if cfg.compile:
+        _compile_layers(layers, cfg.compile)
     return learner
 
 
+def use_flex_attention() -> str:
+    """Register vidqa's FlexAttention function with transformers; returns its ``attn_implementation`` name."""
+    from transformers import AttentionInterface
+
+    from vidqa.train.model import flex_attention_forward
+
+    AttentionInterface.register(FLEX, flex_attention_forward)
+    return FLEX
+
+
+FLEX = "vidqa_flex"
+
+
 def flops_per_token(learner: Learner, tokens: int, frames: int, seq_sq: float) -> float:
-    """Model FLOPs of one training step's work, per the usual count: 2 per weight per token forward, 2 more
-    backward for the input gradients, 2 more for a trained weight; attention 4·d·L² per layer forward."""
-    def dense(module: nn.Module) -> tuple[int, int]:
+    """Model FLOPs of one training step's work (recomputed activations not counted, as MFU is defined):
+    2 per weight per token forward, 2 more backward for the input gradients, 2 more for a trained weight;
+    attention 4·d·L² per layer forward (QKᵀ and AV over the whole L×L, the usual count, whatever the mask),
+    twice that backward. The vision tower counts the layers it runs (up to the selected one) on every
+    patch, forward only when it is frozen (nothing before it needs gradients); the projector every patch."""
+    def dense(named) -> tuple[int, int]:
         total = trained = 0
-        for name, p in module.named_parameters():
-            if "embed_tokens" in name or p.ndim < 2:
-                continue
+        for name, p in named:
+            if "embed_tokens" in name or "position_embedding" in name or p.ndim < 2:
+                continue  # lookups, norms, biases
             total += p.numel()
             trained += p.numel() if p.requires_grad else 0
         return total, trained
 
-    n_llm, t_llm = dense(learner.llm)
-    n_vis, t_vis = dense(learner.vision)
+    vision = learner.vision
+    n_llm, t_llm = dense(learner.llm.named_parameters())
+    n_vis, t_vis = dense(list(vision.layers.named_parameters()) + list(vision.core.embeddings.named_parameters()))
+    n_prj, t_prj = dense(learner.projector.named_parameters())
     cfg = learner.llm.config
-    patches = frames * learner.vision.num_patches
-    f = (4 * n_llm + 2 * t_llm) * tokens + (2 * n_vis + (2 * n_vis + 2 * t_vis if t_vis else 0)) * patches
+    patches = frames * vision.num_patches
+    f = (4 * n_llm + 2 * t_llm) * tokens
     f += 3 * 4 * cfg.num_hidden_layers * cfg.hidden_size * seq_sq  # attention scores and values, fwd + bwd
+    vis_fwd = 2 * n_vis * patches + 4 * len(vision.layers) * vision.hidden_size * frames * (vision.num_patches + 1) ** 2
+    f += vis_fwd * (3 if t_vis else 1)
+    f += (2 * n_prj + 2 * t_prj + (2 * n_prj if t_vis else 0)) * patches
     return float(f)
 
 
@@ -143,7 +229,7 @@ def fit(learner: Learner, data: InstructionData, cfg: ScaleConfig, out: Path, de
     model = prepare(learner, cfg, device, world)
     model.train()
     params = [p for p in learner.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    opt = make_optimizer(params, cfg, device)
     meta = load_state(out, learner, opt)
     step, before, seen_before = 0, 0.0, 0
     history: list[dict] = []
