@@ -22,5 +22,24 @@ case "${1:-}" in
   train2)  # nvidia-h200-x2
     timeout 280 torchrun --nproc-per-node 2 benchmarks/train_speed.py --mode full --out "$OUT/train_full.json" 2>&1 | tee "$OUT/train_full.log"
     timeout 280 torchrun --nproc-per-node 2 benchmarks/train_speed.py --mode video --out "$OUT/train_video.json" 2>&1 | tee "$OUT/train_video.log" ;;
-  *) echo "usage: device_session.sh quant|serve|train2"; exit 2 ;;
+  s6)  # nvidia-h200-x2, one call (session 6): training on both GPUs, then serve (GPU 0) beside quant (GPU 1);
+        # every step is cut at a common deadline (DEADLINE seconds from now), results re-packed after each
+    end=$((SECONDS + ${DEADLINE:-570})); R=/tmp/r; mkdir -p $R
+    left() { local l=$((end - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
+    pack() { tar czf "$OUT/s6.tgz" -C /tmp r; }
+    T="torchrun --nproc-per-node 2 benchmarks/train_speed.py --steps 6 --warmup-steps 2"
+    timeout "$(left 100)" $T --mode full --checkpointing none --attention flex --out $R/train_flex.json > $R/train_flex.log 2>&1 \
+      || timeout "$(left 100)" $T --mode full --checkpointing every:2 --attention flex --out $R/train_flex2.json > $R/train_flex2.log 2>&1
+    pack; timeout "$(left 100)" $T --mode video --out $R/train_video.json > $R/train_video.log 2>&1; pack
+    tail -3 $R/train_*.log
+    (export CUDA_VISIBLE_DEVICES=1
+     timeout "$(left 270)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes int4 --compile --out $R/quant_int4.json \
+       > $R/quant_int4.log 2>&1) &
+    export CUDA_VISIBLE_DEVICES=0
+    for part in ttft mini search compile; do
+      timeout "$(left 100)" python3 benchmarks/serve_speed.py --parts $part --out /tmp/serve_$part > $R/serve_$part.log 2>&1
+      cp /tmp/serve_$part/serve_speed.json $R/serve_$part.json 2>/dev/null; pack; tail -4 $R/serve_$part.log
+    done
+    wait; pack; grep -v Warning $R/quant_int4.log | tail -8 ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6"; exit 2 ;;
 esac

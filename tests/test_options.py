@@ -14,6 +14,9 @@ def test_compute_options_from_env(monkeypatch):
     c = ComputeOptions.from_env(device="cpu", batch_size=None)
     assert c.compile and c.compile_mode == "max-autotune-no-cudagraphs" and c.device == "cpu" and c.batch_size is None
     assert ComputeOptions.from_env(compile=False).compile is False  # a keyword wins over the variable
+    assert c.compile_quantized
+    monkeypatch.setenv("VIDQA_COMPILE", "0")  # not even a quantised model's decode step
+    assert not ComputeOptions.from_env().compile_quantized and not ComputeOptions.from_env().compile
 
 
 def test_for_rank_picks_the_ranks_gpu_only_for_auto():

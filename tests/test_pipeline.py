@@ -105,3 +105,24 @@ def test_method_override_and_cache_from_another_model(voco_qa, mini_qa):
 
     with pytest.raises(ModelError, match="another model"):
         list(mini_qa.answer(cache, "q?"))
+
+
+@pytest.mark.parametrize("quantize, env, compiled", [("none", None, False), ("int8", None, True), ("int4", "0", False)])
+def test_a_quantised_models_decode_step_is_compiled_unless_turned_off(voco_qa, monkeypatch, quantize, env, compiled):
+    """torchao's eager int8 path dequantises every weight at every step: a quantised model's CUDA-graph
+    decoder is compiled by default (VIDQA_COMPILE=0 keeps it eager)."""
+    import vidqa.pipeline as pipeline
+    from vidqa.options import ComputeOptions
+
+    made = []
+    monkeypatch.setattr(pipeline, "StaticDecoder", lambda llm, capacity, compile: made.append(compile) or object())
+    if env is None:
+        monkeypatch.delenv("VIDQA_COMPILE", raising=False)
+    else:
+        monkeypatch.setenv("VIDQA_COMPILE", env)
+    monkeypatch.setattr(voco_qa, "fast", True)
+    monkeypatch.setattr(voco_qa, "quantize", quantize)
+    monkeypatch.setattr(voco_qa, "compute", ComputeOptions.from_env(device="cpu"))
+    monkeypatch.setattr(voco_qa, "_decoder", None)
+    voco_qa.decoder(10)
+    assert made == [compiled]

@@ -279,7 +279,8 @@ class VideoQA:
         if d is None or d.capacity < needed or d.capacity > 4 * max(needed, 256):
             self._decoder = None
             compute = self.compute or ComputeOptions.from_env()
-            self._decoder = StaticDecoder(self.llm, 256 * -(-needed // 256), compile=compute.compile)
+            compile = compute.compile or (self.quantize != "none" and compute.compile_quantized)
+            self._decoder = StaticDecoder(self.llm, 256 * -(-needed // 256), compile=compile)
         return self._decoder
 
     def _sync(self):
