@@ -41,7 +41,7 @@ def queries(specs: list[dict], names: list[str]) -> dict[str, str]:
     return {q: next(iter(v)) for q, v in shown(specs, names).items() if len(v) == 1}
 
 
-def evaluate(model: str, clips: int, seed: int, work: Path, device: str = "auto") -> dict:
+def evaluate(model: str, clips: int, seed: int, work: Path, device: str = "auto", template: str | None = None) -> dict:
     qa = library.load_model(ModelOptions(model), ComputeOptions(device=device))
     synthetic.generate(work, n_videos=clips, seed=seed, size=64, workers=1)
     specs = json.loads((work / "test_clips.json").read_text())
@@ -55,7 +55,7 @@ def evaluate(model: str, clips: int, seed: int, work: Path, device: str = "auto"
     rr = 0.0
     t0 = time.perf_counter()
     for q, want in where.items():
-        hits = search.rank(qa, named, q, top_k=len(named), evidence=0)
+        hits = search.rank(qa, named, q, top_k=len(named), evidence=0, template=template)
         order = [Path(h.video).stem for h in hits]
         any1 += order[0] in want
         if len(want) == 1:
@@ -65,8 +65,8 @@ def evaluate(model: str, clips: int, seed: int, work: Path, device: str = "auto"
             rr += 1 / r
     seconds = time.perf_counter() - t0
     n, m = max(1, len(queries(specs, names))), max(1, len(where))
-    return {"model": model, "clips": clips, "seed": seed, "queries": len(queries(specs, names)), "top1": top1 / n,
-            "top3": top3 / n, "mrr": rr / n, "chance_top1": 1 / clips, "chance_top3": min(1.0, 3 / clips),
+    return {"model": model, "template": template, "clips": clips, "seed": seed, "queries": len(queries(specs, names)),
+            "top1": top1 / n, "top3": top3 / n, "mrr": rr / n, "chance_top1": 1 / clips, "chance_top3": min(1.0, 3 / clips),
             "any_queries": len(where), "any_top1": any1 / m,
             "any_chance_top1": sum(len(v) for v in where.values()) / len(names) / m,
             "search_s_per_query": seconds / m}
@@ -78,11 +78,14 @@ def main():
     ap.add_argument("--clips", type=int, default=24)
     ap.add_argument("--seed", type=int, default=31000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--template", default=None,
+                    help='one yes/no question for every model, e.g. "does {query} appear?" (the demo models\' '
+                         'existence question, their scoring before their colour questions)')
     args = ap.parse_args()
     results = []
     for m in args.model:
         with tempfile.TemporaryDirectory() as d:
-            res = evaluate(m, args.clips, args.seed, Path(d))
+            res = evaluate(m, args.clips, args.seed, Path(d), template=args.template)
         print(json.dumps(res))
         results.append(res)
     if args.out:

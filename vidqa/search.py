@@ -146,8 +146,8 @@ def answer_ids(tokenizer) -> tuple[list[int], list[int]]:
 
 def batch_size_for(qa, cache: FrameCache, prompt_len: int, count: int) -> int:
     """How many videos like ``cache`` one batch holds: ``CPU_BATCH`` off the GPU; on a GPU, from its
-    free memory (a third of it) and one video's bytes: its cache stacked and re-laid out (3x), plus the
-    prompt's K/V and activations."""
+    free memory (a third of it) and one video's bytes: its cache copied in, stacked, re-laid out and
+    re-rotated in float32 (6x at the peak), plus the prompt's K/V and activations, and its logits."""
     device = getattr(qa, "device", torch.device("cpu"))
     if torch.device(device).type != "cuda" or not torch.cuda.is_available():
         return CPU_BATCH
@@ -156,7 +156,7 @@ def batch_size_for(qa, cache: FrameCache, prompt_len: int, count: int) -> int:
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     per_token = cfg.num_hidden_layers * 2 * heads * head_dim * elem + 16 * cfg.hidden_size * elem
-    need = 3 * cache.nbytes + 3 * prompt_len * per_token + 4 * cfg.vocab_size
+    need = 6 * cache.nbytes + 3 * prompt_len * per_token + 4 * cfg.vocab_size
     free, _ = torch.cuda.mem_get_info(torch.device(device))
     return max(1, min(MAX_BATCH, count, int(free / 3 // max(1, need))))
 
