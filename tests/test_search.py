@@ -201,3 +201,15 @@ def test_indexed_reads_in_parallel_in_order(demo_qa, tmp_path):
     assert par[1] == seq[1] == [str(clips[1])]
     for (_, a), (_, b) in zip(seq[0], par[0]):
         assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def test_the_methods_own_prefill_batch_equals_the_default(demo_qa, caches):
+    """A method's batched hook (VoCo's, once it has one) gives exactly the stacked per-video prefills."""
+    from vidqa.methods.base import Method
+
+    cs = [c for _, c in caches[:3]]
+    q = "does a red circle appear?"
+    a, b = demo_qa.method.prefill_batch(cs, q), Method.prefill_batch(demo_qa.method, cs, q)
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.position_ids, b.position_ids)
+    for x, y in zip(a.past_key_values.layers, b.past_key_values.layers):
+        assert torch.equal(x.keys, y.keys) and torch.equal(x.values, y.values)
