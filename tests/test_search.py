@@ -1,5 +1,7 @@
-"""Search scoring: yes/no token ids, batched scores equal one-at-a-time scores, ranking and per-frame
-evidence, the question templates, and the synthetic-set evaluation (benchmarks/search_synthetic.py)."""
+"""Search scoring: yes/no and answer token ids, the probes (the demo models' colour questions), batched
+scores equal one-at-a-time scores through Method.prefill_batch, the batch size, parallel store reads,
+ranking and per-frame evidence, the question templates, and the synthetic-set evaluation
+(benchmarks/search_synthetic.py)."""
 
 import sys
 from pathlib import Path
@@ -69,8 +71,8 @@ def test_rank_and_evidence(demo_qa, caches):
     assert set(d) == {"video", "score", "times"}
     # the evidence is each frame's own score, best first
     best = dict(caches)[hits[0].video]
-    own = search.score_caches(demo_qa, [best.select([i]) for i in range(best.num_frames)],
-                              search.question_for("a green square", "tiny-voco"))
+    own = search.score_probes(demo_qa, [best.select([i]) for i in range(best.num_frames)],
+                              search.probes_for("a green square", "tiny-voco"))
     order = sorted(range(best.num_frames), key=lambda i: -own[i])
     assert hits[0].times == [best.timestamps[i] for i in order[:2]]
     with pytest.raises(VidqaError):
@@ -94,3 +96,120 @@ def test_synthetic_eval_runs(tmp_path, capsys):
 
     res = search_synthetic.evaluate("tiny-voco", 6, 5, tmp_path, device="cpu")
     assert res["queries"] >= 1 and 0 <= res["top1"] <= 1 and res["chance_top1"] == pytest.approx(1 / 6)
+    assert res["any_queries"] >= res["queries"] and 0 <= res["any_top1"] <= 1 and 0 < res["any_chance_top1"] <= 0.5
+
+
+def test_probes_for_demo_models_ask_their_colour_questions():
+    probes = search.probes_for("A red  Circle", "tiny-voco")
+    assert [p.question for p in probes] == [q.format(shape="circle") for q in search.DEMO_COLOUR_QUESTIONS]
+    assert {p.answer for p in probes} == {"red"} and all("red" not in p.others and len(p.others) > 3 for p in probes)
+    two = search.probes_for("a red and blue square", "tiny-mini")
+    assert {p.answer for p in two} == {"red", "blue"} and len(two) == 2 * len(search.DEMO_COLOUR_QUESTIONS)
+    # anything else falls back to the existence question; other models and templates to yes/no
+    assert search.probes_for("a dog", "tiny-voco") == [search.Probe("does a dog appear?")]
+    assert search.probes_for("a red circle moving left", "tiny-voco") == [search.Probe("does a red circle moving left appear?")]
+    assert search.probes_for("a red circle", "some/model") == [search.Probe(search.TEMPLATE.format(query="a red circle"))]
+    assert search.probes_for("a red circle", "tiny-voco", "Is there {query}?") == [search.Probe("Is there a red circle?")]
+
+
+def test_choice_ids(demo_qa):
+    tok = demo_qa.tokenizer
+    mine, rest = search.choice_ids(tok, "red", ("blue", "green"))
+    assert tok.encode(" red", add_special_tokens=False)[0] in mine and not set(mine) & set(rest)
+    assert tok.encode(" blue", add_special_tokens=False)[0] in rest
+    assert search.choice_ids(tok, "yes", ("no",)) == search.answer_ids(tok)
+
+
+def test_probe_score_is_the_answers_share(demo_qa, caches):
+    cache = caches[1][1]
+    probe = search.probes_for("a red circle", "tiny-voco")[0]
+    p = demo_qa.method.prefill(cache, probe.question)
+    with torch.inference_mode():
+        out = demo_qa.llm(input_ids=p.input_ids, position_ids=p.position_ids, past_key_values=p.past_key_values,
+                          use_cache=True)
+    probs = torch.softmax(out.logits[0, -1].float(), -1)
+    mine, rest = search.choice_ids(demo_qa.tokenizer, probe.answer, probe.others)
+    want = float(probs[mine].sum() / (probs[mine].sum() + probs[rest].sum()))
+    assert search.score_caches(demo_qa, [cache], probe)[0] == pytest.approx(want, abs=1e-6)
+    both = search.score_probes(demo_qa, [cache], [probe, search.Probe("does a red circle appear?")])[0]
+    assert both == pytest.approx((want + search.score_caches(demo_qa, [cache], "does a red circle appear?")[0]) / 2)
+
+
+def test_scoring_goes_through_prefill_batch_once_per_group(demo_qa, caches, monkeypatch):
+    calls = []
+    real = demo_qa.method.prefill_batch
+
+    def spy(cs, question):
+        calls.append(len(cs))
+        return real(cs, question)
+
+    monkeypatch.setattr(demo_qa.method, "prefill_batch", spy)
+    cs = [c for _, c in caches] + [caches[0][1].select([0, 1])]
+    search.score_caches(demo_qa, cs, "does a red circle appear?")
+    assert sorted(calls) == [1, 4]
+    calls.clear()
+    search.score_caches(demo_qa, cs, "does a red circle appear?", batch_size=3)
+    assert sorted(calls) == [1, 1, 3]
+
+
+def test_prefill_batch_default_stacks_the_per_video_prefills(demo_qa, caches):
+    from vidqa.methods.base import Method
+
+    cs = [c for _, c in caches[:3]]
+    q = "does a red circle appear?"
+    got = Method.prefill_batch(demo_qa.method, cs, q)
+    one = [demo_qa.method.prefill(c, q) for c in cs]
+    assert got.position_ids.shape[0] == 3 and torch.equal(got.position_ids[1], one[1].position_ids[0])
+    for i, p in enumerate(one):
+        if p.input_ids is not None:
+            assert torch.equal(got.input_ids[i], p.input_ids[0])
+        for mine, theirs in zip(got.past_key_values.layers, p.past_key_values.layers):
+            assert torch.equal(mine.keys[i], theirs.keys[0]) and torch.equal(mine.values[i], theirs.values[0])
+
+
+def test_batch_size_for(demo_qa, caches, monkeypatch):
+    cache = caches[0][1]
+    assert search.batch_size_for(demo_qa, cache, 20, 1000) == search.CPU_BATCH
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(demo_qa, "device", torch.device("cuda"), raising=False)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * 2**30, 140 * 2**30))
+    big = search.batch_size_for(demo_qa, cache, 20, 10**6)
+    assert big == search.MAX_BATCH  # a tiny model's caches: the cap
+    assert search.batch_size_for(demo_qa, cache, 20, 10) == 10  # never more than there are
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 140 * 2**30))
+    assert 1 <= search.batch_size_for(demo_qa, cache, 20, 10**6) < big  # bounded by the free memory
+
+
+def test_to_device_keeps_every_tensor(caches):
+    cs = [c for _, c in caches]
+    moved = search._to_device(cs, "cpu")
+    for a, b in zip(cs, moved):
+        assert a.tensors.keys() == b.tensors.keys() and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+        assert b.timestamps == a.timestamps and b.meta == a.meta
+
+
+def test_indexed_reads_in_parallel_in_order(demo_qa, tmp_path):
+    from vidqa import library
+
+    store = Store(tmp_path / "store")
+    sampling = Sampling(fps=1.0)
+    clips = [CLIPS / f"shapes0{i}.mp4" for i in (2, 0, 3)]
+    library.index_videos(demo_qa, store, clips[:1] + clips[2:], sampling)
+    seq = search.indexed(demo_qa, store, clips, sampling, workers=1)
+    par = search.indexed(demo_qa, store, clips, sampling, workers=4)
+    assert [v for v, _ in par[0]] == [v for v, _ in seq[0]] == [str(clips[0]), str(clips[2])]
+    assert par[1] == seq[1] == [str(clips[1])]
+    for (_, a), (_, b) in zip(seq[0], par[0]):
+        assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def test_the_methods_own_prefill_batch_equals_the_default(demo_qa, caches):
+    """A method's batched hook (VoCo's, once it has one) gives exactly the stacked per-video prefills."""
+    from vidqa.methods.base import Method
+
+    cs = [c for _, c in caches[:3]]
+    q = "does a red circle appear?"
+    a, b = demo_qa.method.prefill_batch(cs, q), Method.prefill_batch(demo_qa.method, cs, q)
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.position_ids, b.position_ids)
+    for x, y in zip(a.past_key_values.layers, b.past_key_values.layers):
+        assert torch.equal(x.keys, y.keys) and torch.equal(x.values, y.values)

@@ -51,7 +51,7 @@ def search(
     if missing:
         note(f"{len(missing)} of {len(videos)} videos are not indexed for this model and sampling (skipped); "
              "`vidqa index` them to include them")
-    hits = S.rank(qa, named, query, top_k=top_k, template=template, batch_size=compute.batch_size or 64)
+    hits = S.rank(qa, named, query, top_k=top_k, template=template, batch_size=compute.batch_size)
     if out.json:
         out.result([h.as_dict() for h in hits])
         return

@@ -116,10 +116,35 @@ class Method(nn.Module, ABC):
     def prefill(self, cache: FrameCache, question: str, history: Sequence[tuple[str, str]] = ()) -> Prefill:
         """The LLM's input for a question on a cache (moved to the LLM's device)."""
 
+    def prefill_batch(self, caches: Sequence[FrameCache], question: str) -> Prefill:
+        """``prefill`` of one question on caches of equal frame counts, as one batch (batch axis first).
+
+        The default runs ``prefill`` per cache and stacks the results; a method with a cheaper batched
+        form (one re-layout of the stacked cache tensors, the prompt encoded once) overrides it with the
+        same result. ``vidqa search`` scores a library through it.
+        """
+        return stack_prefills([self.prefill(c, question) for c in caches])
+
     @property
     @abstractmethod
     def stop_ids(self) -> set[int]:
         """Token ids that end the answer."""
+
+
+def stack_prefills(prefills: Sequence[Prefill]) -> Prefill:
+    """Prefills of equal length and positions as one batch (their caches concatenated on the batch axis)."""
+    from transformers import DynamicCache
+
+    per = [[] if p.past_key_values is None or p.past_key_values.get_seq_length() == 0 else
+           [(layer.keys, layer.values) for layer in p.past_key_values.layers] for p in prefills]
+    kv = DynamicCache()
+    for i in range(len(per[0])):
+        kv.update(torch.cat([p[i][0] for p in per]), torch.cat([p[i][1] for p in per]), i)
+    first = prefills[0]
+    ids = torch.cat([p.input_ids for p in prefills]) if first.input_ids is not None else None
+    embeds = torch.cat([p.inputs_embeds for p in prefills]) if first.inputs_embeds is not None else None
+    return Prefill(past_key_values=kv, position_ids=first.position_ids.expand(len(prefills), -1),
+                   input_ids=ids, inputs_embeds=embeds)
 
 
 # ---- the registry ---------------------------------------------------------------------------------
