@@ -40,7 +40,6 @@ import torch
 
 from vidqa.errors import VidqaError
 from vidqa.framecache import FrameCache
-from vidqa.methods.base import Prefill, stack_prefills
 from vidqa.synthetic import COLOURS, SHAPES
 
 TEMPLATE = "Does this video show {query}? Answer yes or no."
@@ -201,7 +200,7 @@ def score_caches(qa, caches: Sequence[FrameCache], question: str | Probe, batch_
                                             len(members))
         for s in range(0, len(members), size):
             part = members[s:s + size]
-            batch = prefill_batch(qa.method, _to_device([caches[i] for i in part], device), probe.question)
+            batch = qa.method.prefill_batch(_to_device([caches[i] for i in part], device), probe.question)
             out = qa.llm(input_ids=batch.input_ids, inputs_embeds=batch.inputs_embeds, position_ids=batch.position_ids,
                          past_key_values=batch.past_key_values, use_cache=True, logits_to_keep=1)
             if prefix_ids:  # the header the model writes before its answer: teacher-forced
@@ -216,14 +215,6 @@ def score_caches(qa, caches: Sequence[FrameCache], question: str | Probe, batch_
             for i, v in zip(part, (p_yes / (p_yes + p_no).clamp_min(1e-30)).tolist()):
                 scores[i] = v
     return scores
-
-
-def prefill_batch(method, caches: Sequence[FrameCache], question: str) -> Prefill:
-    """``method.prefill_batch`` where the method has it (``Method`` does), else per-video prefills stacked."""
-    batched = getattr(method, "prefill_batch", None)
-    if batched is not None:
-        return batched(caches, question)
-    return stack_prefills([method.prefill(c, question) for c in caches])
 
 
 def score_probes(qa, caches: Sequence[FrameCache], probes: Sequence[Probe], batch_size: int | None = None) -> list[float]:

@@ -53,9 +53,15 @@ def voco_context(keys: torch.Tensor, values: torch.Tensor, rotary_emb):
 
     Frame t's keys are rotated by ``t * N`` positions; see the module docstring.
     """
-    T, L, H, N, D = keys.shape
-    k = keys.permute(1, 2, 0, 3, 4).reshape(L, H, T * N, D)
-    v = values.permute(1, 2, 0, 3, 4).reshape(L, H, T * N, D)
+    return voco_context_batch(keys[None], values[None], rotary_emb)
+
+
+def voco_context_batch(keys: torch.Tensor, values: torch.Tensor, rotary_emb):
+    """``voco_context`` of B caches of equal frame counts at once: ``[B, T, L, H, N, D]`` to a
+    ``DynamicCache`` of batch B (one re-layout and one re-rotation for all of them)."""
+    B, T, L, H, N, D = keys.shape
+    k = keys.permute(2, 0, 3, 1, 4, 5).reshape(L, B, H, T * N, D)
+    v = values.permute(2, 0, 3, 1, 4, 5).reshape(L, B, H, T * N, D)
     if T > 1:
         k = rerotate(k, frame_slots(T, N, device=k.device), rotary_emb)
-    return DynamicCache(ddp_cache_data=[(k[i : i + 1], v[i : i + 1]) for i in range(L)])
+    return DynamicCache(ddp_cache_data=[(k[i], v[i]) for i in range(L)])

@@ -30,7 +30,7 @@ from vidqa import checkpoint, fast
 from vidqa.errors import ContextError, ModelError
 from vidqa.methods.base import FrameCache, Method, Prefill, register
 from vidqa.methods import tokens
-from vidqa.methods.rope import check_rerotatable, voco_context
+from vidqa.methods.rope import check_rerotatable, voco_context, voco_context_batch
 from vidqa.options import ModelOptions
 from vidqa.vision import VisionEncoder
 
@@ -205,6 +205,21 @@ class VoCo(Method):
         ids = torch.tensor([self.prompt_ids(question, history)], device=device)
         start = self.p0 + cache.num_frames * self.tokens_per_frame
         pos = torch.arange(start, start + ids.shape[1], device=ids.device).unsqueeze(0)
+        return Prefill(past_key_values=kv, position_ids=pos, input_ids=ids)
+
+    def prefill_batch(self, caches: Sequence[FrameCache], question: str) -> Prefill:
+        """``prefill`` on caches of equal frame counts at once: their K/V stacked, laid out and re-rotated
+        in one go, the prompt encoded once (the same tensors as per-video ``prefill``, stacked)."""
+        if len({c.num_frames for c in caches}) != 1 or any(
+                c.meta.get("p0") != self.p0 or c.tokens_per_frame != self.tokens_per_frame for c in caches):
+            return super().prefill_batch(caches, question)  # per video: raises for a foreign cache
+        device = self.llm.get_input_embeddings().weight.device
+        keys = torch.stack([c.tensors["keys"].to(device) for c in caches])  # B, T, L, H, N, D
+        values = torch.stack([c.tensors["values"].to(device) for c in caches])
+        kv = voco_context_batch(keys, values, self.rotary_emb)
+        ids = torch.tensor([self.prompt_ids(question)], device=device).expand(len(caches), -1)
+        start = self.p0 + caches[0].num_frames * self.tokens_per_frame
+        pos = torch.arange(start, start + ids.shape[1], device=device).unsqueeze(0).expand(len(caches), -1)
         return Prefill(past_key_values=kv, position_ids=pos, input_ids=ids)
 
     # ---- training: the same computation as compress + prefill, as one masked pass -----------------
