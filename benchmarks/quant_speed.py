@@ -36,7 +36,7 @@ import mini_speed  # noqa: E402 (the LLaVA-Mini-8B build)
 import voco_speed  # noqa: E402 (the VoCo-7B build and the shared helpers)
 from voco_speed import sizes, sync, timed  # noqa: E402
 
-from vidqa import quant  # noqa: E402
+from vidqa import fast, quant  # noqa: E402
 from vidqa.options import ComputeOptions  # noqa: E402
 from vidqa.generate import DecodeStats, GenerationConfig, StaticDecoder, generate  # noqa: E402
 
@@ -71,7 +71,7 @@ def first_logits(qa, cache) -> torch.Tensor:
     with torch.inference_mode():
         pre = m.prefill(cache, QUESTION)
         out = qa.llm(input_ids=pre.input_ids, inputs_embeds=pre.inputs_embeds, position_ids=pre.position_ids,
-                     past_key_values=pre.past_key_values)
+                     **fast.cache_kwargs(pre.past_key_values))
     return out.logits[0, -1].float()
 
 

@@ -38,6 +38,7 @@ from typing import Sequence
 
 import torch
 
+from vidqa import fast
 from vidqa.errors import VidqaError
 from vidqa.framecache import FrameCache
 from vidqa.synthetic import COLOURS, SHAPES
@@ -202,13 +203,13 @@ def score_caches(qa, caches: Sequence[FrameCache], question: str | Probe, batch_
             part = members[s:s + size]
             batch = qa.method.prefill_batch(_to_device([caches[i] for i in part], device), probe.question)
             out = qa.llm(input_ids=batch.input_ids, inputs_embeds=batch.inputs_embeds, position_ids=batch.position_ids,
-                         past_key_values=batch.past_key_values, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **fast.cache_kwargs(batch.past_key_values))
             if prefix_ids:  # the header the model writes before its answer: teacher-forced
                 n = len(part)
                 start = int(batch.position_ids[0, -1]) + 1
                 ids = torch.tensor([prefix_ids], device=batch.position_ids.device).expand(n, -1)
                 pos = torch.arange(start, start + len(prefix_ids), device=ids.device).expand(n, -1)
-                out = qa.llm(input_ids=ids, position_ids=pos, past_key_values=out.past_key_values, use_cache=True,
+                out = qa.llm(input_ids=ids, position_ids=pos, **fast.cache_kwargs(fast.output_cache(out)), use_cache=True,
                              logits_to_keep=1)
             probs = torch.softmax(out.logits[:, -1].float(), dim=-1)
             p_yes, p_no = probs[:, yes].sum(-1), probs[:, no].sum(-1)
