@@ -159,9 +159,10 @@ def voco_mode(mode: str, args, device, dtype, pixels, ref: dict | None) -> dict:
             pass
         return st
 
-    decoders = [("graph" if device.type == "cuda" else "hf", qa.decoder(ctx))]
+    cap = 256 * -(-ctx // 256)  # as VideoQA.decoder sizes it; built here to time eager and compiled apart
+    decoders = [("graph", StaticDecoder(qa.llm, cap, compile=False))] if device.type == "cuda" else [("hf", None)]
     if args.compile and device.type == "cuda":
-        decoders.append(("graph_compiled", StaticDecoder(qa.llm, qa.decoder(ctx).capacity, compile=True)))
+        decoders.append(("graph_compiled", StaticDecoder(qa.llm, cap, compile=True)))
     for name, d in decoders:
         try:
             run(d)
