@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--long", type=int, default=None, help="frames of the LLaVA-Mini long question")
     ap.add_argument("--modes", nargs="+", default=["fp8", "int8", "int4"])
-    ap.add_argument("--mini-modes", nargs="+", default=["int4"])
+    ap.add_argument("--mini-modes", nargs="*", default=["int4"])
     ap.add_argument("--compile", action="store_true", help="also the compiled CUDA-graph decoder")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
