@@ -31,7 +31,7 @@ case "${1:-}" in
     timeout "$(left 100)" $T --mode full --checkpointing none --attention flex --out $R/train_flex.json > $R/train_flex.log 2>&1 \
       || timeout "$(left 100)" $T --mode full --checkpointing every:2 --attention flex --out $R/train_flex2.json > $R/train_flex2.log 2>&1
     pack; timeout "$(left 100)" $T --mode video --out $R/train_video.json > $R/train_video.log 2>&1; pack
-    tail -3 $R/train_*.log
+    tail -n 3 $R/train_*.log
     (export CUDA_VISIBLE_DEVICES=1
      timeout "$(left 270)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes int4 --compile --out $R/quant_int4.json \
        > $R/quant_int4.log 2>&1) &
