@@ -8,7 +8,7 @@ For each built-in demo model and each ``--quantize`` mode that runs on this devi
 answered greedily by the float32 model and by the quantised one from the same frames; the agreement is
 the fraction of identical answers (accuracy against the gold answer is reported too). Also an fp8
 stored cache (``--cache-dtype fp8``): the float32 model answering from its own cache after an fp8
-round trip. ``tests/test_quant.py`` runs this and asserts int8 >= 95%.
+round trip. ``tests/test_quant.py`` runs it on 3 of the clips and asserts int8 >= 95%.
 """
 
 from __future__ import annotations
