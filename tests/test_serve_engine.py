@@ -279,3 +279,26 @@ def test_videoqa_tokens_cancel_hook_and_timings(voco_qa):
     for tok, _ in voco_qa.tokens(cache, "what is here?", gen, stats, cancel=lambda: len(seen) >= 3, timings=timings):
         seen.append(tok)
     assert seen == [t for t, _ in full[:3]] and timings["prefill_s"] > 0
+
+
+def test_search_uses_the_caches_the_server_holds_without_reading_the_store(demo_qa, tmp_path, monkeypatch):
+    from vidqa.serve.schema import SearchRequest
+
+    maker = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], preload=0)
+    _stored(maker, "shapes00.mp4")
+    _stored(maker, "shapes01.mp4")
+    maker.close()
+    body = SearchRequest(query="a red square", videos=[str(CLIPS / "shapes00.mp4"), str(CLIPS / "shapes01.mp4")])
+    cold = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], warmup_frames=0, preload=0)
+    want = cold.search(body)  # read from the store
+    cold.close()
+    engine = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], warmup_frames=0)
+    try:
+        engine.warm_up()  # preloads both entries
+        read = []
+        real_get = Store.get
+        monkeypatch.setattr(Store, "get", lambda self, key, settings=None: read.append(key) or real_get(self, key, settings))
+        got = engine.search(body)
+        assert read == [] and got == want and len(got["data"]) == 2
+    finally:
+        engine.close()

@@ -257,9 +257,11 @@ def read_workers() -> int:
     return max(1, min(32, os.cpu_count() or 1))
 
 
-def indexed(qa, store, videos, sampling, workers: int | None = None) -> tuple[list[tuple[str, FrameCache]], list[str]]:
+def indexed(qa, store, videos, sampling, workers: int | None = None,
+            hot=None) -> tuple[list[tuple[str, FrameCache]], list[str]]:
     """The stored caches of ``videos`` for this model and sampling, and the videos without one (read
-    on ``workers`` threads, in the order given)."""
+    on ``workers`` threads, in the order given). ``hot(store_key)``: a cache already in memory for
+    that entry (a server's), used instead of reading the store."""
     from vidqa.library import cache_settings, cache_spec, stored  # same layer (6)
 
     settings = cache_settings(qa, sampling)
@@ -267,7 +269,9 @@ def indexed(qa, store, videos, sampling, workers: int | None = None) -> tuple[li
 
     def one(v):
         try:
-            return stored(qa, store, store.key(v, settings), settings)
+            key = store.key(v, settings)
+            cache = hot(key) if hot is not None else None
+            return cache if cache is not None else stored(qa, store, key, settings)
         except VidqaError:
             return None
 

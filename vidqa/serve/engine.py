@@ -430,7 +430,8 @@ class Engine:
         if self.store is None:
             raise RequestError(400, "this server runs without a cache store (--no-cache): nothing is indexed")
         sampling = req.frames.sampling()
-        named, missing = search.indexed(self.qa, self.store, videos, sampling)
+        named, missing = search.indexed(self.qa, self.store, videos, sampling,
+                                        hot=lambda key: self.memory.get(("entry", key)))  # hot caches: no read
         hits = search.rank(self.qa, named, req.query, top_k=req.top_k, template=req.template,
                            evidence=req.evidence) if named else []
         return {"object": "list", "query": req.query, "data": [h.as_dict() for h in hits], "not_indexed": missing}
