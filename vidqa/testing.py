@@ -36,20 +36,29 @@ CORPUS = [
 ]
 
 
-def train_sentencepiece(vocab_size: int = 400) -> bytes:
+def train_sentencepiece(vocab_size: int = 400, corpus: list[str] | None = None) -> bytes:
+    """A BPE SentencePiece model trained on ``CORPUS`` (plus ``corpus``). With ``corpus``, ``vocab_size``
+    is an upper bound (the model has as many pieces as the text gives, up to it)."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 10), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        sentence_iterator=iter((CORPUS + list(corpus or [])) * 10), model_writer=model, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         add_dummy_prefix=True, normalization_rule_name="identity", minloglevel=2, num_threads=1,
+        hard_vocab_limit=corpus is None,
     )
     return model.getvalue()
 
 
-def write_vicuna_tokenizer(directory: Path, vocab_size: int = 400) -> int:
-    """A LlamaTokenizer directory with <voco> at id ``vocab_size``; returns the full vocab size."""
+def write_vicuna_tokenizer(directory: Path, vocab_size: int = 400, corpus: list[str] | None = None) -> int:
+    """A LlamaTokenizer directory with <voco> after the base vocabulary; returns the full vocab size.
+
+    ``corpus``: also train on these texts, with room for every word of them to become one piece (give
+    ``vocab_size`` a few thousand): the benchmarks' prompts then take about as many tokens as under
+    Vicuna's 32k-piece tokenizer, instead of ~2 characters per token."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tokenizer.model").write_bytes(train_sentencepiece(vocab_size))
+    model = train_sentencepiece(vocab_size, corpus)
+    vocab_size = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
+    (directory / "tokenizer.model").write_bytes(model)
     voco = {"content": "<voco>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
             "special": True}
     (directory / "tokenizer_config.json").write_text(json.dumps({
@@ -175,17 +184,28 @@ def _byte_level_alphabet() -> list[str]:
     return [chars[b] for b in order]
 
 
-def write_tiny_tokenizer(directory: str | Path) -> dict[str, int]:
+def write_tiny_tokenizer(directory: str | Path, corpus: list[str] | None = None) -> dict[str, int]:
     """A byte-level ``PreTrainedTokenizerFast`` with Llama-3.1 special tokens and chat template.
 
     Written like the release: ``tokenizer.json`` plus a ``tokenizer_config.json`` that names
     ``PreTrainedTokenizerFast`` and holds the chat template. Returns the special tokens' ids.
+    Without ``corpus`` it has no merges (one token per byte). With ``corpus``, BPE merges are trained
+    on those texts until each of their words is one token, as under Llama-3's 128k vocabulary (the
+    benchmarks' prompts then take about as many tokens as they would for real).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vocab = {ch: i for i, ch in enumerate(_byte_level_alphabet())}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if corpus:
+        from tokenizers import trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(vocab_size=len(vocab) + 8 * sum(len(t) for t in corpus), show_progress=False,
+                                      initial_alphabet=_byte_level_alphabet())
+        tok.train_from_iterator(corpus, trainer)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in _LLAMA31_SPECIALS])
     ids = {s: tok.token_to_id(s) for s in _LLAMA31_SPECIALS}
