@@ -31,3 +31,22 @@ def test_search_errors(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = run(capsys, "search", "x", tmp_path / "empty", "--model", "tiny-voco")
     one_line_error(code, err, "no video files")
+
+
+def test_search_finds_the_caches_of_the_quantisation_they_were_indexed_with(capsys):
+    """The store keys on --quantize: a library indexed with int8 is searched with int8, and an
+    unquantised search does not take those entries for its own."""
+    import pytest
+
+    pytest.importorskip("torchao")
+    clip = CLIPS / "shapes03.mp4"
+    code, _, err = run(capsys, "index", clip, "--model", "tiny-voco", "--device", "cpu", "--quantize", "int8", "--json")
+    assert code == 0, err
+    code, out, err = run(capsys, "search", "a red circle", clip, "--model", "tiny-voco", "--device", "cpu",
+                         "--quantize", "int8", "--json")
+    assert code == 0, err
+    assert [h["video"] for h in json.loads(out)] == [str(clip)]
+    code, _, err = run(capsys, "search", "a red circle", clip, "--model", "tiny-voco", "--device", "cpu")
+    one_line_error(code, err, "is indexed", "vidqa index")
+    code, _, err = run(capsys, "search", "a red circle", clip, "--model", "tiny-voco", "--quantize", "int3")
+    one_line_error(code, err, "--quantize")

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_help(capsys, monkeypatch):
     text = wide_help(capsys, monkeypatch, "serve")
     for opt in ("--host", "--port", "--api-key", "--allow-root", "--cache-gpu-gb", "--cache-host-gb", "127.0.0.1",
-                "--preload", "--no-preload", "auto"):
+                "--preload", "--no-preload", "auto", "--quantize", "--cache-dtype"):
         assert opt in text
 
 
@@ -26,6 +26,15 @@ def test_bad_cache_gpu_gb(capsys):
     for bad in ("lots", "-1", "nan"):
         code, _, err = run(capsys, "serve", "--model", "tiny-voco", "--cache-gpu-gb", bad, "--port", "0")
         one_line_error(code, err, "--cache-gpu-gb")
+
+
+def test_bad_quantize_is_one_line_before_listening(capsys):
+    import importlib.util
+
+    code, _, err = run(capsys, "serve", "--model", "tiny-voco", "--quantize", "int3", "--port", "0")
+    one_line_error(code, err, "--quantize")
+    code, _, err = run(capsys, "serve", "--model", "tiny-voco", "--device", "cpu", "--quantize", "fp8", "--port", "0")
+    one_line_error(code, err, "fp8" if importlib.util.find_spec("torchao") else "torchao")
 
 
 def test_gpu_budget_option():

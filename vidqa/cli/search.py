@@ -30,6 +30,7 @@ def search(
     template: Annotated[Optional[str], typer.Option(show_default=False,
                                                     help="The yes/no question, with {query} in it.")] = None,
     device: P.Device = "auto", dtype: P.Dtype = "auto", batch_size: P.BatchSize = None,
+    quantize: P.Quantize = "none", cache_dtype: P.CacheDtype = "auto",
     cache_dir: P.CacheDir = None,
     as_json: P.json_flag("Print a JSON list of {video, score, times} instead.") = False,
 ):
@@ -42,7 +43,7 @@ def search(
         raise VidqaError("no video files under the given paths")
     S.question_for(query, template=template or S.TEMPLATE)  # check the query and template before loading
     sampling = P.sampling(fps, num_frames, max_frames, start, end)
-    compute = P.compute_options(device, dtype, batch_size)
+    compute = P.compute_options(device, dtype, batch_size, quantize, cache_dtype)  # the store keys on both
     qa = common.load(P.model_options(model, method, vision_tower, tokens_per_frame), compute, as_json)
     named, missing = S.indexed(qa, library.open_store(P.cache_options(cache_dir)), videos, sampling)
     if not named:

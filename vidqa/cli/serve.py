@@ -56,6 +56,7 @@ def serve(
                                                      "caches into memory (within the cache budgets).")] = 32,
     no_preload: Annotated[bool, typer.Option("--no-preload", help="Read no stored caches at start.")] = False,
     decoder: P.Decoder = "auto", device: P.Device = "auto", dtype: P.Dtype = "auto", batch_size: P.BatchSize = None,
+    quantize: P.Quantize = "none", cache_dtype: P.CacheDtype = "auto",
     cache_dir: P.CacheDir = None, no_cache: P.NoCache = False,
 ):
     from pathlib import Path
@@ -82,7 +83,7 @@ def serve(
     for r in roots:
         if not r.expanduser().is_dir():
             raise VidqaError(f"--allow-root {r}: no such folder")
-    compute = P.compute_options(device, dtype, batch_size)
+    compute = P.compute_options(device, dtype, batch_size, quantize, cache_dtype)
     compile_cache.load(compile_dir, None)
     qa = common.load(P.model_options(model, method, vision_tower, tokens_per_frame), compute)
     engine = Engine(qa, library.open_store(cache), allow_roots=roots or None,
