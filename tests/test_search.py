@@ -188,6 +188,17 @@ def test_to_device_keeps_every_tensor(caches):
         assert b.timestamps == a.timestamps and b.meta == a.meta
 
 
+def test_to_device_takes_caches_some_of_which_are_there_already(caches):
+    """A server's search mixes its hot caches (on the GPU) with caches read from the store (host):
+    the ones already there stay, the rest are copied (the meta device stands in for the GPU here)."""
+    cs = [c for _, c in caches]
+    mixed = [cs[0].to("meta"), *cs[1:]]
+    moved = search._to_device(mixed, "meta")
+    assert all(t.device.type == "meta" for c in moved for t in c.tensors.values())
+    assert all(b.tensors[k].shape == a.tensors[k].shape for a, b in zip(cs, moved) for k in a.tensors)
+    assert moved[0].tensors["keys"] is mixed[0].tensors["keys"]  # already there: not copied
+
+
 def test_indexed_reads_in_parallel_in_order(demo_qa, tmp_path):
     from vidqa import library
 

@@ -168,8 +168,12 @@ def _to_device(caches: Sequence[FrameCache], device) -> list[FrameCache]:
     first = caches[0]
     out: dict[str, list[torch.Tensor]] = {}
     for k, t in first.tensors.items():
-        if all(c.tensors[k].device == device for c in caches):
+        where = {c.tensors[k].device for c in caches}
+        if where == {device}:
             out[k] = [c.tensors[k] for c in caches]
+            continue
+        if device in where or len(where) > 1:  # some already there (a server's hot caches): the rest one by one
+            out[k] = [c.tensors[k].to(device) for c in caches]
             continue
         pin = device.type == "cuda" and t.device.type == "cpu"
         buf = torch.empty((len(caches), *t.shape), dtype=t.dtype, pin_memory=pin)
