@@ -41,5 +41,25 @@ case "${1:-}" in
       cp /tmp/serve_$part/serve_speed.json $R/serve_$part.json 2>/dev/null; pack; tail -4 $R/serve_$part.log
     done
     wait; pack; grep -v Warning $R/quant_int4.log | tail -8 ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6"; exit 2 ;;
+  s7)  # nvidia-h200-x2, what session 6 left unmeasured (benchmarks/NOTES.md): serve with real-length
+        # prompts (GPU 0) beside quant fp8 compiled + LLaVA-Mini int4 (GPU 1), then flex/compile training
+        # with room to compile, then the GPU suite at the minimum versions with failures named
+    end=$((SECONDS + ${DEADLINE:-570})); R=/tmp/r; mkdir -p $R
+    left() { local l=$((end - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
+    pack() { tar czf "$OUT/s7.tgz" -C /tmp r; }
+    (export CUDA_VISIBLE_DEVICES=1 VIDQA_COMPILE=1
+     timeout "$(left 200)" python3 benchmarks/quant_speed.py --modes fp8 --mini-modes int4 --out $R/quant_fp8c.json \
+       > $R/quant_fp8c.log 2>&1) &
+    export CUDA_VISIBLE_DEVICES=0
+    for part in mini search ttft compile; do
+      timeout "$(left 110)" python3 benchmarks/serve_speed.py --parts $part --out /tmp/serve_$part > $R/serve_$part.log 2>&1
+      cp /tmp/serve_$part/serve_speed.json $R/serve_$part.json 2>/dev/null; pack; tail -n 3 $R/serve_$part.log
+    done
+    wait; unset CUDA_VISIBLE_DEVICES; pack
+    T="torchrun --nproc-per-node 2 benchmarks/train_speed.py --mode full --checkpointing none --steps 6 --warmup-steps 3"
+    timeout "$(left 200)" $T --attention flex --out $R/train_flex.json > $R/train_flex.log 2>&1; pack
+    timeout "$(left 150)" python3 -m pytest -q -n 14 -rf -p no:cacheprovider --ignore tests/test_serve_app.py \
+      --ignore tests/test_cli_remote.py tests > $R/suite.log 2>&1; pack
+    tail -n 15 $R/suite.log ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7"; exit 2 ;;
 esac
