@@ -30,7 +30,7 @@ from vidqa import checkpoint, fast
 from vidqa.errors import ContextError, ModelError
 from vidqa.methods.base import FrameCache, Method, Prefill, register
 from vidqa.methods import tokens
-from vidqa.methods.rope import check_rerotatable, voco_context, voco_context_batch
+from vidqa.methods.rope import check_rerotatable, voco_context_batch
 from vidqa.options import ModelOptions
 from vidqa.vision import VisionEncoder
 
@@ -198,28 +198,33 @@ class VoCo(Method):
 
     # ---- stage 2: the question against the temporal context -------------------------------------
     def prefill(self, cache: FrameCache, question: str, history=()) -> Prefill:
-        if cache.meta.get("p0") != self.p0 or cache.tokens_per_frame != self.tokens_per_frame:
+        if self._foreign(cache):
             raise ModelError("this frame cache was made with other VoCo settings; recompute it")
-        device = self.llm.get_input_embeddings().weight.device
-        kv = voco_context(cache.tensors["keys"].to(device), cache.tensors["values"].to(device), self.rotary_emb)
-        ids = torch.tensor([self.prompt_ids(question, history)], device=device)
-        start = self.p0 + cache.num_frames * self.tokens_per_frame
-        pos = torch.arange(start, start + ids.shape[1], device=ids.device).unsqueeze(0)
-        return Prefill(past_key_values=kv, position_ids=pos, input_ids=ids)
+        return self._prefill([cache], self.prompt_ids(question, history))
 
     def prefill_batch(self, caches: Sequence[FrameCache], question: str) -> Prefill:
         """``prefill`` on caches of equal frame counts at once: their K/V stacked, laid out and re-rotated
         in one go, the prompt encoded once (the same tensors as per-video ``prefill``, stacked)."""
-        if len({c.num_frames for c in caches}) != 1 or any(
-                c.meta.get("p0") != self.p0 or c.tokens_per_frame != self.tokens_per_frame for c in caches):
+        if len({c.num_frames for c in caches}) != 1 or any(map(self._foreign, caches)):
             return super().prefill_batch(caches, question)  # per video: raises for a foreign cache
+        return self._prefill(caches, self.prompt_ids(question))
+
+    def _foreign(self, cache: FrameCache) -> bool:
+        return cache.meta.get("p0") != self.p0 or cache.tokens_per_frame != self.tokens_per_frame
+
+    def _prefill(self, caches: Sequence[FrameCache], ids: list[int]) -> Prefill:
+        """The LLM's input for prompt ``ids`` on B caches of equal frame counts (batch B)."""
         device = self.llm.get_input_embeddings().weight.device
-        keys = torch.stack([c.tensors["keys"].to(device) for c in caches])  # B, T, L, H, N, D
-        values = torch.stack([c.tensors["values"].to(device) for c in caches])
-        kv = voco_context_batch(keys, values, self.rotary_emb)
-        ids = torch.tensor([self.prompt_ids(question)], device=device).expand(len(caches), -1)
+
+        def stacked(name):  # [B, T, L, H, N, D]; one cache: a view, no copy
+            ts = [c.tensors[name].to(device) for c in caches]
+            return ts[0][None] if len(ts) == 1 else torch.stack(ts)
+
+        kv = voco_context_batch(stacked("keys"), stacked("values"), self.rotary_emb)
+        B = len(caches)
+        ids = torch.tensor([ids], device=device).expand(B, -1)
         start = self.p0 + caches[0].num_frames * self.tokens_per_frame
-        pos = torch.arange(start, start + ids.shape[1], device=device).unsqueeze(0).expand(len(caches), -1)
+        pos = torch.arange(start, start + ids.shape[1], device=device).unsqueeze(0).expand(B, -1)
         return Prefill(past_key_values=kv, position_ids=pos, input_ids=ids)
 
     # ---- training: the same computation as compress + prefill, as one masked pass -----------------
