@@ -192,6 +192,13 @@ def answer_all(qa, dataset: Dataset, items: list[Item], out_file: Path, *, sampl
     noted_thin = False
     with PredictionWriter(out_file) as writer:
         summary.torn_line_repaired = writer.torn
+
+        def failed(it: Item, path: Path, error: str) -> None:  # an error record in place of the answer
+            writer.write(_record(it, path, None, error=error, shard=shard_label))
+            summary.errors += 1
+            if on_question:
+                on_question(it)
+
         done = done_ids(out_file)
         for video, group in group_by_video(items):
             todo = [it for it in group if it.id not in done]
@@ -210,10 +217,7 @@ def answer_all(qa, dataset: Dataset, items: list[Item], out_file: Path, *, sampl
             except VidqaError as e:
                 summary.failed_videos.append((video, str(e)))
                 for it in todo:
-                    writer.write(_record(it, path, None, error=f"video: {e}", shard=shard_label))
-                    summary.errors += 1
-                    if on_question:
-                        on_question(it)
+                    failed(it, path, f"video: {e}")
                 continue
             summary.from_store += bool(hit)
             summary.compressed += not hit
@@ -225,10 +229,7 @@ def answer_all(qa, dataset: Dataset, items: list[Item], out_file: Path, *, sampl
                 try:
                     budget = qa.max_frames(text, max_new_tokens)
                 except ContextError as e:
-                    writer.write(_record(it, path, None, error=f"context: {e}", shard=shard_label))
-                    summary.errors += 1
-                    if on_question:
-                        on_question(it)
+                    failed(it, path, f"context: {e}")
                     continue
                 used = library.thin(cache, budget)
                 if used.num_frames < cache.num_frames and not noted_thin and on_note:
