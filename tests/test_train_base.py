@@ -3,15 +3,9 @@
 import pytest
 import torch
 
-from train_fixtures import VOCAB, make_llava15_base, make_llava_hf_base, make_mixed_data
+from train_fixtures import VOCAB, make_llava15_base, make_llava_hf_base, make_mixed_data, one_thread  # noqa: F401 (autouse fixture)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_llava15_base_gets_voco_as_its_last_id_with_a_new_row_from_the_init_distribution(tmp_path):

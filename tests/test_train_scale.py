@@ -14,18 +14,11 @@ import torch.multiprocessing as mp
 from cli_helpers import run
 from media import make_video
 from test_voco import TOL, features, two_stage_logits
-from train_fixtures import VOCAB, fit_worker, make_llava15_base, make_mixed_data
+from train_fixtures import VOCAB, fit_worker, make_llava15_base, make_mixed_data, one_thread  # noqa: F401 (autouse fixture)
 
 STEPS = 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 shared cores: more intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

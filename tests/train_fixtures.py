@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from vidqa import synthetic
@@ -162,3 +163,12 @@ def fit_worker(rank, world, port, base, data_files, folders, out, steps, result_
     if rank == 0 and result is not None:
         Path(result_file).write_text(json.dumps([h["loss"] for h in result["history"]]))
     return learner
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """2 shared cores: more intra-op threads only contend (autouse in the modules that import it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
