@@ -195,16 +195,14 @@ def write_tiny_tokenizer(directory: str | Path, corpus: list[str] | None = None)
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = {ch: i for i, ch in enumerate(_byte_level_alphabet())}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    alphabet = _byte_level_alphabet()
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]) if not corpus else models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     if corpus:
         from tokenizers import trainers
 
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        trainer = trainers.BpeTrainer(vocab_size=len(vocab) + 8 * sum(len(t) for t in corpus), show_progress=False,
-                                      initial_alphabet=_byte_level_alphabet())
+        trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + 8 * sum(len(t) for t in corpus), show_progress=False,
+                                      initial_alphabet=alphabet)
         tok.train_from_iterator(corpus, trainer)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in _LLAMA31_SPECIALS])

@@ -246,7 +246,7 @@ class Store:
             if len(data) != record["tensors"].get("bytes", len(data)):
                 raise _Bad(f"truncated tensor file ({len(data)} of {record['tensors']['bytes']} bytes)", st)
             pieces = record["tensors"].get("chunk_sha256")
-            if pieces is not None:  # per-piece digests (entries written since 0.x): checked in parallel
+            if pieces is not None:  # per-piece digests (new entries): checked on several threads
                 ok = io.check_chunks(data, pieces)
             else:
                 ok = hashlib.sha256(data).hexdigest() == record["tensors"].get("sha256")
