@@ -61,6 +61,8 @@ class FrameCache:
             meta["frame_indices"] = [i for c in caches for i in c.meta["frame_indices"]]
         return FrameCache(first.method, tensors, stamps, first.tokens_per_frame, meta)
 
-    def to(self, device: torch.device | str) -> "FrameCache":
-        return FrameCache(self.method, {k: v.to(device) for k, v in self.tensors.items()},
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "FrameCache":
+        """On ``device`` (tensors already there are not copied); ``non_blocking``: copies from page-locked
+        memory do not wait for the host (the stream orders them)."""
+        return FrameCache(self.method, {k: v.to(device, non_blocking=non_blocking) for k, v in self.tensors.items()},
                           list(self.timestamps), self.tokens_per_frame, dict(self.meta))

@@ -73,14 +73,6 @@ def to_host(cache: FrameCache) -> FrameCache:
     return FrameCache(cache.method, tensors, list(cache.timestamps), cache.tokens_per_frame, dict(cache.meta))
 
 
-def to_device(cache: FrameCache, device: torch.device) -> FrameCache:
-    """``cache`` on ``device``; from pinned memory the copies do not block the host (the stream orders them)."""
-    if _on(cache, device):
-        return cache
-    return FrameCache(cache.method, {k: v.to(device, non_blocking=True) for k, v in cache.tensors.items()},
-                      list(cache.timestamps), cache.tokens_per_frame, dict(cache.meta))
-
-
 def auto_gpu_bytes(device: torch.device, share: float = 0.6) -> int:
     """The GPU tier's budget for ``--cache-gpu-gb auto``: ``share`` of the GPU memory free now (call it
     after warm-up: the weights, CUDA graphs and a long question's activations are then accounted
@@ -133,7 +125,7 @@ class FrameLRU:
             self.gpu.pop(key, None)
             self.host.pop(key, None)
             if cache.nbytes <= self.gpu_bytes:
-                self.gpu[key] = to_device(cache, self.device)
+                self.gpu[key] = cache if _on(cache, self.device) else cache.to(self.device, non_blocking=True)
                 while self._size(self.gpu) > self.gpu_bytes:
                     k, old = self.gpu.popitem(last=False)
                     self.host[k] = to_host(old)
@@ -420,7 +412,7 @@ class Engine:
         if cache.nbytes > 0.5 * free:
             return cache, 0.0
         t0 = time.perf_counter()
-        moved = to_device(cache, dev)
+        moved = cache.to(dev, non_blocking=True)
         torch.cuda.synchronize(dev)
         return moved, time.perf_counter() - t0
 
