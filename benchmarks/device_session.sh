@@ -42,13 +42,15 @@ case "${1:-}" in
     done
     wait; pack; grep -v Warning $R/quant_int4.log | tail -8 ;;
   s7)  # nvidia-h200-x2, what session 6 left unmeasured (benchmarks/NOTES.md): serve with real-length
-        # prompts (GPU 0) beside quant fp8 compiled + LLaVA-Mini int4 (GPU 1), then flex/compile training
+        # prompts (GPU 0) beside the serve profile, quant fp8 compiled + LLaVA-Mini int4 (GPU 1), then flex training
         # with room to compile, then the GPU suite at the minimum versions with failures named
     end=$((SECONDS + ${DEADLINE:-570})); R=/tmp/r; mkdir -p $R
     left() { local l=$((end - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
     pack() { tar czf "$OUT/s7.tgz" -C /tmp r; }
-    (export CUDA_VISIBLE_DEVICES=1 VIDQA_COMPILE=1
-     timeout "$(left 200)" python3 benchmarks/quant_speed.py --modes fp8 --mini-modes int4 --out $R/quant_fp8c.json \
+    (export CUDA_VISIBLE_DEVICES=1
+     timeout "$(left 150)" python3 benchmarks/serve_profile.py --out $R/serve_profile.json > $R/serve_profile.log 2>&1
+     export VIDQA_COMPILE=1
+     timeout "$(left 260)" python3 benchmarks/quant_speed.py --modes fp8 --mini-modes int4 --out $R/quant_fp8c.json \
        > $R/quant_fp8c.log 2>&1) &
     export CUDA_VISIBLE_DEVICES=0
     for part in mini search ttft compile; do
