@@ -50,6 +50,7 @@ def frames_of(n: int):
 
 
 def part_first(qa, frames: int, res: dict) -> None:
+    from vidqa import fast
     from vidqa.serve.engine import Engine, Prepared
     from vidqa.serve.schema import ChatRequest
 
@@ -63,10 +64,13 @@ def part_first(qa, frames: int, res: dict) -> None:
         a, wall = timed(lambda: engine.answer(Prepared(Path(), cache), req, stop_after=1))
         out["requests"].append({"question": q, "prompt_tokens": len(qa.method.prompt_ids(q)), "wall_s": wall,
                                 "prefill_s": a.split.prefill_s, "first_token_s": a.split.first_token_s})
-    # the LLM alone at prompt lengths it has not seen, on a 1,000-token past: first call vs second
+    # the LLM alone at prompt lengths it has not seen, on a 1,000-token past: first call vs second, with
+    # cuDNN attention allowed (torch's default) and without it (vidqa's setting, fast.plan_free_attention)
     past = qa.method.prefill(cache, "what is in this video?").past_key_values
     shapes = []
-    for n in (11, 19, 23, 37):
+    for n, cudnn in ((11, True), (19, True), (23, True), (37, True), (13, False), (17, False), (29, False), (41, False)):
+        if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+            torch.backends.cuda.enable_cudnn_sdp(cudnn)
         ids = torch.randint(0, 1000, (1, n), device=qa.device)
         pos = torch.arange(frames + 50, frames + 50 + n, device=qa.device)[None]
         times = []
@@ -75,14 +79,16 @@ def part_first(qa, frames: int, res: dict) -> None:
             _, s = timed(lambda: qa.llm(input_ids=ids, position_ids=pos, past_key_values=p, use_cache=True,
                                         logits_to_keep=1))
             times.append(s)
-        shapes.append({"prompt_tokens": n, "first_s": times[0], "second_s": times[1], "third_s": times[2]})
+        shapes.append({"prompt_tokens": n, "cudnn_attention": cudnn, "first_s": times[0], "second_s": times[1],
+                       "third_s": times[2]})
+    fast.plan_free_attention(qa.device)
     out["llm_forward_new_lengths"] = shapes
     res["first"] = out
     for r in out["requests"]:
         print(f"first: {r['prompt_tokens']:3d} tokens: wall {1e3 * r['wall_s']:.1f} ms, prefill {1e3 * r['prefill_s']:.1f}, "
               f"first token {1e3 * r['first_token_s']:.1f}")
     for s in shapes:
-        print(f"first: llm forward {s['prompt_tokens']} new tokens: {1e3 * s['first_s']:.1f} / {1e3 * s['second_s']:.1f} / "
+        print(f"first: llm forward {s['prompt_tokens']} new tokens (cuDNN attention {s['cudnn_attention']}): {1e3 * s['first_s']:.1f} / {1e3 * s['second_s']:.1f} / "
               f"{1e3 * s['third_s']:.1f} ms")
 
 

@@ -3,6 +3,7 @@
 import torch
 
 from vidqa.methods.base import FrameCache
+from vidqa import fast
 from vidqa.fast import supports
 from vidqa.generate import GenerationConfig, StaticDecoder, generate
 
@@ -140,3 +141,16 @@ def test_fused_projections_are_views_and_change_nothing():
     assert layer.self_attn.q_proj.weight.data_ptr() == w_qkv.data_ptr()  # views: no memory added
     assert layer.mlp.gate_proj.weight.data_ptr() == w_gu.data_ptr()
     assert torch.equal(layer.self_attn.k_proj(x), before[0]) and torch.equal(layer.mlp(x), before[1])
+
+
+def test_plan_free_attention_turns_cudnn_attention_off_on_cuda_only(monkeypatch):
+    """cuDNN attention plans per shape (a new question's first forward took 3x longer on an H200):
+    a model on CUDA turns it off; on the CPU nothing global changes."""
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda on: calls.append(on))
+    fast.plan_free_attention(torch.device("cpu"))
+    fast.plan_free_attention("cpu")
+    assert calls == []
+    fast.plan_free_attention(torch.device("cuda", 1))
+    fast.plan_free_attention("cuda")
+    assert calls == [False, False]

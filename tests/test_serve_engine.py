@@ -302,3 +302,24 @@ def test_search_uses_the_caches_the_server_holds_without_reading_the_store(demo_
         assert read == [] and got == want and len(got["data"]) == 2
     finally:
         engine.close()
+
+
+def test_a_search_keeps_what_it_read_so_the_next_one_reads_nothing(demo_qa, tmp_path, monkeypatch):
+    from vidqa.serve.schema import SearchRequest
+
+    maker = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], preload=0)
+    _stored(maker, "shapes00.mp4")
+    _stored(maker, "shapes01.mp4")
+    maker.close()
+    body = SearchRequest(query="a red square", videos=[str(CLIPS / "shapes00.mp4"), str(CLIPS / "shapes01.mp4")])
+    engine = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], warmup_frames=0, preload=0)
+    try:
+        read = []
+        real_get = Store.get
+        monkeypatch.setattr(Store, "get", lambda self, key, settings=None: read.append(key) or real_get(self, key, settings))
+        first = engine.search(body)
+        assert len(read) == 2 and engine.memory.stats()["host_entries"] + engine.memory.stats()["gpu_entries"] == 2
+        second = engine.search(body)
+        assert len(read) == 2 and second == first and len(first["data"]) == 2
+    finally:
+        engine.close()

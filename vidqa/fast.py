@@ -53,6 +53,20 @@ def output_cache(out):
     return getattr(out, CACHE_KW)
 
 
+def plan_free_attention(device) -> None:
+    """On CUDA, take cuDNN out of the kernels ``scaled_dot_product_attention`` may pick (process-wide).
+
+    Written for vidqa's variable shapes: cuDNN attention, torch's first choice on H100/H200, builds an
+    execution plan for every new pair of query and key lengths, and nearly every question brings a new
+    pair (its own prompt length, its own number of frames). Measured on an H200 at 7B shapes
+    (benchmarks/serve_profile.py, torch 2.11): the LLM's forward at a prompt length it had not run took
+    61-66 ms against 21-24 ms the second time, and one new shape 703 ms. Flash and memory-efficient
+    attention need no plan; they take the same inputs and give the same result.
+    """
+    if torch.device(device).type == "cuda" and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def supports(llm) -> bool:
     """True for decoder layers shaped like Llama's (Llama, Mistral, Qwen2, ...)."""
     try:

@@ -80,6 +80,7 @@ class VideoQA:
             quant.quantize(method, compute.quantize)  # after loading, before any decoder fuses weights
         self.quantize = quant.quantized_mode(method)
         self.device = vision.device
+        fast.plan_free_attention(self.device)  # no per-shape cuDNN plans: a new question is not a slow one
         # CUDA-graph decoding where it applies; the transformers path everywhere else
         self.fast = self.device.type == "cuda" and fast.supports(method.llm)
         self._decoder = None

@@ -17,7 +17,7 @@ the existence question. Nothing depends on the query beyond its words.
 
 Batching: videos with the same number of frames have prompts of the same length at the same
 positions, so their prefills run as one batch through ``Method.prefill_batch`` (their cache tensors
-stacked once on the batch axis, on the way to the device; no padding and no mask are needed). On a
+copied to the device and stacked there on the batch axis; no padding and no mask are needed). On a
 GPU the batch size comes from the free memory and the bytes one video needs, so a library of
 equal-length videos is usually one or a few batches. ``indexed`` reads the store entries on a
 thread pool (reading, checksumming and decoding release the GIL).
@@ -162,25 +162,20 @@ def batch_size_for(qa, cache: FrameCache, prompt_len: int, count: int) -> int:
 
 
 def _to_device(caches: Sequence[FrameCache], device) -> list[FrameCache]:
-    """Caches of one shape on ``device``: each tensor name stacked once (in pinned memory for a GPU)
-    and copied in one transfer; the caches come back as views of it."""
+    """Caches on ``device``: each tensor not there yet copied on its own (tensors already there stay).
+
+    Copied one by one rather than stacked on the host first: a stack needs a pinned host buffer as
+    large as the batch, and pinning 1.4 GB took 2.7 s on the H200 machine (benchmarks/serve_profile.py),
+    far more than the copies themselves; pinned tensors (a server's host tier) copy asynchronously."""
     device = torch.device(device)
-    first = caches[0]
-    out: dict[str, list[torch.Tensor]] = {}
-    for k, t in first.tensors.items():
-        where = {c.tensors[k].device for c in caches}
-        if where == {device}:
-            out[k] = [c.tensors[k] for c in caches]
-            continue
-        if device in where or len(where) > 1:  # some already there (a server's hot caches): the rest one by one
-            out[k] = [c.tensors[k].to(device) for c in caches]
-            continue
-        pin = device.type == "cuda" and t.device.type == "cpu"
-        buf = torch.empty((len(caches), *t.shape), dtype=t.dtype, pin_memory=pin)
-        torch.stack([c.tensors[k] for c in caches], out=buf)
-        out[k] = list(buf.to(device, non_blocking=pin).unbind(0))
-    return [FrameCache(c.method, {k: out[k][i] for k in out}, c.timestamps, c.tokens_per_frame, c.meta)
-            for i, c in enumerate(caches)]
+
+    def moved(t: torch.Tensor) -> torch.Tensor:
+        if t.device == device:
+            return t
+        return t.to(device, non_blocking=t.device.type == "cpu" and device.type == "cuda" and t.is_pinned())
+
+    return [FrameCache(c.method, {k: moved(t) for k, t in c.tensors.items()}, c.timestamps, c.tokens_per_frame, c.meta)
+            for c in caches]
 
 
 def _shape(c: FrameCache):
@@ -262,10 +257,12 @@ def read_workers() -> int:
 
 
 def indexed(qa, store, videos, sampling, workers: int | None = None,
-            hot=None) -> tuple[list[tuple[str, FrameCache]], list[str]]:
+            hot=None, keep=None) -> tuple[list[tuple[str, FrameCache]], list[str]]:
     """The stored caches of ``videos`` for this model and sampling, and the videos without one (read
     on ``workers`` threads, in the order given). ``hot(store_key)``: a cache already in memory for
-    that entry (a server's), used instead of reading the store."""
+    that entry (a server's), used instead of reading the store; ``keep(store_key, cache)``: hears
+    each cache read from the store and returns the one to use (a server keeps it in memory, so the
+    next search over the same library reads nothing)."""
     from vidqa.library import cache_settings, cache_spec, stored  # same layer (6)
 
     settings = cache_settings(qa, sampling)
@@ -275,7 +272,11 @@ def indexed(qa, store, videos, sampling, workers: int | None = None,
         try:
             key = store.key(v, settings)
             cache = hot(key) if hot is not None else None
-            return cache if cache is not None else stored(qa, store, key, settings)
+            if cache is None:
+                cache = stored(qa, store, key, settings)
+                if cache is not None and keep is not None:
+                    cache = keep(key, cache)
+            return cache
         except VidqaError:
             return None
 

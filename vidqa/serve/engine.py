@@ -401,6 +401,11 @@ class Engine:
             split.prefill_s, split.first_token_s = timings.get("prefill_s", 0.0), stats.prefill_s
         return Answer("".join(out), stats, cache.num_frames, dropped, split)
 
+    def _keep_entry(self, key, cache: FrameCache) -> FrameCache:
+        """A stored cache just read, kept in memory (under the budgets) as ``lookup`` keeps one."""
+        self.memory.put(("entry", key), cache)
+        return self.memory.get(("entry", key)) or cache
+
     def _to_gpu(self, cache: FrameCache) -> tuple[FrameCache, float]:
         """A host-tier cache copied to the GPU whole (from pinned memory: at full speed) when it fits in
         half the free GPU memory, with the seconds it took; else as it is (the method then streams it in
@@ -423,7 +428,9 @@ class Engine:
             raise RequestError(400, "this server runs without a cache store (--no-cache): nothing is indexed")
         sampling = req.frames.sampling()
         named, missing = search.indexed(self.qa, self.store, videos, sampling,
-                                        hot=lambda key: self.memory.get(("entry", key)))  # hot caches: no read
+                                        hot=lambda key: self.memory.get(("entry", key)),  # hot caches: no read
+                                        keep=self._keep_entry)  # read ones stay for the next request
+
         hits = search.rank(self.qa, named, req.query, top_k=req.top_k, template=req.template,
                            evidence=req.evidence) if named else []
         return {"object": "list", "query": req.query, "data": [h.as_dict() for h in hits], "not_indexed": missing}
