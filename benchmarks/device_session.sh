@@ -69,7 +69,7 @@ case "${1:-}" in
     left() { local l=$((end - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
     pack() { tar czf "$OUT/s8.tgz" -C /tmp r; }
     (export CUDA_VISIBLE_DEVICES=1
-     timeout "$(left 130)" python3 benchmarks/serve_profile.py --out $R/serve_profile.json > $R/serve_profile.log 2>&1
+     timeout "$(left 200)" python3 benchmarks/int4_decode.py --out $R/int4_decode.json > $R/int4_decode.log 2>&1
      export VIDQA_COMPILE=1
      timeout "$(left 300)" python3 benchmarks/quant_speed.py --modes fp8 --mini-modes int4 --out $R/quant.json \
        > $R/quant.log 2>&1) &
@@ -81,6 +81,7 @@ case "${1:-}" in
     timeout "$(left 100)" python3 -m pytest -q -n 8 -rf -p no:cacheprovider tests/test_train_scale.py tests/test_benchmarks.py \
       tests/test_library.py tests/test_cli_serve.py tests/test_quant.py > $R/suite.log 2>&1; pack
     tail -n 12 $R/suite.log
-    wait; pack; grep -v Warning $R/quant.log | tail -4 ;;
+    timeout "$(left 120)" python3 benchmarks/serve_profile.py --out $R/serve_profile.json > $R/serve_profile.log 2>&1; pack
+    wait; pack; grep -v Warning $R/quant.log | tail -4; grep "int4 decode" $R/int4_decode.log ;;
   *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8"; exit 2 ;;
 esac

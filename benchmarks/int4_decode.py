@@ -1,0 +1,94 @@
+"""int4 weight-only decoding at Vicuna-7B shapes: the compiled CUDA-graph step under inductor settings.
+
+    python benchmarks/int4_decode.py --out OUT.json          # on a GPU
+    python benchmarks/int4_decode.py --tiny                  # a CPU smoke run (eager; nothing compiled)
+
+torchao int4 weight-only (``vidqa.quant``, group 128) on the LLM's layers; the 64-frame context is
+compressed in bf16 first (the decode step's time does not depend on where the cache came from). Then
+the decode step (``StaticDecoder``, compiled, in a CUDA graph) is timed under each variant:
+``default`` (what vidqa does), ``coordinate_descent`` (inductor's coordinate-descent tuning of its
+generated kernels, as gpt-fast sets it) and ``max_autotune`` (``mode="max-autotune-no-cudagraphs"``).
+Reports ms/token (median of repeats) and the bandwidth floor of the bytes one step reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch._dynamo  # noqa: E402
+import torch._inductor.config as inductor  # noqa: E402
+
+PEAK_BYTES = 4.8e12  # H200
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--variants", default="default,coordinate_descent,max_autotune")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    import voco_speed
+    from quant_speed import fused_bytes
+
+    from vidqa import quant
+    from vidqa.generate import DecodeStats, GenerationConfig, StaticDecoder, generate
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    qa = voco_speed.build(args.tiny, device, dtype, 1)[0]
+    frames = 8 if args.tiny else 64
+    size = 112 if args.tiny else 336
+    pixels = np.random.default_rng(0).integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+    cache = qa.compress(SimpleNamespace(pixels=pixels, timestamps=np.arange(frames, dtype=np.float64)))
+    quant.quantize(qa.method, "int4")
+    question = "what happens in this video?"
+    gen = GenerationConfig(max_new_tokens=args.tokens)
+    cap = 256 * -(-(frames + len(qa.method.prompt_ids(question)) + args.tokens) // 256)
+    read = fused_bytes(qa.llm)
+    res = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "frames": frames,
+           "bytes_per_token": read, "floor_ms_per_token": 1000 * read / PEAK_BYTES, "variants": {}}
+
+    def run(decoder):
+        st = DecodeStats()
+        for _ in generate(qa.llm, qa.method.prefill(cache, question), gen, set(), st, decoder=decoder):
+            pass
+        return st
+
+    for name in args.variants.split(","):
+        torch._dynamo.reset()
+        inductor.coordinate_descent_tuning = name == "coordinate_descent"
+        try:
+            if not cuda:
+                d = None
+            elif name == "max_autotune":
+                d = StaticDecoder(qa.llm, cap, compile=False)
+                d._run = torch.compile(d._step, dynamic=False, mode="max-autotune-no-cudagraphs")
+            else:
+                d = StaticDecoder(qa.llm, cap, compile=True)
+            run(d)
+            ms = statistics.median(run(d).ms_per_token for _ in range(args.repeats))
+            res["variants"][name] = {"ms_per_token": ms, "share_of_bandwidth": res["floor_ms_per_token"] / ms}
+            print(f"int4 decode {name}: {ms:.2f} ms/token (floor {res['floor_ms_per_token']:.2f} ms at 4.8 TB/s)",
+                  flush=True)
+        except Exception as e:  # report, do not hide; the next variant still runs
+            res["variants"][name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            print(f"int4 decode {name}: {res['variants'][name]['error']}", flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
