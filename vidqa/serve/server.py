@@ -8,6 +8,7 @@ engine up before or after it starts listening (``/health`` says 503 until the en
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 
 import uvicorn
@@ -15,6 +16,13 @@ import uvicorn
 from vidqa.serve.app import create_app
 from vidqa.serve.engine import Engine
 from vidqa.serve.schema import Limits
+
+
+# The answer lane decodes on its own thread, holding the GIL between CUDA calls, while the event loop
+# needs it several times to send one chunk; at Python's default 5 ms switch interval each wait can cost
+# up to 5 ms. On the H200 machine a client saw its first chunk 31 ms after the server's own time to first
+# token (benchmarks/NOTES.md, session 7). A shorter interval hands the GIL over sooner.
+SWITCH_INTERVAL_S = 0.0005
 
 
 class Server:
@@ -31,6 +39,7 @@ class Server:
         config = uvicorn.Config(self.app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
         self.uvicorn = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
 
     @property
     def url(self) -> str:
