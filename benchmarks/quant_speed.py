@@ -46,6 +46,7 @@ PEAK_BYTES = 4.8e12
 PEAK_FLOPS = {"none": 800e12, "int8": 800e12, "int4": 800e12, "fp8": 1600e12}
 FULL = {"frames": 64, "batch": 16, "new_tokens": 64, "repeats": 3, "long": 1000}
 TINY = {"frames": 4, "batch": 4, "new_tokens": 4, "repeats": 1, "long": 8}
+MINI_DISTINCT = {False: 64, True: 4}  # frames LLaVA-Mini compresses; its --long cache tiles them
 QUESTION = "what happens after the door opens?"
 
 
@@ -185,18 +186,19 @@ def voco_mode(mode: str, args, device, dtype, pixels, ref: dict | None) -> dict:
 
 
 def mini_mode(mode: str, args, device, dtype, pixels) -> dict:
-    """LLaVA-Mini-8B in ``mode``: compression ms/frame, then a ``len(pixels)``-frame question with the cache
-    on the host (pinned), once as it comes and once under a 12 GiB cap of the GPU memory (``long_12gb``)."""
+    """LLaVA-Mini-8B in ``mode``: compression ms/frame on ``pixels`` (distinct frames), then an ``args.long``-frame
+    question with the cache on the host (pinned), once as it comes and once under a 12 GiB cap of the GPU
+    memory (``long_12gb``)."""
     qa, _, llm_cfg = mini_speed.build(args.tiny, device, dtype)
     if mode != "none":
         quant.quantize(qa.method, mode)
     res = {"weights_gib": weight_bytes(qa.method) / 2**30 + weight_bytes(qa.vision.tower) / 2**30
            if hasattr(qa.vision, "tower") else weight_bytes(qa.method) / 2**30}
-    n0 = min(len(pixels), 64 if not args.tiny else 4)
+    n0 = min(len(pixels), MINI_DISTINCT[args.tiny])
     frames = lambda n: SimpleNamespace(pixels=pixels[:n], timestamps=np.arange(n, dtype=np.float64))  # noqa: E731
     res["compress_ms_per_frame"] = 1000 * timed(lambda: qa.compress(frames(n0), batch_size=args.batch),
                                                 args.repeats) / n0
-    n = len(pixels)
+    n = args.long
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -336,7 +338,8 @@ def main(argv=None) -> int:
                  "floors": {"bytes_per_s": PEAK_BYTES, "flops_per_s": PEAK_FLOPS}, "voco": {}, "mini": {}}
     g = torch.Generator().manual_seed(0)
     size = 112 if args.tiny else 336
-    pixels = torch.randint(0, 256, (max(args.frames, args.long), size, size, 3), dtype=torch.uint8, generator=g).numpy()
+    count = max(args.frames, min(args.long, MINI_DISTINCT[args.tiny]))  # the long caches tile these
+    pixels = torch.randint(0, 256, (count, size, size, 3), dtype=torch.uint8, generator=g).numpy()
     ref = None
     for mode in ["none", *args.modes]:
         try:
@@ -363,7 +366,7 @@ def main(argv=None) -> int:
             res["mini"][mode] = {"skipped": str(e)}
             continue
         try:
-            res["mini"][mode] = mini_mode(mode, args, device, dtype, pixels[:args.long])
+            res["mini"][mode] = mini_mode(mode, args, device, dtype, pixels[:min(args.long, MINI_DISTINCT[args.tiny])])
         except Exception as e:  # report, do not hide
             traceback.print_exc(limit=8)
             res["mini"][mode] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
