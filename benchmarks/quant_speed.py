@@ -10,8 +10,10 @@ Every mode loads the same random weights (seed 0) and is compared with the unqua
                 the weights read per token (the quantised tensors' own storage) / 4.8 TB/s.
   agreement     relative error (Frobenius) of the VoCo K/V and of the first-token logits against the
                 unquantised model on the same frames and question.
-  LLaVA-Mini    int4: compression ms/frame, and the peak GPU memory of a --long (1,000) frame question
-                with the cache offloaded to the host (what a 12 GB GPU would need).
+  LLaVA-Mini    int4: compression ms/frame; a --long (1,000) frame question with the cache on the host
+                (pinned; 64 distinct frames compressed and tiled to 1,000, said so in ``long_cache``):
+                its seconds and peak GPU memory, then again under a 12 GiB cap of PyTorch's GPU memory
+                (``long_12gb``, ``long_fits_12gb``: does it run on a 12 GB GPU; null on a CPU).
 Modes that cannot run here (fp8 without compute capability 8.9; every mode without torchao) are
 reported with the reason. H200 figures: 4.8 TB/s, 800 TFLOP/s dense bf16 sustained, 1600 fp8.
 """
@@ -44,6 +46,7 @@ PEAK_BYTES = 4.8e12
 PEAK_FLOPS = {"none": 800e12, "int8": 800e12, "int4": 800e12, "fp8": 1600e12}
 FULL = {"frames": 64, "batch": 16, "new_tokens": 64, "repeats": 3, "long": 1000}
 TINY = {"frames": 4, "batch": 4, "new_tokens": 4, "repeats": 1, "long": 8}
+MINI_DISTINCT = {False: 64, True: 4}  # frames LLaVA-Mini compresses; its --long cache tiles them
 QUESTION = "what happens after the door opens?"
 
 
@@ -183,37 +186,129 @@ def voco_mode(mode: str, args, device, dtype, pixels, ref: dict | None) -> dict:
 
 
 def mini_mode(mode: str, args, device, dtype, pixels) -> dict:
+    """LLaVA-Mini-8B in ``mode``: compression ms/frame on ``pixels`` (distinct frames), then an ``args.long``-frame
+    question with the cache on the host (pinned), once as it comes and once under a 12 GiB cap of the GPU
+    memory (``long_12gb``)."""
     qa, _, llm_cfg = mini_speed.build(args.tiny, device, dtype)
     if mode != "none":
         quant.quantize(qa.method, mode)
     res = {"weights_gib": weight_bytes(qa.method) / 2**30 + weight_bytes(qa.vision.tower) / 2**30
            if hasattr(qa.vision, "tower") else weight_bytes(qa.method) / 2**30}
-    n0 = min(len(pixels), 64 if not args.tiny else 4)
+    n0 = min(len(pixels), MINI_DISTINCT[args.tiny])
     frames = lambda n: SimpleNamespace(pixels=pixels[:n], timestamps=np.arange(n, dtype=np.float64))  # noqa: E731
     res["compress_ms_per_frame"] = 1000 * timed(lambda: qa.compress(frames(n0), batch_size=args.batch),
                                                 args.repeats) / n0
-    n = len(pixels)
-    if device.type == "cuda":
+    n = args.long
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    # the long cache: n0 distinct frames compressed to the host, tiled to n frames (a question's cost does not
+    # depend on what the frames show; compressing all n would cost n x compress_ms_per_frame, estimated below)
     t0 = time.perf_counter()
-    cache = qa.compress(frames(n), batch_size=args.batch, offload=device.type == "cuda")
-    res["long_compress_s"] = time.perf_counter() - t0
-    res["long_cache_kind"] = cache.meta.get("cache_kind")
+    distinct = qa.compress(frames(n0), batch_size=args.batch, offload=cuda)
+    res["long_compress_distinct_s"] = time.perf_counter() - t0
+    if cuda:
+        res["long_compress_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    cache = tiled(distinct, n)
+    del distinct
+    res["long_cache"] = {"distinct_frames": n0, "tiled_to": n, "on": str(next(iter(cache.tensors.values())).device),
+                         "pinned": all(t.is_pinned() for t in cache.tensors.values()) if cuda else None,
+                         "gib": cache.nbytes / 2**30, "kind": cache.meta.get("cache_kind")}
+    res["long_compress_s_estimated"] = res["compress_ms_per_frame"] * n / 1000  # all n frames compressed
+    res["long_frames"] = n
+    res.update(long_question(qa, cache, device))
+    res["long_12gb"] = long_question_capped(qa, cache, device, 12 * 2**30,
+                                            compress=lambda: qa.compress(frames(n0), batch_size=args.batch,
+                                                                         offload=cuda))
+    cap = res["long_12gb"]  # both steps a 12 GB GPU runs: compressing a batch, and the question
+    res["long_fits_12gb"] = None if cap["fits"] is None else bool(cap["fits"] and cap["compress_fits"])
+    del qa, cache
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return res
+
+
+def tiled(cache, n: int):
+    """``cache``'s frames repeated to ``n`` frames, on the host (pinned when CUDA is there), timestamps 0..n-1."""
+    import dataclasses
+
+    big = cache.to("cpu").select([i % cache.num_frames for i in range(n)])
+    if torch.cuda.is_available():
+        big = dataclasses.replace(big, tensors={k: v.pin_memory() for k, v in big.tensors.items()})
+    meta = {**big.meta, "frame_indices": list(range(n))}
+    return dataclasses.replace(big, timestamps=[float(i) for i in range(n)], meta=meta)
+
+
+def long_question(qa, cache, device) -> dict:
+    """Seconds to the end of 8 answer tokens for ``cache`` (streamed to the GPU by ``prefill`` in chunks), and
+    the GPU memory it peaked at (allocated and reserved by PyTorch, the weights included)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in generate(qa.llm, qa.method.prefill(cache, QUESTION), GenerationConfig(max_new_tokens=8), set()):
         pass
     sync()
-    res["long_question_s"] = time.perf_counter() - t0
-    res["long_frames"] = n
-    if device.type == "cuda":
-        res["long_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        res["long_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
-    del qa, cache
+    out = {"long_question_s": time.perf_counter() - t0}
+    if cuda:
+        out["long_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["long_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    return out
+
+
+def long_question_capped(qa, cache, device, cap: int, compress=None) -> dict:
+    """``long_question`` (and ``compress()``, a batch of frames, when given) with PyTorch's share of the GPU
+    capped at ``cap`` bytes (``torch.cuda.set_per_process_memory_fraction``, set back to 1 after): does a GPU
+    of that size answer? On a CPU there is no cap to set: every figure is null. The CUDA context (a few
+    hundred MB on a real card) is outside the cap."""
+    res: dict = {"cap_gib": cap / 2**30, "fits": None, "question_s": None, "peak_allocated_gib": None,
+                 "peak_reserved_gib": None}
+    if compress is not None:
+        res.update(compress_fits=None, compress_peak_allocated_gib=None)
+    if device.type != "cuda":
+        return res
+    total = torch.cuda.get_device_properties(device).total_memory
+    res["cap_fraction"] = cap / total
     gc.collect()
-    if device.type == "cuda":
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+    try:
+        if compress is not None:
+            _, err = under_cap(lambda: compress() and None)  # the batch's cache is dropped at once
+            res.update(compress_fits=err is None, compress_peak_allocated_gib=torch.cuda.max_memory_allocated() / 2**30)
+            if err:
+                res["compress_error"] = err
+        got, err = under_cap(lambda: long_question(qa, cache, device))
+        res.update(fits=err is None, peak_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
+                   peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30)
+        if err:
+            res["error"] = err
+        else:
+            res["question_s"] = got["long_question_s"]
+    finally:
+        gc.collect()
         torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
     return res
+
+
+def under_cap(fn):
+    """``(fn(), None)``, or ``(None, the error's first line)`` when the GPU ran out of memory; the peak
+    statistics start from this call."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        got = fn()
+        sync()
+        return got, None
+    except (torch.OutOfMemoryError, RuntimeError) as e:  # some kernels (cuBLAS workspaces) raise a plain one
+        if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in str(e).lower():
+            raise
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
 
 
 def main(argv=None) -> int:
@@ -243,7 +338,8 @@ def main(argv=None) -> int:
                  "floors": {"bytes_per_s": PEAK_BYTES, "flops_per_s": PEAK_FLOPS}, "voco": {}, "mini": {}}
     g = torch.Generator().manual_seed(0)
     size = 112 if args.tiny else 336
-    pixels = torch.randint(0, 256, (max(args.frames, args.long), size, size, 3), dtype=torch.uint8, generator=g).numpy()
+    count = max(args.frames, min(args.long, MINI_DISTINCT[args.tiny]))  # the long caches tile these
+    pixels = torch.randint(0, 256, (count, size, size, 3), dtype=torch.uint8, generator=g).numpy()
     ref = None
     for mode in ["none", *args.modes]:
         try:
@@ -270,7 +366,7 @@ def main(argv=None) -> int:
             res["mini"][mode] = {"skipped": str(e)}
             continue
         try:
-            res["mini"][mode] = mini_mode(mode, args, device, dtype, pixels[:args.long])
+            res["mini"][mode] = mini_mode(mode, args, device, dtype, pixels[:min(args.long, MINI_DISTINCT[args.tiny])])
         except Exception as e:  # report, do not hide
             traceback.print_exc(limit=8)
             res["mini"][mode] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}

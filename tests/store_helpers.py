@@ -107,10 +107,18 @@ def index_paused(ready_fd: int, after: int, argv: list[str]) -> int:
     return main(argv)
 
 
+WIDTH = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "F8_E4M3": 1,
+         "F8_E5M2": 1}  # bytes per element of each safetensors dtype
+INT_OF_WIDTH = {1: "I8", 2: "I16", 4: "I32", 8: "I64"}
+
+
 def tamper(store: Store, key: str, name: str, *, dtype: str | None = None, shape: list[int] | None = None,
            record_too: bool = False) -> None:
     """Rewrite entry ``key``'s tensor file with tensor ``name`` declared as another dtype (same width)
     and/or shape (same count), then recompute the checksum in the record, as an attacker would.
+    ``dtype="int"``: the integer dtype of the stored one's width (float32 -> I32, bfloat16 -> I16), so the
+    forgery fits the file's byte offsets whatever dtype the entry was made in (float32 on a CPU, bfloat16
+    on a GPU); a named dtype of another width is refused (that file is merely unreadable, not forged).
     ``record_too``: also state the new dtype/shape in the record (a fully consistent forgery)."""
     import hashlib
     import json
@@ -123,6 +131,11 @@ def tamper(store: Store, key: str, name: str, *, dtype: str | None = None, shape
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + n])
     if dtype:
+        was = header[name]["dtype"]
+        if dtype == "int":
+            dtype = INT_OF_WIDTH[WIDTH[was]]
+        if WIDTH[dtype] != WIDTH[was]:
+            raise ValueError(f"tamper: {name} is {was}; {dtype} has another width (the offsets would not fit)")
         header[name]["dtype"] = dtype
     if shape:
         header[name]["shape"] = shape
@@ -137,7 +150,8 @@ def tamper(store: Store, key: str, name: str, *, dtype: str | None = None, shape
         record["tensors"]["chunk_sha256"] = digests([new])[1]
     record["tensors"]["bytes"] = len(new)
     if record_too:
-        names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "I64": "int64", "I32": "int32"}
+        names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
+                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8"}
         if dtype:
             record["tensors"]["dtypes"][name] = names[dtype]
         if shape:

@@ -49,19 +49,28 @@ def test_bad_allow_root(capsys, tmp_path):
     one_line_error(code, err, "--allow-root")
 
 
+def served_env(tmp_path) -> dict:
+    """The served process's environment: this one's, with the repository first on PYTHONPATH (the path
+    already there kept: a machine may bring packages through it, as the GPU machine brings fastapi, uvicorn
+    and av; replacing it made the process stop at 'vidqa serve needs its extra' before its start line)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "VIDQA_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+
 def test_serve_process_answers(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "VIDQA_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "vidqa", "serve", "--model", "tiny-voco", "--device", "cpu",
                              "--port", "0", "--warmup-frames", "2", "--allow-root", str(CLIPS)],
-                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=served_env(tmp_path), stderr=subprocess.PIPE, text=True)
     try:
-        url = None
+        url, said = None, []
         for line in proc.stderr:  # the start line names the URL; the ready line follows warm-up
+            said.append(line)
             found = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
             url = url or (found and found.group(1))
             if line.startswith("ready after"):
                 break
-        assert url, "no start line"
+        assert url, f"no start line; exit code {proc.poll()}; stderr:\n{''.join(said)[-4000:]}"
+        assert said[-1].startswith("ready after"), f"no ready line; stderr:\n{''.join(said)[-4000:]}"
         assert httpx.get(url + "/health").json()["status"] == "ready"
         r = httpx.post(url + "/v1/chat/completions", json={"messages": messages(CLIPS / "shapes00.mp4",
                                                                                  "what colour is the square?")}, timeout=60)
@@ -69,3 +78,13 @@ def test_serve_process_answers(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_served_process_keeps_the_path_packages_come_through(tmp_path, monkeypatch):
+    """A package reached through PYTHONPATH (fastapi and uvicorn on the GPU machine) stays reachable."""
+    elsewhere = tmp_path / "site"
+    monkeypatch.setenv("PYTHONPATH", str(elsewhere))
+    parts = served_env(tmp_path)["PYTHONPATH"].split(os.pathsep)
+    assert parts == [str(REPO), str(elsewhere)]
+    monkeypatch.delenv("PYTHONPATH")
+    assert served_env(tmp_path)["PYTHONPATH"] == str(REPO)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import media
 import pytest
+import torch
 from cli_helpers import run
 
 from vidqa.library import find_videos
@@ -154,10 +155,10 @@ def test_a_forged_entry_that_does_not_fit_the_model_is_recomputed(tmp_path, caps
     not with the model: `ask` recomputes it (never `internal error`), `index` does not skip it."""
     from store_helpers import tamper
 
-
     (vid,) = media.videos(tmp_path / "lib", 1)
-    ask = ["ask", vid, "what?", "--model", voco_dir, "--json", "--max-new-tokens", "2"]
-    assert run(capsys, "index", vid, "--model", voco_dir, "--json")[0] == 0
+    cpu = ["--model", voco_dir, "--json", "--device", "cpu"]  # float32 entries, whatever the machine has
+    ask = ["ask", vid, "what?", *cpu, "--max-new-tokens", "2"]
+    assert run(capsys, "index", vid, *cpu)[0] == 0
     store = Store()
     (entry,) = store.entries()
     t, layers, heads, *rest = store.metadata(entry.key)["tensors"]["shapes"]["keys"]
@@ -166,10 +167,29 @@ def test_a_forged_entry_that_does_not_fit_the_model_is_recomputed(tmp_path, caps
     code, out, err = run(capsys, *ask)  # the CLI shows vidqa's warnings as one stderr line each
     assert code == 0 and json.loads(out)["from_cache"] is False and "does not fit this model" in err, err
     assert json.loads(run(capsys, *ask)[1])["from_cache"] is True  # the recomputed entry replaced it
-    tamper(store, entry.key, "keys", dtype="I32", record_too=True)  # float32 read as int32
-    code, out, err = run(capsys, "index", vid, "--model", voco_dir, "--json")
+    tamper(store, entry.key, "keys", dtype="int", record_too=True)  # float32 read as int32 (bf16 as int16)
+    assert store.metadata(entry.key)["tensors"]["dtypes"]["keys"] == "int32"
+    code, out, err = run(capsys, "index", vid, *cpu)
     assert code == 0 and json.loads(out)["indexed"] == [str(vid)] and "does not fit this model" in err, err
     assert json.loads(run(capsys, *ask)[1])["from_cache"] is True
+
+
+def test_tamper_forges_in_the_stored_width_whatever_the_dtype(tmp_path):
+    """The forgery of the test above, on an entry of any dtype: bfloat16 (as a GPU makes it) is declared
+    int16, float32 int32, so the file's byte offsets still fit and only the model can tell; a dtype of
+    another width (what the GPU run got: 'bad offsets') is refused rather than written."""
+    import store_helpers as sh
+
+    store = Store(tmp_path / "cache")
+    key = sh.put(store, sh.make_video(tmp_path / "clip.mp4"))  # "k" float32, "v" bfloat16
+    sh.tamper(store, key, "v", dtype="int", record_too=True)
+    sh.tamper(store, key, "k", dtype="int", record_too=True)
+    assert {k: store.metadata(key)["tensors"]["dtypes"][k] for k in "kv"} == {"k": "int32", "v": "int16"}
+    assert store.verify(repair=False) == []  # consistent with itself
+    cache = store.get(key, sh.settings())
+    assert cache.tensors["v"].dtype is torch.int16 and cache.tensors["k"].dtype is torch.int32
+    with pytest.raises(ValueError, match="another width"):
+        sh.tamper(store, key, "v", dtype="I32")
 
 
 @pytest.mark.parametrize("err", [30, 28])  # EROFS (read-only), ENOSPC (full)

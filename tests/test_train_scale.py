@@ -241,3 +241,28 @@ def test_export_writes_the_slow_tokenizer_files_transformers_4_37_reads(trained)
     text = "what colour is the square"
     assert sp.encode(text) == fast(text, add_special_tokens=False).input_ids
     assert fast("<voco>", add_special_tokens=False).input_ids == [voco]
+
+
+def test_fsdp_on_the_cpu_never_takes_the_default_accelerator_mesh(world, tmp_path, monkeypatch):
+    """A gloo run on the CPU: ``fully_shard`` without a mesh builds its default one on the machine's accelerator
+    (CUDA whenever it is available: the GPU machine's 'found at least two devices, cuda:0 and cpu'). The run
+    must hand it a mesh of its own device; here the default mesh raises, as it would land on CUDA there."""
+    import torch.distributed as dist
+    import torch.distributed.fsdp._fully_shard._fully_shard as fsdp_impl
+
+    from vidqa.train import scale
+    from vidqa.train.base import load_base
+    from vidqa.train.model import build_from_base
+
+    def default_mesh(*a, **k):
+        raise AssertionError("fully_shard fell back to its default (accelerator) mesh")
+    for name in ("_init_default_mesh", "_init_default_fully_shard_mesh"):
+        monkeypatch.setattr(fsdp_impl, name, default_mesh, raising=False)
+    _, base, _, _ = world
+    learner = build_from_base(load_base(str(base)), 2)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:  # world 2 asks for FSDP; the process group (one process) sizes the mesh
+        scale.prepare(learner, scale.ScaleConfig(bf16=False, grad_checkpointing=False), torch.device("cpu"), 2)
+        assert {p.device.type for p in learner.parameters()} == {"cpu"}
+    finally:
+        scale.cleanup()

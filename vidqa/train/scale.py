@@ -164,11 +164,13 @@ def prepare(learner: Learner, cfg: ScaleConfig, device: torch.device, world: int
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if cfg.bf16 and device.type == "cuda" else MixedPrecisionPolicy()
+        mesh = fsdp_mesh(device)
         for i, layer in enumerate(layers):  # the last layer's weights are needed again at once by the backward
-            fully_shard(layer, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward and i < len(layers) - 1)
+            fully_shard(layer, mesh=mesh, mp_policy=mp,
+                        reshard_after_forward=cfg.reshard_after_forward and i < len(layers) - 1)
         for layer in list(learner.vision.layers):
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(learner, mp_policy=mp)
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(learner, mesh=mesh, mp_policy=mp)
         if cfg.prefetch > 0:
             for i, layer in enumerate(layers):
                 layer.set_modules_to_forward_prefetch(layers[i + 1: i + 1 + cfg.prefetch])
@@ -176,6 +178,15 @@ def prepare(learner: Learner, cfg: ScaleConfig, device: torch.device, world: int
     if cfg.compile:
         _compile_layers(layers, cfg.compile)
     return learner
+
+
+def fsdp_mesh(device: torch.device):
+    """The 1-D mesh of all processes on ``device``'s type. Without one, ``fully_shard`` builds its default
+    mesh on the machine's accelerator (CUDA whenever it is available) and moves the parameters there,
+    even for a run asked on the CPU (gloo): the loss then comes back on ``cuda:0``."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (dist.get_world_size(),))
 
 
 def use_flex_attention() -> str:
