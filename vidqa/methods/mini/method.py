@@ -215,6 +215,9 @@ class Mini(Method):
     # K/V cache's prompt-only pass). vidqa.pipeline picks it when the K/V of a long video would not fit
     # in host memory (10,000 frames at 8B: 95 GB of K/V, 12 GB of features).
     supports_compact = True
+    # The prompt head's tensors (see ``compress``): a K/V cache without them (stored before they
+    # existed) is still whole; its questions take the full path.
+    optional_cache_tensors = ("head_keys", "head_values", "head_text", "head_ids")
 
     def _dtype(self) -> torch.dtype:
         return self.projector[0].weight.dtype if isinstance(self.projector, nn.Sequential) else self.projector.weight.dtype
@@ -258,7 +261,8 @@ class Mini(Method):
         """How many leading prompt ids the cache's stored head covers: its length if the prompt starts
         with exactly its ids (and goes on past it), else 0 (the full path)."""
         stored = cache.tensors.get("head_ids")
-        if cache.compact or stored is None or "head_keys" not in cache.tensors or stored.shape[1] == 0:
+        if cache.compact or stored is None or not set(self.optional_cache_tensors) <= set(cache.tensors) \
+                or stored.shape[1] == 0:
             return 0
         n = stored.shape[1]
         if len(ids) <= n or cache.num_frames == 0:
