@@ -18,8 +18,9 @@ from vidqa.checkpoint.llava import COMPRESSOR, PREFUSION, PROJECTOR, VISION_TOWE
 from vidqa.errors import ContextError, ModelError
 from vidqa.methods.base import FrameCache, Method, Prefill, register
 from vidqa.methods.mini.layers import (Compressor, PrefusionKV, assemble_llm_inputs, build_prefusion_layers,
-                                       encode_frames, hd_crop_boxes, prefusion_prefix_kv, prefusion_text_from_kv,
+                                       encode_frames, hd_crop_boxes, prefusion_positions, prefusion_prefix_kv,
                                        prompt_embeddings)
+from vidqa.methods.mini.head import PROBE_QUESTIONS, common_head, prefusion_tail
 from vidqa.methods.mini.prompt import LlavaMiniOptions, build_prompt_ids, stop_token_ids
 from vidqa.options import ModelOptions
 from vidqa.vision import Preprocess, VisionEncoder, build_projector
@@ -129,6 +130,12 @@ class Mini(Method):
     its prompt tokens through the pre-fusion against each frame's K/V. It stores about twice the bytes
     of the projected features (cache a) and saves ~6x the per-question compute at 8B shapes.
 
+    The prompt's head (template, system prompt, ``<image>``: everything before the question) is
+    question independent too, so it is fused once per frame at compression and kept in the cache
+    (``vidqa.methods.mini.head``): a question runs only its tail (~7 of 74 tokens under Llama-3.1)
+    against ``[prefix K/V ; head K/V]``. A prompt that does not start with the stored head ids, and a
+    cache without the head (stored before it, or compact), take the full path: same result.
+
     Frames go through the pre-fusion in chunks of ``chunk_frames`` while the fused text is summed in
     float32, so a long video's caches may stay on the CPU and stream to the GPU chunk by chunk.
     """
@@ -146,6 +153,7 @@ class Mini(Method):
         self.resolution_ratio = modules.options.resolution_ratio
         self.chunk_frames = chunk_frames
         self.compact_chunk_frames = 16
+        self._head_ids: list[int] | None = None
         self.max_context = int(getattr(self.llm.config, "max_position_embeddings", 131072))
         self._stop = set(stop_token_ids(tokenizer))
         eos = tokenizer.eos_token_id
@@ -213,35 +221,94 @@ class Mini(Method):
     # K/V cache's prompt-only pass). vidqa.pipeline picks it when the K/V of a long video would not fit
     # in host memory (10,000 frames at 8B: 95 GB of K/V, 12 GB of features).
     supports_compact = True
+    # The prompt head's tensors (see ``compress``): a K/V cache without them (stored before they
+    # existed) is still whole; its questions take the full path.
+    optional_cache_tensors = ("head_keys", "head_values", "head_text", "head_ids")
 
     def _dtype(self) -> torch.dtype:
         return self.projector[0].weight.dtype if isinstance(self.projector, nn.Sequential) else self.projector.weight.dtype
 
+    @property
+    def head_ids(self) -> list[int]:
+        """The prompt ids every question shares (template, system prompt, ``<image>``, ...): the longest
+        common prefix of dissimilar questions' prompts, found once."""
+        if self._head_ids is None:
+            prompts = [self.prompt_ids(q) for q in PROBE_QUESTIONS]
+            head = common_head(prompts)
+            # prompts that do not change with the question (a timing stand-in): no head, the full path
+            self._head_ids = [] if any(len(head) == len(p) for p in prompts) else head
+        return self._head_ids
+
     @torch.inference_mode()
     def compress(self, features: Tensor, compact: bool = False) -> dict[str, Tensor]:
+        """A K/V cache: the pre-fusion K/V of each frame's prefix (``keys``/``values``), its fused vision
+        tokens, and the prompt head's part (``head_keys``/``head_values`` of its visible tokens, rotated
+        at their prompt positions; ``head_text``, its fused outputs; ``head_ids``, the ids it is for)."""
         dtype = self._dtype()
         if compact:
             return {"clip": features.to(dtype)}
         frames = encode_frames(features.to(dtype), self.compressor, self.projector, self.resolution_ratio)
         kv = prefusion_prefix_kv(self.prefusion, self.llm.model.rotary_emb, frames, compile=self.compile_kernels)
-        return {"keys": torch.stack(kv.keys, dim=1), "values": torch.stack(kv.values, dim=1),
-                "vision_tokens": kv.vision_tokens}
+        out = {"keys": torch.stack(kv.keys, dim=1), "values": torch.stack(kv.values, dim=1),
+               "vision_tokens": kv.vision_tokens}
+        head = self.head_ids
+        if head:
+            ids = torch.tensor(head, device=kv.vision_tokens.device)
+            embeds, visible = prompt_embeddings(self.llm.get_input_embeddings(), ids)
+            positions = prefusion_positions(kv.num_prefix, visible)[kv.num_prefix:]
+            text, hk, hv = prefusion_tail(self.prefusion, self.llm.model.rotary_emb, [[k] for k in kv.keys],
+                                          [[v] for v in kv.values], embeds, visible, positions, keep_kv=True)
+            n = kv.num_frames
+            out.update(head_keys=torch.stack(hk, dim=1), head_values=torch.stack(hv, dim=1), head_text=text,
+                       head_ids=ids.to(torch.int32)[None].expand(n, -1).contiguous())
+        return out
+
+    def _stored_head(self, cache: FrameCache, ids: list[int]) -> int:
+        """How many leading prompt ids the cache's stored head covers: its length if the prompt starts
+        with exactly its ids (and goes on past it), else 0 (the full path)."""
+        stored = cache.tensors.get("head_ids")
+        if cache.compact or stored is None or not set(self.optional_cache_tensors) <= set(cache.tensors) \
+                or stored.shape[1] == 0:
+            return 0
+        n = stored.shape[1]
+        if len(ids) <= n or cache.num_frames == 0:
+            return 0
+        rows = stored.cpu()
+        if rows[0].tolist() != ids[:n] or not bool((rows == rows[0]).all()):
+            return 0
+        return n
 
     @torch.inference_mode()
     def prefill(self, cache: FrameCache, question: str, history=()) -> Prefill:
         if cache.meta.get("method") != self.name or cache.meta.get("resolution_ratio") != self.resolution_ratio:
             raise ModelError("this frame cache was made with other LLaVA-Mini settings; recompute it")
         device = self.llm.get_input_embeddings().weight.device
-        ids = torch.tensor(self.prompt_ids(question, history), device=device)
+        id_list = self.prompt_ids(question, history)
+        ids = torch.tensor(id_list, device=device)
         embeds, visible = prompt_embeddings(self.llm.get_input_embeddings(), ids)
+        n_head = self._stored_head(cache, id_list)
         total, tokens = None, []
         # a compact cache reruns the whole pre-fusion per frame: smaller chunks bound its activations
         # (a 64-frame chunk at 8B peaks at ~5 GB; 16 frames at ~1.3 GB)
         step = self.compact_chunk_frames if cache.compact else self.chunk_frames
+        positions = None
         for i in range(0, cache.num_frames, step):
-            kv = self._chunk_kv(cache, slice(i, i + step), device)
-            text = prefusion_text_from_kv(self.prefusion, self.llm.model.rotary_emb, kv, embeds, visible)
+            part = slice(i, i + step)
+            kv = self._chunk_kv(cache, part, device)
+            if positions is None:  # the full prompt's positions; the tail's are its last ones
+                positions = prefusion_positions(kv.num_prefix, visible)[kv.num_prefix:]
+            keys, values = [[k] for k in kv.keys], [[v] for v in kv.values]
+            if n_head:
+                t = cache.tensors
+                hk, hv = t["head_keys"][part].to(device), t["head_values"][part].to(device)
+                for layer in range(hk.shape[1]):
+                    keys[layer].append(hk[:, layer])
+                    values[layer].append(hv[:, layer])
+            text, _, _ = prefusion_tail(self.prefusion, self.llm.model.rotary_emb, keys, values, embeds[n_head:],
+                                        visible[n_head:], positions[n_head:])
             chunk_sum = text.float().sum(0)
+            if n_head:
+                chunk_sum = torch.cat([cache.tensors["head_text"][part].to(device).float().sum(0), chunk_sum])
             total = chunk_sum if total is None else total + chunk_sum
             tokens.append(kv.vision_tokens)
         fused_text = (total / cache.num_frames).to(embeds.dtype)  # mean over frames, in float32, as the official code
