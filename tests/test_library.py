@@ -216,3 +216,21 @@ def test_a_store_that_cannot_be_written_never_blocks_the_answer(tmp_path, capsys
             cache, _, hit = library.load_or_compress(voco_qa, v, Sampling(fps=1), store=store)
             assert cache.num_frames > 0 and not hit
     assert [str(w.message).count("answering without storing") for w in seen if w.category is CacheWarning] == [1]
+
+
+def test_a_mini_entry_without_the_prompt_head_still_fits(mini_qa):
+    """LLaVA-Mini entries stored before the prompt head (no head_* tensors) are served (full path);
+    a head of the wrong shape is not."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from vidqa import library
+
+    c = mini_qa.compress(SimpleNamespace(pixels=np.zeros((2, 40, 48, 3), np.uint8), timestamps=np.arange(2.0)))
+    assert any(k.startswith("head_") for k in c.tensors)
+    old = dataclasses.replace(c, tensors={k: v for k, v in c.tensors.items() if not k.startswith("head_")})
+    assert library.misfit(mini_qa, c) is None and library.misfit(mini_qa, old) is None
+    bad = dataclasses.replace(c, tensors={**old.tensors, "head_keys": c.tensors["head_keys"][:, :, :, :1]})
+    assert library.misfit(mini_qa, bad) is not None
