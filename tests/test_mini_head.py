@@ -183,3 +183,20 @@ def test_tail_equals_transformers_layers(model, tokenizer):
     tail, _, _ = prefusion_tail(model.prefusion_layers, model.rotary_emb, keys2, values2, embeds[n:], visible[n:],
                                 positions[n:])
     assert close(torch.cat([head, tail], dim=1), ref)
+
+
+def test_head_path_takes_attention_output_in_another_memory_layout(small_chunks, kv_cache, monkeypatch):
+    """GPU attention kernels may return [F, heads, rows, D] laid out as [F, rows, heads, D] (not
+    contiguous): the pre-fusion loop reshapes, it does not view (a view failed on an H200)."""
+    from vidqa.methods.mini import head as head_mod
+
+    real = head_mod.F.scaled_dot_product_attention
+
+    def strided(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out.transpose(1, 2).contiguous().transpose(1, 2)  # same values, the flash layout
+
+    ref = small_chunks.prefill(kv_cache, QUESTIONS[0]).inputs_embeds
+    monkeypatch.setattr(head_mod.F, "scaled_dot_product_attention", strided)
+    got = small_chunks.prefill(kv_cache, QUESTIONS[0]).inputs_embeds
+    assert close(got, ref)

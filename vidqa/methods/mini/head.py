@@ -85,7 +85,8 @@ def prefusion_tail(layers: nn.ModuleList, rotary_emb: nn.Module, keys: Sequence[
         # query head j*groups + g reads K/V head j (repeat_kv's order): fold the groups into the rows
         qg = q.reshape(n_frames, kv_heads, groups * n_tok, d)
         o = F.scaled_dot_product_attention(qg, all_k, all_v, attn_mask=allowed.repeat(groups, 1), scale=attn.scaling)
-        o = o.view(n_frames, kv_heads * groups, n_tok, d).transpose(1, 2).reshape(n_frames, n_tok, -1)
+        # reshape, not view: GPU kernels may return the output in another memory layout ([F, rows, heads, D])
+        o = o.reshape(n_frames, kv_heads * groups, n_tok, d).transpose(1, 2).reshape(n_frames, n_tok, -1)
         h = h + attn.o_proj(o)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     return torch.where(visible[None, :, None], h, x), out_k, out_v
