@@ -83,5 +83,19 @@ case "${1:-}" in
     tail -n 12 $R/suite.log
     timeout "$(left 120)" python3 benchmarks/serve_profile.py --out $R/serve_profile.json > $R/serve_profile.log 2>&1; pack
     wait; pack; grep -v Warning $R/quant.log | tail -4; grep "int4 decode" $R/int4_decode.log ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8"; exit 2 ;;
+  s9)  # nvidia-h200-x2, session 7's third call: LLaVA-Mini with the prompt head (GPU 0), Mini int4 on 12 GB
+        # (GPU 1), then the whole suite at the minimum versions
+    end=$((SECONDS + ${DEADLINE:-420})); R=/tmp/r; mkdir -p $R
+    left() { local l=$((end - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
+    pack() { tar czf "$OUT/s9.tgz" -C /tmp r; }
+    (export CUDA_VISIBLE_DEVICES=1
+     timeout "$(left 300)" python3 benchmarks/quant_speed.py --modes int8 --mini-modes int4 --out $R/quant.json \
+       > $R/quant.log 2>&1) &
+    export CUDA_VISIBLE_DEVICES=0
+    timeout "$(left 130)" python3 benchmarks/serve_speed.py --parts mini --out /tmp/serve_mini > $R/serve_mini.log 2>&1
+    cp /tmp/serve_mini/serve_speed.json $R/serve_mini.json 2>/dev/null; pack; tail -n 2 $R/serve_mini.log
+    timeout "$(left 300)" python3 -m pytest -q -n 12 -rf -p no:cacheprovider tests > $R/suite.log 2>&1; pack
+    tail -n 8 $R/suite.log
+    wait; pack; grep "^mini" $R/quant.log ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9"; exit 2 ;;
 esac
