@@ -270,6 +270,7 @@ def long_question_capped(qa, cache, device, cap: int, compress=None) -> dict:
         res.update(compress_fits=None, compress_peak_allocated_gib=None)
     if device.type != "cuda":
         return res
+    device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
     res["cap_fraction"] = cap / total
     gc.collect()
