@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 NAN = re.compile(r"\bnan\b", re.IGNORECASE)
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?"
 SCRIPTS = {"voco_speed.py": [], "mini_speed.py": [], "mini_long.py": [], "index_speed.py": ["--work", "{dir}"],
-           "quant_speed.py": ["--modes", "int8"]}
+           "quant_speed.py": ["--modes", "int8"], "serve_profile.py": ["--profile-rows", "3"],
+           "int4_decode.py": ["--variants", "default", "--tokens", "3", "--repeats", "1"]}
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # torch.cuda.is_available() is False in the benchmark's process
 
 
@@ -148,3 +149,25 @@ def test_quant_speed_tiny_reports_the_mini_long_question_with_the_cache_on_the_h
     assert all(capped[k] is None for k in ("fits", "question_s", "peak_allocated_gib", "peak_reserved_gib",
                                            "compress_fits", "compress_peak_allocated_gib"))
     assert "mini int4 " in out
+
+
+def test_serve_profile_tiny_splits_the_first_request_and_the_search(started):
+    """The first request's split per question, the LLM's forward at new prompt lengths with cuDNN
+    attention allowed and not (on the CPU the switch changes nothing), and search step by step."""
+    out, res = run(started, "serve_profile.py")
+    first, search = res["first"], res["search"]
+    assert res["device"] == "cpu" and first["warm_up_s"] > 0 and len(first["requests"]) == 5
+    assert all(r["prompt_tokens"] > 0 and r["first_token_s"] > 0 for r in first["requests"])
+    assert [s["cudnn_attention"] for s in first["llm_forward_new_lengths"]] == [True] * 4 + [False] * 4
+    assert search["videos"] == 8 and search["batch_size"] == 64 and search["score_from_host_s"] > 0
+    assert search["batch_copy_in_s"] >= 0 and search["batch_llm_forward_s"] > 0
+    assert "Name" in search["profile_gpu"] and line(out, "search:")
+
+
+def test_int4_decode_tiny_times_the_int4_decode_step(started):
+    out, res = run(started, "int4_decode.py")
+    v = res["variants"]["default"]
+    if "error" in v and "torchao" in v["error"]:
+        pytest.skip(v["error"])
+    assert "error" not in v, v
+    assert v["ms_per_token"] > 0 and res["bytes_per_token"] > 0 and line(out, "int4 decode default:")
