@@ -224,3 +224,28 @@ def test_the_methods_own_prefill_batch_equals_the_default(demo_qa, caches):
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.position_ids, b.position_ids)
     for x, y in zip(a.past_key_values.layers, b.past_key_values.layers):
         assert torch.equal(x.keys, y.keys) and torch.equal(x.values, y.values)
+
+
+def test_indexed_finds_what_memory_holds_without_the_read_pool(demo_qa, tmp_path, monkeypatch):
+    """A server's hot caches (memoised hashes) are found on the calling thread: no pool, no store read;
+    the rest (here one video the store never saw) are read as before, in the order given."""
+    from vidqa import library
+
+    store = Store(tmp_path / "store")
+    sampling = Sampling(fps=1.0)
+    clips = [CLIPS / f"shapes0{i}.mp4" for i in (2, 0, 3)]
+    library.index_videos(demo_qa, store, [clips[0], clips[2]], sampling)
+    held = {}
+    for v, c in search.indexed(demo_qa, store, clips, sampling)[0]:
+        held[store.key(v, library.cache_settings(demo_qa, sampling))] = c
+    pools = []
+    real_pool = search.ThreadPoolExecutor
+    monkeypatch.setattr(search, "ThreadPoolExecutor", lambda *a, **k: pools.append(1) or real_pool(*a, **k))
+    with monkeypatch.context() as m:
+        m.setattr(Store, "get", lambda *a, **k: pytest.fail("read the store"))
+        found, missing = search.indexed(demo_qa, store, clips[::2], sampling, hot=held.get, workers=4)
+    assert [v for v, _ in found] == [str(clips[0]), str(clips[2])] and missing == [] and pools == []
+    assert all(c is held[k] for (_, c), k in zip(found, held))
+    found, missing = search.indexed(demo_qa, store, clips, sampling, hot=held.get, workers=4)
+    assert [v for v, _ in found] == [str(clips[0]), str(clips[2])] and missing == [str(clips[1])]
+    assert pools == []  # one video left: read on this thread

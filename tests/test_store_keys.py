@@ -129,3 +129,17 @@ def test_in_place_edit_with_mtime_put_back_is_hashed_again(store, video):
     now = video.stat()
     assert (now.st_size, now.st_mtime_ns, now.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
     assert store.content_hash(video) == hashlib.sha256(bytes(data)).hexdigest() != first
+
+
+def test_key_without_computing_answers_only_from_the_memo(store, video, monkeypatch, tmp_path):
+    """``key(compute=False)``: None (and nothing hashed) until the video's hash is memoised; then the key."""
+    calls = []
+    real = io.sha256_file
+    monkeypatch.setattr(io, "sha256_file", lambda f: calls.append(1) or real(f))
+    assert store.key(video, settings(), compute=False) is None and calls == []
+    key = store.key(video, settings())
+    assert calls == [1] and store.key(video, settings(), compute=False) == key and calls == [1]
+    os.utime(video, (OLD + 10, OLD + 10))  # changed stamp: the memo no longer answers
+    assert store.key(video, settings(), compute=False) is None and calls == [1]
+    with pytest.raises(VideoError, match="no such file"):
+        store.key(tmp_path / "missing.mp4", settings(), compute=False)

@@ -281,12 +281,28 @@ def indexed(qa, store, videos, sampling, workers: int | None = None,
             return None
 
     videos = list(videos)
+    caches: list[FrameCache | None] = [None] * len(videos)
+    todo = list(range(len(videos)))
+    if hot is not None:
+        # what memory holds, found on this thread: a memoised hash and a dict lookup per video. A thread
+        # pool only adds GIL contention to that (0.76 s against 0.17 s for 1,000 hot videos on 2 cores)
+        todo = []
+        for i, v in enumerate(videos):
+            try:
+                key = store.key(v, settings, compute=False)
+            except VidqaError:
+                key = None
+            caches[i] = hot(key) if key is not None else None
+            if caches[i] is None:
+                todo.append(i)
     workers = workers or read_workers()
-    if workers > 1 and len(videos) > 1:
-        with ThreadPoolExecutor(max_workers=min(workers, len(videos)), thread_name_prefix="vidqa-search-read") as pool:
-            caches = list(pool.map(one, videos))
+    if workers > 1 and len(todo) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="vidqa-search-read") as pool:
+            for i, c in zip(todo, pool.map(one, [videos[i] for i in todo])):
+                caches[i] = c
     else:
-        caches = [one(v) for v in videos]
+        for i in todo:
+            caches[i] = one(videos[i])
     found = [(str(v), c) for v, c in zip(videos, caches) if c is not None]
     missing = [str(v) for v, c in zip(videos, caches) if c is None]
     return found, missing

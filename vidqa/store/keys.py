@@ -108,11 +108,12 @@ class HashMemo:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def identify(self, video: str | Path) -> tuple[str, dict]:
+    def identify(self, video: str | Path, compute: bool = True) -> tuple[str, dict] | None:
         """(sha256, stamp): the stamp is the stat of the very inode that was hashed.
 
         A file whose size, mtime or inode changed is hashed again (``touch`` alone gives the same
         hash back, just not for free). VideoError if it cannot be read or changes while it is read.
+        ``compute=False``: None instead of hashing (only a valid memo answers).
         """
         path = Path(os.path.abspath(Path(video).expanduser()))
         try:
@@ -137,6 +138,8 @@ class HashMemo:
                         record = json.loads(m.read()) if io.is_regular(m.fileno()) else {}
                     if {k: record.get(k) for k in memo_key} == memo_key and isinstance(record.get("sha256"), str):
                         return record["sha256"], stamp
+            if not compute:
+                return None
             digest = io.sha256_file(f)
             after = os.fstat(f.fileno())
         if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):

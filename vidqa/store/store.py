@@ -116,13 +116,17 @@ class Store:
         """
         return self._memo.identify(video)[0]
 
-    def key(self, video: str | Path, settings: dict) -> str:
+    def key(self, video: str | Path, settings: dict, *, compute: bool = True) -> str | None:
         """The entry key of ``video`` under ``settings``.
 
         ``settings`` must hold ``model_fingerprint``, ``method``, ``tokens_per_frame``, ``dtype`` and
         ``sampling`` (a dict); anything else in it (e.g. the method's ``cache_meta``) is covered too.
         Values must be JSON-able; integral floats equal ints (``fps=1`` is ``fps=1.0``).
+        ``compute=False``: None when the video's hash is not memoised (nothing is hashed).
         """
+        if not compute:
+            known = self._memo.identify(video, compute=False)
+            return None if known is None else key_of(known[0], check_settings(settings))
         return key_of(self.content_hash(video), check_settings(settings))
 
     # ---- paths ---------------------------------------------------------------------------------
