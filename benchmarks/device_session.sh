@@ -13,6 +13,14 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+# the multi-step calls: every step is cut at a common deadline (DEADLINE seconds from the start), and
+# the results under $R are re-packed into $OUT/<call>.tgz after each step (what is there comes back)
+R=/tmp/r
+end=$((SECONDS + ${DEADLINE:-570}))
+left() { local l=$((end - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
+pack() { mkdir -p $R; tar czf "$OUT/${1:-$CALL}.tgz" -C /tmp r; }
+CALL=${1:-}
+mkdir -p $R
 case "${1:-}" in
   quant)
     timeout 560 python3 benchmarks/quant_speed.py --compile --out "$OUT/quant.json" 2>&1 | tee "$OUT/quant.log" ;;
@@ -24,9 +32,6 @@ case "${1:-}" in
     timeout 280 torchrun --nproc-per-node 2 benchmarks/train_speed.py --mode video --out "$OUT/train_video.json" 2>&1 | tee "$OUT/train_video.log" ;;
   s6)  # nvidia-h200-x2, one call (session 6): training on both GPUs, then serve (GPU 0) beside quant (GPU 1);
         # every step is cut at a common deadline (DEADLINE seconds from now), results re-packed after each
-    end=$((SECONDS + ${DEADLINE:-570})); R=/tmp/r; mkdir -p $R
-    left() { local l=$((end - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
-    pack() { tar czf "$OUT/s6.tgz" -C /tmp r; }
     T="torchrun --nproc-per-node 2 benchmarks/train_speed.py --steps 6 --warmup-steps 2"
     timeout "$(left 100)" $T --mode full --checkpointing none --attention flex --out $R/train_flex.json > $R/train_flex.log 2>&1 \
       || timeout "$(left 100)" $T --mode full --checkpointing every:2 --attention flex --out $R/train_flex2.json > $R/train_flex2.log 2>&1
@@ -44,9 +49,6 @@ case "${1:-}" in
   s7)  # nvidia-h200-x2, what session 6 left unmeasured (benchmarks/NOTES.md): serve with real-length
         # prompts (GPU 0) beside the serve profile, quant fp8 compiled + LLaVA-Mini int4 (GPU 1), then flex training
         # with room to compile, then the GPU suite at the minimum versions with failures named
-    end=$((SECONDS + ${DEADLINE:-570})); R=/tmp/r; mkdir -p $R
-    left() { local l=$((end - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
-    pack() { tar czf "$OUT/s7.tgz" -C /tmp r; }
     (export CUDA_VISIBLE_DEVICES=1
      timeout "$(left 150)" python3 benchmarks/serve_profile.py --out $R/serve_profile.json > $R/serve_profile.log 2>&1
      export VIDQA_COMPILE=1
@@ -65,9 +67,7 @@ case "${1:-}" in
     tail -n 15 $R/suite.log ;;
   s8)  # nvidia-h200-x2, session 7's second call: the fixes measured (cuDNN attention off, search keeps
         # what it reads, LLaVA-Mini's question-independent prompt head in the cache, Mini int4 on 12 GB)
-    end=$((SECONDS + ${DEADLINE:-540})); R=/tmp/r; mkdir -p $R
-    left() { local l=$((end - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
-    pack() { tar czf "$OUT/s8.tgz" -C /tmp r; }
+    end=$((SECONDS + ${DEADLINE:-540}))
     (export CUDA_VISIBLE_DEVICES=1
      timeout "$(left 200)" python3 benchmarks/int4_decode.py --out $R/int4_decode.json > $R/int4_decode.log 2>&1
      export VIDQA_COMPILE=1
@@ -85,9 +85,7 @@ case "${1:-}" in
     wait; pack; grep -v Warning $R/quant.log | tail -4; grep "int4 decode" $R/int4_decode.log ;;
   s9)  # nvidia-h200-x2, session 7's third call: LLaVA-Mini with the prompt head (GPU 0), Mini int4 on 12 GB
         # (GPU 1), then the whole suite at the minimum versions
-    end=$((SECONDS + ${DEADLINE:-420})); R=/tmp/r; mkdir -p $R
-    left() { local l=$((end - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
-    pack() { tar czf "$OUT/s9.tgz" -C /tmp r; }
+    end=$((SECONDS + ${DEADLINE:-420}))
     (export CUDA_VISIBLE_DEVICES=1
      timeout "$(left 300)" python3 benchmarks/quant_speed.py --modes ${QMODES:-int8} --mini-modes int4 --out $R/quant.json \
        > $R/quant.log 2>&1) &
@@ -101,11 +99,10 @@ case "${1:-}" in
     wait; pack; grep "^mini" $R/quant.log ;;
   s10)  # nvidia-h200-x2: LLaVA-Mini int4 under a 12 GiB cap, PyTorch's default allocator (GPU 1) against
          # expandable segments (GPU 0): session 7's capped run failed with 5.7 GiB reserved but unallocated
-    R=/tmp/r; mkdir -p $R
     Q="python3 benchmarks/quant_speed.py --no-voco --modes int8 --mini-modes int4"
     (CUDA_VISIBLE_DEVICES=1 timeout 230 $Q --out $R/mini_int4_default.json > $R/mini_int4_default.log 2>&1) &
     CUDA_VISIBLE_DEVICES=0 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 230 $Q \
       --out $R/mini_int4_expandable.json > $R/mini_int4_expandable.log 2>&1
-    wait; tar czf "$OUT/s10.tgz" -C /tmp r; grep -h "^mini" $R/mini_int4_*.log ;;
+    wait; pack; grep -h "^mini" $R/mini_int4_*.log ;;
   *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10"; exit 2 ;;
 esac

@@ -281,14 +281,19 @@ def test_videoqa_tokens_cancel_hook_and_timings(voco_qa):
     assert seen == [t for t, _ in full[:3]] and timings["prefill_s"] > 0
 
 
-def test_search_uses_the_caches_the_server_holds_without_reading_the_store(demo_qa, tmp_path, monkeypatch):
+def _two_stored(demo_qa, tmp_path):
+    """Two clips indexed into tmp_path/store; the search request over both."""
     from vidqa.serve.schema import SearchRequest
 
     maker = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], preload=0)
     _stored(maker, "shapes00.mp4")
     _stored(maker, "shapes01.mp4")
     maker.close()
-    body = SearchRequest(query="a red square", videos=[str(CLIPS / "shapes00.mp4"), str(CLIPS / "shapes01.mp4")])
+    return SearchRequest(query="a red square", videos=[str(CLIPS / "shapes00.mp4"), str(CLIPS / "shapes01.mp4")])
+
+
+def test_search_uses_the_caches_the_server_holds_without_reading_the_store(demo_qa, tmp_path, monkeypatch):
+    body = _two_stored(demo_qa, tmp_path)
     cold = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], warmup_frames=0, preload=0)
     want = cold.search(body)  # read from the store
     cold.close()
@@ -305,13 +310,7 @@ def test_search_uses_the_caches_the_server_holds_without_reading_the_store(demo_
 
 
 def test_a_search_keeps_what_it_read_so_the_next_one_reads_nothing(demo_qa, tmp_path, monkeypatch):
-    from vidqa.serve.schema import SearchRequest
-
-    maker = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], preload=0)
-    _stored(maker, "shapes00.mp4")
-    _stored(maker, "shapes01.mp4")
-    maker.close()
-    body = SearchRequest(query="a red square", videos=[str(CLIPS / "shapes00.mp4"), str(CLIPS / "shapes01.mp4")])
+    body = _two_stored(demo_qa, tmp_path)
     engine = Engine(demo_qa, Store(tmp_path / "store"), allow_roots=[CLIPS], warmup_frames=0, preload=0)
     try:
         read = []
