@@ -3,7 +3,7 @@
 The pre-fusion is causal, so every prompt token before the question (the chat template, the system
 prompt, the masked ``<image>`` placeholder, the newline after it) sees only the frame's prefix and
 earlier head tokens: its per-layer K/V and its fused output are the same for every question. They are
-computed once per frame at compression time (``head_kv``) and kept in the frame cache; a question then
+computed once per frame at compression time (``Mini.compress``) and kept in the frame cache; a question then
 runs only its tail (the question and the template after it) through the layers (``prefusion_tail``),
 against ``[prefix K/V ; head K/V]``.
 
