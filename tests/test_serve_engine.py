@@ -32,6 +32,16 @@ def test_lru_host_budget_drops_the_least_recently_used():
     assert lru.get("huge") is None and lru.stats()["host_entries"] == 3
 
 
+
+def test_a_cpu_server_never_pins_host_memory(monkeypatch):
+    """Pinning starts CUDA: a server on the CPU keeps its caches pageable even on a GPU machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: pytest.fail("pinned"))
+    lru = FrameLRU(torch.device("cpu"), 0, 10_000)
+    lru.put("a", cache(100))
+    assert lru.get("a") is not None and lru.stats()["host_entries"] == 1
+
+
 def test_lru_gpu_tier_spills_to_host(monkeypatch):
     lru = FrameLRU(torch.device("cpu"), gpu_bytes=200, host_bytes=1000)
     lru.gpu_bytes = 200  # act as if the device were a GPU (the tier logic is the same; .to() is a no-op here)

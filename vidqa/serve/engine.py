@@ -58,13 +58,14 @@ def _on(cache: FrameCache, device: torch.device) -> bool:
     return all(v.device.type == device.type and _index(v.device) == _index(device) for v in cache.tensors.values())
 
 
-def to_host(cache: FrameCache) -> FrameCache:
-    """``cache`` in host memory, page-locked where CUDA is there (so that copies to the GPU run at
-    full speed and asynchronously); pageable when pinning fails (no CUDA, or locked memory exhausted)."""
+def to_host(cache: FrameCache, pin: bool = True) -> FrameCache:
+    """``cache`` in host memory, page-locked where CUDA is there and ``pin`` (so that copies to the GPU
+    run at full speed and asynchronously); pageable when pinning fails (no CUDA, or locked memory
+    exhausted). A server on the CPU does not pin: pinning would start CUDA for nothing."""
     tensors = {}
     for k, v in cache.tensors.items():
         v = v.to("cpu")
-        if torch.cuda.is_available() and not v.is_pinned():
+        if pin and torch.cuda.is_available() and not v.is_pinned():
             try:
                 v = v.pin_memory()
             except RuntimeError:  # silently pageable: slower copies, same results
@@ -130,7 +131,7 @@ class FrameLRU:
                     k, old = self.gpu.popitem(last=False)
                     self.host[k] = to_host(old)
             elif cache.nbytes <= self.host_bytes:
-                self.host[key] = to_host(cache)
+                self.host[key] = to_host(cache, pin=self.device.type == "cuda")
             while self.host and self._size(self.host) > self.host_bytes:
                 self.host.popitem(last=False)
 
