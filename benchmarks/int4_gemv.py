@@ -351,9 +351,9 @@ def time_shape(case: Case, impl: str, name: str, repeats: int, cuda: bool) -> di
     nbytes = case.weight_bytes(impl, name)
     entry = {"bytes_per_call": nbytes, "weights_timed": len(calls), **errors(case, impl, name)}
     if cuda:
-        graph, _ = graph_of(calls)
+        graph, outputs = graph_of(calls)
         entry["us_per_call"] = 1000 * cuda_median_ms(graph.replay, repeats) / len(calls)
-        del graph
+        del graph, outputs
         entry["us_per_call_no_graph"] = 1000 * cuda_median_ms(lambda: [c() for c in calls], repeats) / len(calls)
         try:
             kernels = kernels_of(calls[0])
@@ -386,9 +386,9 @@ def run_impl(case: Case, impl: str, repeats: int, cuda: bool) -> dict:
     step = [c for name in case.shapes for c in case.calls(impl, name)]  # layers x 4 matmuls
     step_bytes = sum(case.weight_bytes(impl, name) * len(case.bf16[name]) for name in case.shapes)
     if cuda:
-        graph, _ = graph_of(step)
+        graph, outputs = graph_of(step)
         res["ms_per_step"] = cuda_median_ms(graph.replay, repeats)
-        del graph
+        del graph, outputs
     else:
         res["ms_per_step"] = cpu_median_ms(lambda: [c() for c in step], repeats)
     res["bytes_per_step"] = step_bytes
