@@ -501,9 +501,8 @@ def main() -> None:
                       flush=True)
                 if cuda:
                     kernels = {n: e.get("kernels_per_call") for n, e in r["per_shape"].items()}
-                    print(f"    kernels per call {kernels}; us/call "
-                          f"{ {n: round(e['us_per_call'], 1) for n, e in r['per_shape'].items() if 'us_per_call' in e} }",
-                          flush=True)
+                    us = {n: round(e["us_per_call"], 1) for n, e in r["per_shape"].items() if "us_per_call" in e}
+                    print(f"    kernels per call {kernels}; us/call {us}", flush=True)
             except Exception as e:  # reported; the next implementation still runs
                 res["impls"][impl] = {"error": error_text(e), "wall_s": time.monotonic() - started}
                 print(f"int4 gemv {impl}: {res['impls'][impl]['error']}", flush=True)
