@@ -25,7 +25,7 @@ NAN = re.compile(r"\bnan\b", re.IGNORECASE)
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?"
 SCRIPTS = {"voco_speed.py": [], "mini_speed.py": [], "mini_long.py": [], "index_speed.py": ["--work", "{dir}"],
            "quant_speed.py": ["--modes", "int8"], "serve_profile.py": ["--profile-rows", "3"],
-           "int4_decode.py": ["--variants", "default", "--tokens", "3", "--repeats", "1"]}
+           "int4_decode.py": ["--variants", "default", "--tokens", "3", "--repeats", "1"], "int4_gemv.py": []}
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # torch.cuda.is_available() is False in the benchmark's process
 
 
@@ -171,3 +171,39 @@ def test_int4_decode_tiny_times_the_int4_decode_step(started):
         pytest.skip(v["error"])
     assert "error" not in v, v
     assert v["ms_per_token"] > 0 and res["bytes_per_token"] > 0 and line(out, "int4 decode default:")
+
+
+def test_int4_gemv_tiny_checks_the_int4_format_and_times_each_implementation(started):
+    """Our int4 format: dequant(quantize(w)) within the 4-bit bound, int4_linear bit-equal to F.linear on the
+    dequantised weights, 0.53 bytes per weight; every eager implementation timed (CPU: no graph, no compile)."""
+    out, res = run(started, "int4_gemv.py")
+    assert res["tiny"] is True and res["device"] == "cpu" and res["group"] == 128
+    q = res["quant"]
+    assert 0 < q["dequant_f32_err_over_bound"] <= 1 and 0 < q["dequant_bf16_err_over_bound"] <= 1
+    assert 0.5 < q["err_over_half_step"] <= 1 + 30 * 2 ** -8  # half a step (+ bf16's rounding of the scale)
+    assert q["int4_linear_equals_linear_of_dequant"] is True
+    assert all(err < 0.05 for errs in q["formulations_rel_err_vs_own_f32"].values() for err in errs.values())
+    assert "int4 format: dequant error / bound" in out
+    dims = {**res["shapes"], "lm_head": res["lm_head"]}
+    for impl in ("bf16", "linear_eager", "grouped_eager", "factored_eager"):
+        r = res["impls"][impl]
+        assert "error" not in r, r
+        assert r["ms_per_step"] > 0 and r["gb_per_s"] > 0 and r["floor_ms_per_step"] > 0
+        assert re.search(rf"int4 gemv {impl}: {NUMBER} ms/step \({NUMBER} GB/s", line(out, f"int4 gemv {impl}:"))
+        for name, (k, n) in dims.items():
+            e = r["per_shape"][name]
+            assert e["us_per_call"] > 0 and e["gb_per_s"] > 0
+            bytes_per_weight = 2 if impl == "bf16" else 0.5 + 4 / 128  # packed nibbles + bf16 scale and zero
+            assert e["bytes_per_call"] == k * n * bytes_per_weight
+            if impl == "bf16":
+                assert e["rel_err_vs_bf16"] == 0
+            else:
+                assert 0 < e["rel_err_vs_bf16"] < 0.3 and e["rel_err_vs_own_f32"] < 0.05
+    ours = res["impls"]["linear_eager"]
+    assert ours["bytes_per_step"] * 3.7 < res["impls"]["bf16"]["bytes_per_step"]
+    ao = res["impls"]["torchao"]
+    if "skipped" in ao:
+        pytest.skip(ao["skipped"])
+    assert "error" not in ao, ao
+    assert ao["ms_per_step"] > 0 and all(0 < e["rel_err_vs_bf16"] < 0.3 for e in ao["per_shape"].values())
+    assert res["torchao"] and "IntxWeightOnlyConfig" in res["torchao_config"]  # vidqa's CPU int4 config
