@@ -104,5 +104,18 @@ case "${1:-}" in
     CUDA_VISIBLE_DEVICES=0 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 230 $Q \
       --out $R/mini_int4_expandable.json > $R/mini_int4_expandable.log 2>&1
     wait; pack; grep -h "^mini" $R/mini_int4_*.log ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10"; exit 2 ;;
+  s11)  # nvidia-h200-x2, the next session's first call: what session 7 built after its device time ran out.
+         # GPU 0: search with the server's held caches found without the read pool (under 2 s?), then 8
+         # concurrent clients with the 0.5 ms GIL switch interval; GPU 1: int4 GEMV fused by inductor
+         # against torchao's tinygemm (benchmarks/int4_gemv.py: the decision rule is in NOTES.md, session 7)
+    end=$((SECONDS + ${DEADLINE:-540}))
+    (export CUDA_VISIBLE_DEVICES=1
+     timeout "$(left 450)" python3 benchmarks/int4_gemv.py --budget-s 400 --out $R/int4_gemv.json > $R/int4_gemv.log 2>&1) &
+    export CUDA_VISIBLE_DEVICES=0
+    for part in search concurrent; do
+      timeout "$(left 150)" python3 benchmarks/serve_speed.py --parts $part --out /tmp/serve_$part > $R/serve_$part.log 2>&1
+      cp /tmp/serve_$part/serve_speed.json $R/serve_$part.json 2>/dev/null; pack; tail -n 2 $R/serve_$part.log
+    done
+    wait; pack; grep "int4 gemv" $R/int4_gemv.log ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11"; exit 2 ;;
 esac
