@@ -330,8 +330,7 @@ class Engine:
             if full is None:
                 full = library.stored(self.qa, self.store, entry, settings)
                 if full is not None:
-                    self.memory.put(("entry", entry), full)
-                    full = self.memory.get(("entry", entry)) or full
+                    full = self._keep_entry(entry, full)
             if full is not None:
                 cache = library.thin(full, prep.budget) if planned > prep.budget else full
         if cache is not None:
@@ -403,7 +402,8 @@ class Engine:
         return Answer("".join(out), stats, cache.num_frames, dropped, split)
 
     def _keep_entry(self, key, cache: FrameCache) -> FrameCache:
-        """A stored cache just read, kept in memory (under the budgets) as ``lookup`` keeps one."""
+        """A stored cache just read (by ``lookup`` or a search), kept in memory under the budgets; returns
+        the copy to use (the memory's, on the GPU tier where it fits)."""
         self.memory.put(("entry", key), cache)
         return self.memory.get(("entry", key)) or cache
 
