@@ -162,20 +162,13 @@ def batch_size_for(qa, cache: FrameCache, prompt_len: int, count: int) -> int:
 
 
 def _to_device(caches: Sequence[FrameCache], device) -> list[FrameCache]:
-    """Caches on ``device``: each tensor not there yet copied on its own (tensors already there stay).
+    """Caches on ``device``, each copied on its own (``FrameCache.to``: tensors already there stay; from
+    page-locked memory, a server's host tier, without waiting for the host).
 
-    Copied one by one rather than stacked on the host first: a stack needs a pinned host buffer as
-    large as the batch, and pinning 1.4 GB took 2.7 s on the H200 machine (benchmarks/serve_profile.py),
-    far more than the copies themselves; pinned tensors (a server's host tier) copy asynchronously."""
-    device = torch.device(device)
-
-    def moved(t: torch.Tensor) -> torch.Tensor:
-        if t.device == device:
-            return t
-        return t.to(device, non_blocking=t.device.type == "cpu" and device.type == "cuda" and t.is_pinned())
-
-    return [FrameCache(c.method, {k: moved(t) for k, t in c.tensors.items()}, c.timestamps, c.tokens_per_frame, c.meta)
-            for c in caches]
+    One by one rather than stacked on the host first: a stack needs a pinned host buffer as large as
+    the batch, and pinning 1.4 GB took 2.7 s on the H200 machine (benchmarks/serve_profile.py), far more
+    than the copies themselves."""
+    return [c.to(device, non_blocking=True) for c in caches]
 
 
 def _shape(c: FrameCache):
