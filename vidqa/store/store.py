@@ -124,10 +124,8 @@ class Store:
         Values must be JSON-able; integral floats equal ints (``fps=1`` is ``fps=1.0``).
         ``compute=False``: None when the video's hash is not memoised (nothing is hashed).
         """
-        if not compute:
-            known = self._memo.identify(video, compute=False)
-            return None if known is None else key_of(known[0], check_settings(settings))
-        return key_of(self.content_hash(video), check_settings(settings))
+        known = self._memo.identify(video, compute=compute)
+        return None if known is None else key_of(known[0], check_settings(settings))
 
     # ---- paths ---------------------------------------------------------------------------------
 
