@@ -19,6 +19,15 @@ R=/tmp/r
 end=$((SECONDS + ${DEADLINE:-570}))
 left() { local l=$((end - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
 pack() { mkdir -p $R; tar czf "$OUT/${1:-$CALL}.tgz" -C /tmp r; }
+# serve_parts LIMIT PART...: each serve_speed.py part in its own process, cut at LIMIT seconds (or the
+# deadline), its JSON and log under $R, re-packed after each
+serve_parts() {
+  local limit=$1 part; shift
+  for part in "$@"; do
+    timeout "$(left "$limit")" python3 benchmarks/serve_speed.py --parts $part --out /tmp/serve_$part > $R/serve_$part.log 2>&1
+    cp /tmp/serve_$part/serve_speed.json $R/serve_$part.json 2>/dev/null; pack; tail -n 3 $R/serve_$part.log
+  done
+}
 CALL=${1:-}
 mkdir -p $R
 case "${1:-}" in
@@ -41,10 +50,7 @@ case "${1:-}" in
      timeout "$(left 270)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes int4 --compile --out $R/quant_int4.json \
        > $R/quant_int4.log 2>&1) &
     export CUDA_VISIBLE_DEVICES=0
-    for part in ttft mini search compile; do
-      timeout "$(left 100)" python3 benchmarks/serve_speed.py --parts $part --out /tmp/serve_$part > $R/serve_$part.log 2>&1
-      cp /tmp/serve_$part/serve_speed.json $R/serve_$part.json 2>/dev/null; pack; tail -4 $R/serve_$part.log
-    done
+    serve_parts 100 ttft mini search compile
     wait; pack; grep -v Warning $R/quant_int4.log | tail -8 ;;
   s7)  # nvidia-h200-x2, what session 6 left unmeasured (benchmarks/NOTES.md): serve with real-length
         # prompts (GPU 0) beside the serve profile, quant fp8 compiled + LLaVA-Mini int4 (GPU 1), then flex training
@@ -55,10 +61,7 @@ case "${1:-}" in
      timeout "$(left 260)" python3 benchmarks/quant_speed.py --modes fp8 --mini-modes int4 --out $R/quant_fp8c.json \
        > $R/quant_fp8c.log 2>&1) &
     export CUDA_VISIBLE_DEVICES=0
-    for part in mini search ttft compile; do
-      timeout "$(left 110)" python3 benchmarks/serve_speed.py --parts $part --out /tmp/serve_$part > $R/serve_$part.log 2>&1
-      cp /tmp/serve_$part/serve_speed.json $R/serve_$part.json 2>/dev/null; pack; tail -n 3 $R/serve_$part.log
-    done
+    serve_parts 110 mini search ttft compile
     wait; unset CUDA_VISIBLE_DEVICES; pack
     T="torchrun --nproc-per-node 2 benchmarks/train_speed.py --mode full --checkpointing none --steps 6 --warmup-steps 3"
     timeout "$(left 200)" $T --attention flex --out $R/train_flex.json > $R/train_flex.log 2>&1; pack
@@ -74,10 +77,7 @@ case "${1:-}" in
      timeout "$(left 300)" python3 benchmarks/quant_speed.py --modes fp8 --mini-modes int4 --out $R/quant.json \
        > $R/quant.log 2>&1) &
     export CUDA_VISIBLE_DEVICES=0
-    for part in ttft search mini; do
-      timeout "$(left 110)" python3 benchmarks/serve_speed.py --parts $part --out /tmp/serve_$part > $R/serve_$part.log 2>&1
-      cp /tmp/serve_$part/serve_speed.json $R/serve_$part.json 2>/dev/null; pack; tail -n 2 $R/serve_$part.log
-    done
+    serve_parts 110 ttft search mini
     timeout "$(left 100)" python3 -m pytest -q -n 8 -rf -p no:cacheprovider tests/test_train_scale.py tests/test_benchmarks.py \
       tests/test_library.py tests/test_cli_serve.py tests/test_quant.py > $R/suite.log 2>&1; pack
     tail -n 12 $R/suite.log
@@ -90,8 +90,7 @@ case "${1:-}" in
      timeout "$(left 300)" python3 benchmarks/quant_speed.py --modes ${QMODES:-int8} --mini-modes int4 --out $R/quant.json \
        > $R/quant.log 2>&1) &
     export CUDA_VISIBLE_DEVICES=0
-    [ -n "${NO_MINI:-}" ] || { timeout "$(left 130)" python3 benchmarks/serve_speed.py --parts mini --out /tmp/serve_mini > $R/serve_mini.log 2>&1
-    cp /tmp/serve_mini/serve_speed.json $R/serve_mini.json 2>/dev/null; pack; tail -n 2 $R/serve_mini.log; }
+    [ -n "${NO_MINI:-}" ] || serve_parts 130 mini
     # openai (a test dependency of the two HTTP-client test files) is not on the device
     timeout "$(left 300)" python3 -m pytest -q -n 12 -rf -p no:cacheprovider --ignore tests/test_serve_app.py \
       --ignore tests/test_cli_remote.py tests > $R/suite.log 2>&1; pack
@@ -112,10 +111,7 @@ case "${1:-}" in
     (export CUDA_VISIBLE_DEVICES=1
      timeout "$(left 450)" python3 benchmarks/int4_gemv.py --budget-s 400 --out $R/int4_gemv.json > $R/int4_gemv.log 2>&1) &
     export CUDA_VISIBLE_DEVICES=0
-    for part in search concurrent; do
-      timeout "$(left 150)" python3 benchmarks/serve_speed.py --parts $part --out /tmp/serve_$part > $R/serve_$part.log 2>&1
-      cp /tmp/serve_$part/serve_speed.json $R/serve_$part.json 2>/dev/null; pack; tail -n 2 $R/serve_$part.log
-    done
+    serve_parts 150 search concurrent
     wait; pack; grep "int4 gemv" $R/int4_gemv.log ;;
   *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11"; exit 2 ;;
 esac
