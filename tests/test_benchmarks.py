@@ -25,7 +25,7 @@ NAN = re.compile(r"\bnan\b", re.IGNORECASE)
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?"
 SCRIPTS = {"voco_speed.py": [], "mini_speed.py": [], "mini_long.py": [], "index_speed.py": ["--work", "{dir}"],
            "quant_speed.py": ["--modes", "int8"], "serve_profile.py": ["--profile-rows", "3"],
-           "int4_decode.py": ["--variants", "default", "--tokens", "3", "--repeats", "1"], "int4_gemv.py": []}
+           "int4_decode.py": ["--variants", "default", "--tokens", "3", "--repeats", "1"], "search_hot.py": [], "int4_gemv.py": []}
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # torch.cuda.is_available() is False in the benchmark's process
 
 
@@ -207,3 +207,9 @@ def test_int4_gemv_tiny_checks_the_int4_format_and_times_each_implementation(sta
     assert "error" not in ao, ao
     assert ao["ms_per_step"] > 0 and all(0 < e["rel_err_vs_bf16"] < 0.3 for e in ao["per_shape"].values())
     assert res["torchao"] and "IntxWeightOnlyConfig" in res["torchao_config"]  # vidqa's CPU int4 config
+
+
+def test_search_hot_times_finding_held_caches(started):
+    out, res = run(started, "search_hot.py")
+    assert res["videos"] == 20 and len(res["indexed_hot_s"]) == 3 and all(t > 0 for t in res["indexed_hot_s"])
+    assert line(out, "search_hot: 20 held videos")

@@ -278,8 +278,8 @@ def indexed(qa, store, videos, sampling, workers: int | None = None,
     todo = list(range(len(videos)))
     if hot is not None:
         # what memory holds, found on this thread: a memoised hash and a dict lookup per video. A thread
-        # pool only adds GIL contention to that (1,000 hot videos on 2 cores: 0.075 s here, 0.15-0.36 s
-        # through the pool)
+        # pool only adds GIL contention to that (benchmarks/search_hot.py, 1,000 held videos on 2 cores:
+        # 0.075 s here, 0.23-0.35 s through the pool)
         todo = []
         for i, v in enumerate(videos):
             try:
