@@ -104,14 +104,17 @@ case "${1:-}" in
       --out $R/mini_int4_expandable.json > $R/mini_int4_expandable.log 2>&1
     wait; pack; grep -h "^mini" $R/mini_int4_*.log ;;
   s11)  # nvidia-h200-x2, the next session's first call: what session 7 built after its device time ran out.
-         # GPU 0: search with the server's held caches found without the read pool (under 2 s?), then 8
-         # concurrent clients with the 0.5 ms GIL switch interval; GPU 1: int4 GEMV fused by inductor
-         # against torchao's tinygemm (benchmarks/int4_gemv.py: the decision rule is in NOTES.md, session 7)
-    end=$((SECONDS + ${DEADLINE:-540}))
-    (export CUDA_VISIBLE_DEVICES=1
-     timeout "$(left 450)" python3 benchmarks/int4_gemv.py --budget-s 400 --out $R/int4_gemv.json > $R/int4_gemv.log 2>&1) &
+         # GPU 0: search with the server's held caches found without the read pool (under 2 s?), then
+         # where fp8 compression's time goes (benchmarks/fp8_compress.py); GPU 1: int4 GEMV fused by inductor
+         # against torchao's tinygemm (benchmarks/int4_gemv.py: the decision rule is in NOTES.md, session 7),
+         # then 8 concurrent clients with the 0.5 ms GIL switch interval
+    end=$((SECONDS + ${DEADLINE:-560}))
+    (export CUDA_VISIBLE_DEVICES=1 CALL=s11b
+     timeout "$(left 330)" python3 benchmarks/int4_gemv.py --budget-s 280 --out $R/int4_gemv.json > $R/int4_gemv.log 2>&1
+     pack; serve_parts 150 concurrent) &
     export CUDA_VISIBLE_DEVICES=0
-    serve_parts 150 search concurrent
-    wait; pack; grep "int4 gemv" $R/int4_gemv.log ;;
+    serve_parts 150 search
+    timeout "$(left 400)" python3 benchmarks/fp8_compress.py --out $R/fp8_compress.json > $R/fp8_compress.log 2>&1
+    wait; pack; grep "int4 gemv\|fp8 " $R/int4_gemv.log $R/fp8_compress.log ;;
   *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11"; exit 2 ;;
 esac

@@ -1,0 +1,231 @@
+"""Where VoCo-7B's fp8 compression time goes, and which fp8 settings are fastest (H100/H200).
+
+    python benchmarks/fp8_compress.py --out fp8.json                 # every part
+    python benchmarks/fp8_compress.py --parts gemm --out g.json      # the matmuls alone
+    python benchmarks/fp8_compress.py --tiny --parts compress        # CPU plumbing check (bf16 path, no fp8)
+
+Why: ``--quantize fp8`` compression took 8.18-8.35 ms/frame compiled at batch 16 on an H200 (session 7),
+against a goal of 7 and a 4.9 ms floor (FLOPs / 1,600 TFLOP/s). Before changing vidqa, this measures
+what the time is made of.
+
+Parts (``--parts``):
+  gemm      Vicuna-7B's four matmul shapes at M = batch x 579 rows (BOS, 576 patches, "\\n", <voco>):
+            Q/K/V 4096->12288, o_proj 4096->4096, gate/up 4096->22016, down 11008->4096. Per shape:
+            bf16 ``F.linear``; ``torch._scaled_mm`` with row-wise scales (torchao's PerRow, what
+            ``--quantize fp8`` runs) with and without fast accumulation; with tensor-wise scales; the
+            activation's row-wise quantisation alone (compiled); and torchao's whole fp8 ``F.linear``
+            (quantisation included), compiled. ms per call (CUDA events, median) and TFLOP/s, and the
+            per-frame sum over 32 layers.
+  compress  vidqa's compression with ``VIDQA_COMPILE=1`` for variants of the model:
+            ``rowwise`` (as shipped) at batch 16 and 32 with the GPU time per frame by kernel kind;
+            ``tensorwise`` (torchao PerTensor); ``rowwise_clip`` (CLIP-L's linears in fp8 as well).
+Each part and variant reports an error instead of stopping the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import voco_speed  # noqa: E402 (the VoCo-7B build and the profiler helpers)
+from voco_speed import profile_compress, sync, timed  # noqa: E402
+
+from vidqa import quant  # noqa: E402
+
+SHAPES = (("qkv", 12288, 4096), ("o_proj", 4096, 4096), ("gate_up", 22016, 4096), ("down", 4096, 11008))
+LAYERS = 32
+TOKENS = 579  # per frame: BOS, 576 patches, "\n", one <voco>
+
+
+def cuda_ms(fn, iters: int = 20) -> float:
+    """Median ms of one fn() call, from CUDA events around each of ``iters`` calls after 3 warm-ups."""
+    for _ in range(3):
+        fn()
+    sync()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def rowwise(x: torch.Tensor):
+    """x as float8 e4m3 with one float32 scale per row (shape [rows, 1])."""
+    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12)
+    scale = amax / quant.FP8_MAX
+    return (x.float() / scale).clamp(-quant.FP8_MAX, quant.FP8_MAX).to(quant.FP8), scale
+
+
+def tensorwise(x: torch.Tensor):
+    scale = (x.abs().amax().float().clamp(min=1e-12) / quant.FP8_MAX)
+    return (x.float() / scale).clamp(-quant.FP8_MAX, quant.FP8_MAX).to(quant.FP8), scale
+
+
+def gemm_part(batch: int) -> dict:
+    dev = torch.device("cuda")
+    M = batch * TOKENS
+    out: dict = {"M": M, "shapes": {}}
+    q_act = torch.compile(rowwise, dynamic=False)
+    totals: dict[str, float] = {}
+    for name, N, K in SHAPES:
+        g = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randn(M, K, device=dev, dtype=torch.bfloat16, generator=g)
+        w = torch.randn(N, K, device=dev, dtype=torch.bfloat16, generator=g) * 0.02
+        xr, sxr = rowwise(x)
+        wr, swr = rowwise(w)
+        xt, sxt = tensorwise(x)
+        wt, swt = tensorwise(w)
+        tao_w = quant.quantize_weight(w, "fp8")
+        tao = torch.compile(lambda x: F.linear(x, tao_w), dynamic=False)
+        fns = {
+            "bf16": lambda: F.linear(x, w),
+            "rowwise_fast_accum": lambda: torch._scaled_mm(xr, wr.t(), scale_a=sxr, scale_b=swr.t(),
+                                                           out_dtype=torch.bfloat16, use_fast_accum=True),
+            "rowwise": lambda: torch._scaled_mm(xr, wr.t(), scale_a=sxr, scale_b=swr.t(), out_dtype=torch.bfloat16,
+                                                use_fast_accum=False),
+            "tensorwise_fast_accum": lambda: torch._scaled_mm(xt, wt.t(), scale_a=sxt, scale_b=swt,
+                                                              out_dtype=torch.bfloat16, use_fast_accum=True),
+            "act_quant_rowwise_compiled": lambda: q_act(x),
+            "torchao_linear_compiled": lambda: tao(x),
+        }
+        row = {}
+        for impl, fn in fns.items():
+            try:
+                ms = cuda_ms(fn)
+                row[impl] = {"ms": round(ms, 4)}
+                if not impl.startswith("act_"):
+                    row[impl]["tflops"] = round(2 * M * N * K / ms / 1e9, 1)
+                totals[impl] = totals.get(impl, 0.0) + ms
+            except Exception as e:  # report, do not hide
+                row[impl] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        out["shapes"][name] = row
+        print("fp8 gemm", name, json.dumps(row), flush=True)
+        del x, w, xr, wr, xt, wt, tao_w
+        torch.cuda.empty_cache()
+    out["llm_matmuls_ms_per_frame"] = {k: round(v * LAYERS / batch, 3) for k, v in totals.items()}
+    print("fp8 gemm ms/frame (32 layers)", json.dumps(out["llm_matmuls_ms_per_frame"]), flush=True)
+    return out
+
+
+def clip_to_fp8(qa) -> int:
+    """CLIP-L's encoder linears as torchao fp8 (row-wise) weights, in place; how many."""
+    n = 0
+    for layer in qa.vision.layers:
+        for mod in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
+                    layer.mlp.fc1, layer.mlp.fc2):
+            mod.weight = torch.nn.Parameter(quant.quantize_weight(mod.weight, "fp8"), requires_grad=False)
+            n += 1
+    return n
+
+
+def compress_variant(variant: str, args, pixels, device, dtype) -> dict:
+    qa, *_ = voco_speed.build(args.tiny, device, dtype, tokens_per_frame=1)
+    res: dict = {}
+    fp8 = device.type == "cuda" and variant != "bf16"
+    if fp8:
+        if variant == "tensorwise":
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerTensor
+
+            orig = quant.config
+            quant.config = lambda mode, dev, k: Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor())
+            try:
+                quant.quantize(qa.method, "fp8")
+            finally:
+                quant.config = orig
+        else:
+            quant.quantize(qa.method, "fp8")
+        if variant == "rowwise_clip":
+            res["clip_linears_fp8"] = clip_to_fp8(qa)
+    T = len(pixels)
+    frames = SimpleNamespace(pixels=pixels, timestamps=np.arange(T, dtype=np.float64))
+    t0 = time.perf_counter()
+    qa.compress(frames, batch_size=args.batch[0])
+    res["first_run_s"] = round(time.perf_counter() - t0, 1)
+    for bs in args.batch:
+        s = timed(lambda: qa.compress(frames, batch_size=bs), args.repeats, warmup=1)
+        res[f"ms_per_frame_batch{bs}"] = round(1000 * s / T, 3)
+    if device.type == "cuda":
+        best = min(args.batch, key=lambda b: res[f"ms_per_frame_batch{b}"])
+        s = timed(lambda: qa.vision.encode(pixels, batch_size=best), args.repeats, warmup=1)
+        res["vision_ms_per_frame"] = round(1000 * s / T, 3)
+        if variant == "rowwise" or args.profile_all:
+            res["gpu_ms_per_frame_by_kind"] = profile_compress(qa, frames, best)
+    del qa
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", default="gemm,compress")
+    ap.add_argument("--variants", default="rowwise,tensorwise,rowwise_clip")
+    ap.add_argument("--batch", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--frames", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile-all", action="store_true", help="a kernel breakdown for every variant")
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU: the compress plumbing only")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("VIDQA_COMPILE", "1")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.tiny:
+        args.batch, args.frames, args.repeats = [4], 4, 1
+        os.environ["VIDQA_COMPILE"] = "0"
+    res: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                 "torch": torch.__version__, "batch": args.batch, "frames": args.frames}
+
+    def save():
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1, default=str))
+
+    parts = args.parts.split(",")
+    if "gemm" in parts and device.type == "cuda":
+        try:
+            res["gemm"] = gemm_part(max(args.batch))
+        except Exception as e:
+            traceback.print_exc(limit=6)
+            res["gemm"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        save()
+    if "compress" in parts:
+        g = torch.Generator().manual_seed(0)
+        size = 112 if args.tiny else 336
+        pixels = torch.randint(0, 256, (args.frames, size, size, 3), dtype=torch.uint8, generator=g).numpy()
+        res["compress"] = {}
+        for variant in (["bf16"] if args.tiny else args.variants.split(",")):
+            t0 = time.perf_counter()
+            try:
+                res["compress"][variant] = compress_variant(variant, args, pixels, device, dtype)
+            except Exception as e:
+                traceback.print_exc(limit=6)
+                res["compress"][variant] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+                gc.collect()
+                torch.cuda.empty_cache() if device.type == "cuda" else None
+            res["compress"][variant]["seconds"] = round(time.perf_counter() - t0, 1)
+            print("fp8 compress", variant, json.dumps(res["compress"][variant]), flush=True)
+            save()
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
