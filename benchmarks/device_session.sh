@@ -116,5 +116,19 @@ case "${1:-}" in
     serve_parts 150 search
     timeout "$(left 400)" python3 benchmarks/fp8_compress.py --out $R/fp8_compress.json > $R/fp8_compress.log 2>&1
     wait; pack; grep "int4 gemv\|fp8 " $R/int4_gemv.log $R/fp8_compress.log ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11"; exit 2 ;;
+  s12)  # nvidia-h200-x2: GPU 0: vidqa.int4 (its GPU tests, its GEMV against torchao and bf16, the int4 decode
+         # step, quant_speed's int4 figures); GPU 1: fp8 compression variants with a kernel breakdown
+    end=$((SECONDS + ${DEADLINE:-540}))
+    (export CUDA_VISIBLE_DEVICES=1 CALL=s12b
+     timeout "$(left 500)" python3 benchmarks/fp8_compress.py --parts compress --out $R/fp8_variants.json \
+       > $R/fp8_variants.log 2>&1; pack) &
+    export CUDA_VISIBLE_DEVICES=0
+    timeout "$(left 100)" python3 -m pytest -q -x -p no:cacheprovider tests/test_int4.py > $R/int4_tests.log 2>&1; tail -n 2 $R/int4_tests.log
+    timeout "$(left 150)" python3 benchmarks/int4_gemv.py --impls vidqa,vidqa_compile,torchao,bf16 --budget-s 120 \
+      --out $R/int4_gemv2.json > $R/int4_gemv2.log 2>&1; pack; grep "int4 gemv" $R/int4_gemv2.log
+    timeout "$(left 120)" python3 benchmarks/int4_decode.py --variants default --out $R/int4_decode2.json > $R/int4_decode2.log 2>&1
+    pack; tail -n 3 $R/int4_decode2.log
+    timeout "$(left 400)" python3 benchmarks/quant_speed.py --compile --modes int4 --out $R/quant_int4.json > $R/quant_int4.log 2>&1
+    wait; pack; grep "^int4\|^mini" $R/quant_int4.log | cut -c1-600; grep "fp8 compress" $R/fp8_variants.log ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12"; exit 2 ;;
 esac

@@ -23,8 +23,10 @@ Formulations of ``y = x @ dequant(w).T`` (each in plain torch ops; eager and com
   grouped    ``(x.view(G, 128) * dequant(...).view(N, G, 128)).sum((-2, -1))``: a reduction as written.
   factored   the scale and zero taken out of the inner sum: ``sum_g s[n,g] * sum_k q[n,g,k] x[g,k]
              + sum_g z[n,g] * sum_k x[g,k]`` (integers in the inner product, one multiply-add per group).
-Implementations (``--impls``): ``bf16`` (F.linear, cuBLAS), ``torchao`` (``vidqa.quant.quantize_weight``:
-tinygemm on CUDA; on the CPU torchao's portable IntxWeightOnlyConfig, group 32), and
+Implementations (``--impls``): ``bf16`` (F.linear, cuBLAS), ``torchao`` (``vidqa.quant.torchao_weight``:
+tinygemm on CUDA; on the CPU torchao's portable IntxWeightOnlyConfig, group 32), ``vidqa`` and
+``vidqa_compile`` (``vidqa.int4``: its Triton GEMV on CUDA, built after session 8's run of this file showed
+that neither torchao nor inductor comes near the bandwidth; its dequantise + matmul on the CPU), and
 ``<formulation>_<mode>`` with mode ``eager``, ``compile`` (``torch.compile(dynamic=False)``), ``cd`` (that
 plus inductor's ``coordinate_descent_tuning``, as gpt-fast sets it) or ``autotune``
 (``mode="max-autotune-no-cudagraphs"``).
@@ -70,7 +72,7 @@ TINY = {"hidden": 256, "intermediate": 768, "vocab": 1001, "layers": 2, "repeats
 FORMULATIONS = ("linear", "grouped", "factored")
 MODES = ("eager", "compile", "cd", "autotune")
 # most telling first (the JSON is written after each, so a cut run keeps them); autotune compiles longest
-CUDA_IMPLS = ("bf16", "torchao", "grouped_compile", "linear_cd", "grouped_cd", "bf16_cd", "factored_compile",
+CUDA_IMPLS = ("vidqa", "vidqa_compile", "bf16", "torchao", "grouped_compile", "linear_cd", "grouped_cd", "bf16_cd", "factored_compile",
               "linear_compile", "factored_cd", "linear_eager", "linear_autotune", "grouped_autotune")
 CPU_IMPLS = ("bf16", "torchao", "linear_eager", "grouped_eager", "factored_eager")
 CPU_COMPILED = ("linear_compile", "grouped_compile", "factored_compile")
@@ -188,7 +190,7 @@ def torchao_weight(w: torch.Tensor) -> torch.Tensor:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = quant.quantize_weight(w, "int4")
+        q = quant.torchao_weight(w, "int4")
     if q is w:
         raise ValueError(f"vidqa.quant has no int4 config for in_features {w.shape[1]}")
     return q
@@ -272,10 +274,10 @@ def error_text(e: BaseException) -> str:
 def parse_impl(impl: str) -> tuple[str, str]:
     """(formulation, mode): ``bf16`` and ``torchao`` are eager F.linear; ``bf16_<mode>`` compiles F.linear
     on the bf16 weights (inductor's own GEMV: how close to the bandwidth its reductions get)."""
-    if impl in ("bf16", "torchao"):
+    if impl in ("bf16", "torchao", "vidqa"):
         return impl, "eager"
     form, _, mode = impl.rpartition("_")
-    if form not in FORMULATIONS + ("bf16",) or mode not in MODES:
+    if form not in FORMULATIONS + ("bf16", "vidqa") or mode not in MODES:
         raise ValueError(f"unknown implementation {impl!r} (bf16, torchao or <{'|'.join(FORMULATIONS + ('bf16',))}>"
                          f"_<{'|'.join(MODES)}>)")
     return form, mode
@@ -301,12 +303,20 @@ class Case:
                   for k in sorted({k for k, _ in dims.values()})}
         self.own = {name: [quantize_int4(w) for w in ws] for name, ws in self.bf16.items()}
         self._torchao = {}  # shape name -> torchao weights, made when first asked for
+        self._vidqa = {}  # shape name -> vidqa.int4 weights (its Triton GEMV on CUDA)
         self.fns = {}  # implementation -> the (compiled) function being timed
 
     def torchao(self, name: str) -> list[torch.Tensor]:
         if name not in self._torchao:
             self._torchao[name] = [torchao_weight(w) for w in self.bf16[name]]
         return self._torchao[name]
+
+    def vidqa(self, name: str) -> list[torch.Tensor]:
+        if name not in self._vidqa:
+            from vidqa import int4
+
+            self._vidqa[name] = [int4.quantize_weight(w) for w in self.bf16[name]]
+        return self._vidqa[name]
 
     def dims(self, name: str) -> tuple[int, int]:
         return self.lm_head if name == "lm_head" else self.shapes[name]
@@ -319,7 +329,11 @@ class Case:
             return [lambda w=w: F.linear(x, w) for w in self.bf16[name]]
         if impl == "torchao":
             return [lambda w=w: F.linear(x, w) for w in self.torchao(name)]
+        if impl == "vidqa":
+            return [lambda w=w: F.linear(x, w) for w in self.vidqa(name)]
         fn = self.fns[impl]
+        if form == "vidqa":
+            return [lambda w=w: fn(x, w) for w in self.vidqa(name)]
         if form == "bf16":
             return [lambda w=w: fn(x, w) for w in self.bf16[name]]
         return [lambda p=p: fn(x, *p) for p in self.own[name]]
@@ -331,6 +345,8 @@ class Case:
             return stored_bytes(self.bf16[name][0])
         if form == "torchao":
             return stored_bytes(self.torchao(name)[0])
+        if form == "vidqa":
+            return stored_bytes(self.vidqa(name)[0])
         return sum(stored_bytes(t) for t in self.own[name][0])
 
 
@@ -371,9 +387,9 @@ def time_shape(case: Case, impl: str, name: str, repeats: int, cuda: bool) -> di
 def run_impl(case: Case, impl: str, repeats: int, cuda: bool) -> dict:
     """Every shape's figures (a shape that fails says why), then the decode step proxy."""
     form, mode = parse_impl(impl)
-    if impl not in ("bf16", "torchao"):
+    if impl not in ("bf16", "torchao", "vidqa"):
         torch._dynamo.reset()
-        case.fns[impl] = compiled(bf16_linear if form == "bf16" else FUNCTIONS[form], mode)
+        case.fns[impl] = compiled(bf16_linear if form in ("bf16", "vidqa") else FUNCTIONS[form], mode)
     res = {"formulation": form, "mode": mode, "per_shape": {}}
     for name in list(case.shapes) + ["lm_head"]:
         try:

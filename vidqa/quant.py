@@ -9,8 +9,10 @@ pre-fusion layers (the vision tower, projector, compressor, embeddings and ``lm_
   ``VidqaError`` says so.
 - ``int8``: int8 weights with one scale per output row, activations as loaded (decode is
   bandwidth-bound: half the bytes of bf16). CPU and GPU.
-- ``int4``: 4-bit weights, one scale (and zero point) per group of input columns. On CUDA: torchao's
-  tinygemm layout (``tile_packed_to_4d``, group 128, bf16 only: 4 bits per weight on the GPU). On the
+- ``int4``: 4-bit weights, one scale (and zero point) per group of input columns. On CUDA: vidqa's own
+  format and kernels (``vidqa.int4``: a Triton GEMV for the decode step's one-row matmuls, dequantise +
+  matmul for wider ones; group 128; any float dtype). torchao's CUDA int4 kernel (tinygemm) read its
+  weights at 31% of an H200's bandwidth at one row, which is why ``vidqa.int4`` exists. On the
   CPU, the torchao version this was built on (0.18) has no 4-bit CPU kernel for a stock torch build
   (its ``plain`` layout needs the ``mslk`` package, ``plain_int32`` is XPU/NPU only), so the CPU uses
   torchao's portable ``IntxWeightOnlyConfig(int4, PerGroup(32))``: the same int4 arithmetic, stored one
@@ -91,8 +93,6 @@ def check(mode: str | None, device: torch.device, dtype: torch.dtype | None = No
                                 f"{torch.cuda.get_device_name(device)} has {cc[0]}.{cc[1]}: use int8 or int4")
         if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
             raise QuantizeError("--quantize fp8 runs with --dtype bf16 or fp16")
-    if mode == "int4" and device.type == "cuda" and dtype is not None and dtype != torch.bfloat16:
-        raise QuantizeError("--quantize int4 on a GPU runs with --dtype bf16 (torchao's int4 kernel)")
     return mode
 
 
@@ -133,7 +133,17 @@ def config(mode: str, device: torch.device, in_features: int):
 
 
 def quantize_weight(weight: torch.Tensor, mode: str) -> torch.Tensor:
-    """``weight [out, in]`` as a torchao tensor of ``mode`` (the same tensor when no config fits)."""
+    """``weight [out, in]`` quantised to ``mode`` (the same tensor when no format fits): int4 on CUDA as a
+    ``vidqa.int4`` tensor, everything else as torchao's."""
+    if mode == "int4" and weight.is_cuda:
+        from vidqa import int4
+
+        return int4.quantize_weight(weight)
+    return torchao_weight(weight, mode)
+
+
+def torchao_weight(weight: torch.Tensor, mode: str) -> torch.Tensor:
+    """``weight [out, in]`` as a torchao tensor of ``mode`` (``config``; the same tensor when none fits)."""
     cfg = config(mode, weight.device, weight.shape[1])
     if cfg is None:
         return weight

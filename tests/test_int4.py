@@ -1,0 +1,147 @@
+"""vidqa.int4: the 4-bit format, its tensor (F.linear, row slices), the model it makes, and the GEMV.
+
+On a CPU the matmul dequantises (the GPU's GEMV is checked against the same reference where a GPU, or
+Triton's interpreter, is present)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidqa import int4, quant
+
+pytest.importorskip("torchao")
+
+
+def weights(n: int, k: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, k, generator=g) * 0.02).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [256, 96, 4096])
+def test_dequantised_weights_are_within_half_a_step(k, dtype):
+    w = weights(64, k, dtype=dtype)
+    group = int4.group_for(k)
+    packed, scale_zero = int4.pack(w, group)
+    assert packed.dtype == torch.uint8 and packed.shape == (64, k // 2)
+    assert scale_zero.shape == (64, k // group, 2) and scale_zero.dtype == dtype
+    back = int4.dequantize(packed, scale_zero, torch.float32)
+    scale = scale_zero[..., 0].float().repeat_interleave(group, dim=1)
+    # half a step of the stored scale, plus the dtype's rounding of q * scale + zero (16 steps at most)
+    slack = 0 if dtype == torch.float32 else 2.0 ** -8 * (16 * scale + w.float().abs())
+    assert ((back - w.float()).abs() <= scale / 2 * (1 + 1e-5) + slack + 1e-7).all()
+    # and the error is a real 4-bit one, not zero
+    assert 0.05 < float((back - w.float()).norm() / w.float().norm()) < 0.2
+
+
+def test_packing_puts_the_even_column_in_the_low_nibble():
+    codes = torch.tensor([[0, 15, 3, 4, 9, 1] + [0] * 26])  # one row, one group of 32
+    w = codes.float()  # min 0, max 15: scale 1, zero 0, the codes themselves
+    packed, scale_zero = int4.pack(w, 32)
+    assert packed[0, :3].tolist() == [0 | 15 << 4, 3 | 4 << 4, 9 | 1 << 4]
+    assert torch.equal(int4.unpack_codes(packed), codes.to(torch.uint8))
+    assert scale_zero[0, 0].tolist() == [1.0, 0.0]
+
+
+def test_a_constant_group_comes_back_exactly():
+    w = torch.full((2, 64), 0.25)
+    assert torch.equal(int4.dequantize(*int4.pack(w, 32)), w)
+
+
+def test_widths_without_a_group_stay_as_they_are():
+    w = weights(8, 48)  # 48 is no multiple of 32, 64 or 128
+    assert int4.group_for(48) is None and int4.quantize_weight(w) is w
+    with pytest.raises(ValueError, match="multiple of the group"):
+        int4.pack(w, 32)
+
+
+def test_linear_on_the_tensor_equals_linear_on_its_dequantised_weight():
+    w = weights(96, 256)
+    t = int4.quantize_weight(w)
+    x = torch.randn(2, 5, 256)
+    bias = torch.randn(96)
+    assert torch.equal(F.linear(x, t), F.linear(x, t.dequantize()))
+    assert torch.equal(F.linear(x, t, bias), F.linear(x, t.dequantize(), bias))
+    assert t.shape == (96, 256) and t.dtype == torch.float32
+
+
+def test_row_slices_are_views_that_give_their_rows():
+    w = weights(96, 256)
+    t = int4.quantize_weight(w)
+    part = quant.row_slice(t, 32, 80)
+    assert part.shape == (48, 256)
+    assert part.packed.data_ptr() == t.packed[32].data_ptr()  # no copy
+    assert part.packed.is_contiguous() and part.scale_zero.is_contiguous()
+    x = torch.randn(3, 256)
+    assert torch.equal(F.linear(x, part), F.linear(x, t)[:, 32:80])
+    with pytest.raises(NotImplementedError):
+        t[:, :128]
+
+
+def test_int4_model_equals_the_model_with_dequantised_weights(monkeypatch):
+    """The whole path on a tiny VoCo model: vidqa's int4 layers (here on the CPU, as on a GPU) give the
+    same first-token logits as the same model whose weights are the dequantised ones, to float32 rounding."""
+    from vidqa.pipeline import VideoQA
+    from vidqa.options import ComputeOptions
+
+    monkeypatch.setattr(quant, "quantize_weight", lambda w, mode: int4.quantize_weight(w))
+
+    def load():
+        return VideoQA.from_pretrained("tiny-voco", compute=ComputeOptions(device="cpu", dtype="fp32"))
+
+    qa, ref = load(), load()
+    quant.quantize(qa.method, "int4")
+    n = 0
+    with torch.inference_mode():
+        for layer, ref_layer in zip(qa.llm.model.layers, ref.llm.model.layers):
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+                mod = getattr(layer.self_attn, name, None) or getattr(layer.mlp, name)
+                ref_mod = getattr(ref_layer.self_attn, name, None) or getattr(ref_layer.mlp, name)
+                if int4.group_for(mod.in_features) is not None:  # every weight with a group size
+                    ref_mod.weight.copy_(mod.weight.dequantize())
+                    n += 1
+        ids = torch.tensor([[1, 5, 7, 9, 11, 2]])
+        got = qa.llm(input_ids=ids).logits
+        want = ref.llm(input_ids=ids).logits
+        plain = load().llm(input_ids=ids).logits
+    assert n >= 6 * len(qa.llm.model.layers)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-3  # and it is not the unquantised model
+
+
+def _gemv_reference(x, packed, scale_zero):
+    return x.float() @ int4.dequantize(packed, scale_zero, torch.float32).T
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or int4.int4_gemv is None, reason="needs a CUDA GPU and Triton")
+@pytest.mark.parametrize("n,k,rows", [(4096, 4096, 1), (12288, 4096, 1), (4096, 11008, 1), (1000, 384, 3)])
+def test_gemv_on_the_gpu_equals_the_dequantised_product(n, k, rows):
+    dev = torch.device("cuda")
+    w = weights(n, k).to(dev, torch.bfloat16)
+    t = int4.quantize_weight(w)
+    x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16)
+    assert int4.gemv_ok(x, t.packed)
+    y = F.linear(x, t)
+    ref = _gemv_reference(x, t.packed, t.scale_zero)
+    # float32 accumulation in another order, rounded to bf16 once
+    torch.testing.assert_close(y.float(), ref, rtol=2 ** -7, atol=1e-3 * float(ref.abs().max()))
+    compiled = torch.compile(lambda x: F.linear(x, t), dynamic=False)
+    torch.testing.assert_close(compiled(x).float(), ref, rtol=2 ** -7, atol=1e-3 * float(ref.abs().max()))
+
+
+@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("n,k,block_n,block_k", [(48, 256, 16, 256), (40, 384, 16, 256), (16, 640, 8, 512)])
+def test_gemv_kernel_in_the_interpreter_equals_the_dequantised_product(n, k, block_n, block_k):
+    w = weights(n, k)
+    packed, scale_zero = int4.pack(w, int4.group_for(k))
+    x = torch.randn(2, k)
+    y = torch.empty(2, n)
+    grid = (int4.triton.cdiv(n, block_n), 2)
+    int4._int4_gemv_kernel.fn[grid](x, packed, scale_zero, y, n, k, x.stride(0), y.stride(0),
+                                    GROUP=int4.group_for(k), BLOCK_N=block_n, BLOCK_K=block_k)
+    torch.testing.assert_close(y, _gemv_reference(x, packed, scale_zero), rtol=1e-5, atol=1e-5)
