@@ -130,5 +130,20 @@ case "${1:-}" in
     pack; tail -n 3 $R/int4_decode2.log
     timeout "$(left 400)" python3 benchmarks/quant_speed.py --compile --modes int4 --out $R/quant_int4.json > $R/quant_int4.log 2>&1
     wait; pack; grep "^int4\|^mini" $R/quant_int4.log | cut -c1-600; grep "fp8 compress" $R/fp8_variants.log ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12"; exit 2 ;;
+  s13)  # nvidia-h200-x2: GPU 0: vidqa.int4's second GEMV (element-wise accumulation) and row-blocked wide
+         # matmuls: GPU tests, GEMV against torchao, the decode step, quant_speed's int4 (LLaVA-Mini 12 GB);
+         # GPU 1: fp8 compression as shipped, + CLIP in fp8, + cuDNN attention (one model, step by step)
+    end=$((SECONDS + ${DEADLINE:-480}))
+    (export CUDA_VISIBLE_DEVICES=1 CALL=s13b
+     timeout "$(left 470)" python3 benchmarks/fp8_compress.py --parts stacked --batch 32 --out $R/fp8_stacked.json \
+       > $R/fp8_stacked.log 2>&1; pack) &
+    export CUDA_VISIBLE_DEVICES=0
+    timeout "$(left 100)" python3 -m pytest -q -p no:cacheprovider tests/test_int4.py > $R/int4_tests3.log 2>&1; tail -n 2 $R/int4_tests3.log
+    timeout "$(left 100)" python3 benchmarks/int4_gemv.py --impls vidqa,torchao --budget-s 80 \
+      --out $R/int4_gemv3.json > $R/int4_gemv3.log 2>&1; pack; grep "int4 gemv" $R/int4_gemv3.log
+    timeout "$(left 100)" python3 benchmarks/int4_decode.py --variants default --out $R/int4_decode3.json > $R/int4_decode3.log 2>&1
+    pack; tail -n 1 $R/int4_decode3.log
+    timeout "$(left 400)" python3 benchmarks/quant_speed.py --compile --modes int4 --out $R/quant_int4_3.json > $R/quant_int4_3.log 2>&1
+    wait; pack; grep "^int4\|^mini" $R/quant_int4_3.log | cut -c1-900; grep "fp8 compress" $R/fp8_stacked.log ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13"; exit 2 ;;
 esac

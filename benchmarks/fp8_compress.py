@@ -19,6 +19,8 @@ Parts (``--parts``):
   compress  vidqa's compression with ``VIDQA_COMPILE=1`` for variants of the model:
             ``rowwise`` (as shipped) at batch 16 and 32 with the GPU time per frame by kernel kind;
             ``tensorwise`` (torchao PerTensor); ``rowwise_clip`` (CLIP-L's linears in fp8 as well).
+  stacked   one fp8 model changed step by step (``stacked_variants``): as shipped, + CLIP in fp8, + cuDNN
+            attention; ms/frame and the kernel breakdown after each.
 Each part and variant reports an error instead of stopping the others.
 """
 
@@ -174,6 +176,50 @@ def compress_variant(variant: str, args, pixels, device, dtype) -> dict:
     return res
 
 
+def stacked_variants(args, pixels, device, dtype) -> dict:
+    """One fp8 (row-wise) model, changed step by step and timed after each: ``rowwise`` (as shipped), ``+clip``
+    (CLIP-L's linears in fp8 too), ``+cudnn`` (that, with cuDNN attention first, compiled again). Steps
+    after the first reuse the compiled LLM graphs, so the three fit one device call."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    qa, *_ = voco_speed.build(args.tiny, device, dtype, tokens_per_frame=1)
+    quant.quantize(qa.method, "fp8")
+    T = len(pixels)
+    frames = SimpleNamespace(pixels=pixels, timestamps=np.arange(T, dtype=np.float64))
+    bs = max(args.batch)
+    out: dict = {}
+
+    def step(name, ctx=None):
+        t0 = time.perf_counter()
+        import contextlib
+
+        with ctx or contextlib.nullcontext():
+            qa.compress(frames, batch_size=bs)
+            res = {"first_run_s": round(time.perf_counter() - t0, 1)}
+            s = timed(lambda: qa.compress(frames, batch_size=bs), args.repeats, warmup=1)
+            res[f"ms_per_frame_batch{bs}"] = round(1000 * s / T, 3)
+            res["gpu_ms_per_frame_by_kind"] = profile_compress(qa, frames, bs)
+        out[name] = res
+        print("fp8 compress", name, json.dumps(res), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(out, indent=1))
+
+    step("rowwise")
+    res_clip = clip_to_fp8(qa)
+    step("rowwise+clip")
+    out["rowwise+clip"]["clip_linears_fp8"] = res_clip
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    import torch._dynamo
+
+    from vidqa import fast
+
+    torch._dynamo.reset()
+    fast._compiled.clear()
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    step("rowwise+clip+cudnn", sdpa_kernel(order, set_priority=True))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="gemm,compress")
@@ -199,6 +245,11 @@ def main(argv=None) -> int:
             Path(args.out).write_text(json.dumps(res, indent=1, default=str))
 
     parts = args.parts.split(",")
+    if "stacked" in parts:
+        g = torch.Generator().manual_seed(0)
+        pixels = torch.randint(0, 256, (args.frames, 336, 336, 3), dtype=torch.uint8, generator=g).numpy()
+        res["stacked"] = stacked_variants(args, pixels, device, dtype)
+        save()
     if "gemm" in parts and device.type == "cuda":
         try:
             res["gemm"] = gemm_part(max(args.batch))

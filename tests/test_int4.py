@@ -69,6 +69,16 @@ def test_linear_on_the_tensor_equals_linear_on_its_dequantised_weight():
     assert t.shape == (96, 256) and t.dtype == torch.float32
 
 
+def test_wide_matmuls_of_a_large_weight_run_in_row_blocks(monkeypatch):
+    w = weights(96, 256)
+    t = int4.quantize_weight(w)
+    x = torch.randn(7, 256)
+    whole = F.linear(x, t)
+    monkeypatch.setattr(int4, "CHUNK", 256 * 20)  # 20 rows at a time: 5 blocks, the last one short
+    torch.testing.assert_close(F.linear(x, t), whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(F.linear(x, t, torch.ones(96)), whole + 1, rtol=1e-6, atol=1e-6)
+
+
 def test_row_slices_are_views_that_give_their_rows():
     w = weights(96, 256)
     t = int4.quantize_weight(w)

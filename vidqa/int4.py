@@ -18,8 +18,8 @@ Format (``Int4Tensor``), for a weight ``w [N, K]`` with ``K`` a multiple of ``gr
 Matmuls (``F.linear`` on an ``Int4Tensor``): rows of the input (tokens) up to ``GEMV_ROWS`` on a CUDA
 device with Triton run the GEMV (``torch.ops.vidqa.int4_gemv``, a ``torch.library.triton_op``, so
 ``torch.compile`` and CUDA graphs take it as it is); anything else (prefill, compression, the CPU)
-dequantises the weight and runs the dtype's own matmul (compute-bound there: the transient bf16 copy of
-one weight costs a few tens of microseconds). Rows slice as views (``quant.row_slice``: the fused Q/K/V
+dequantises the weight (in row blocks of ``CHUNK`` weights, to bound the temporaries) and runs the
+dtype's own matmul (compute-bound there: dequantising costs a few tens of microseconds per weight). Rows slice as views (``quant.row_slice``: the fused Q/K/V
 weight hands ``q_proj``/``k_proj``/``v_proj`` their rows).
 """
 
@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - depends on the torch build
 
 GROUPS = (128, 64, 32)  # the group size: the first that divides the input width
 GEMV_ROWS = 4  # input rows up to which a CUDA matmul runs the GEMV (a decode step has one)
+CHUNK = 1 << 24  # weights the wide matmul dequantises at a time: its transient memory stays ~180 MB
 
 
 def group_for(in_features: int) -> int | None:
@@ -68,48 +69,55 @@ def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
 def dequantize(packed: torch.Tensor, scale_zero: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The weight ``[N, K]`` the packed codes stand for (in ``dtype``; scale_zero's by default)."""
     N, G = scale_zero.shape[:2]
-    q = unpack_codes(packed).reshape(N, G, -1)
-    w = q.to(scale_zero.dtype) * scale_zero[..., :1] + scale_zero[..., 1:]
-    return w.reshape(N, -1).to(dtype or scale_zero.dtype)
+    q = unpack_codes(packed).reshape(N, G, -1).float()
+    sz = scale_zero.float()  # in float32, as the GEMV computes, then rounded once
+    return (q * sz[..., :1] + sz[..., 1:]).reshape(N, -1).to(dtype or scale_zero.dtype)
 
 
 # ---- the GEMV ----------------------------------------------------------------------------------
 
 if triton is not None:
     _CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-                for n, k, w, s in ((8, 512, 4, 3), (16, 512, 4, 3), (16, 256, 4, 4), (32, 256, 4, 3),
-                                   (32, 512, 8, 3), (64, 256, 8, 3), (8, 1024, 4, 2), (16, 1024, 8, 2))]
+                for n, k, w, s in ((4, 512, 4, 3), (8, 512, 4, 3), (8, 256, 4, 4), (16, 256, 4, 3), (4, 1024, 4, 2),
+                                   (8, 1024, 8, 2), (16, 512, 8, 3), (2, 1024, 4, 3), (4, 256, 2, 4))]
 
     @triton.autotune(configs=_CONFIGS, key=["N", "K"])
     @triton.jit
     def _int4_gemv_kernel(x_ptr, w_ptr, sz_ptr, y_ptr, N, K, stride_xm, stride_ym,
                           GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """y[m, n] = sum_k x[m, k] * (q[n, k] * scale[n, k // GROUP] + zero[n, k // GROUP]) for one row m
-        (program axis 1) and BLOCK_N outputs (axis 0), in float32: per group, scale * sum(q * x) +
-        zero * sum(x), so the dequantised weight is never formed."""
-        HALF: tl.constexpr = BLOCK_K // 2
+        (program axis 1) and BLOCK_N outputs (axis 0), in float32.
+
+        The tile is [BLOCK_N rows, NG groups, GROUP/2 bytes]: the scales and zeros load as [BLOCK_N, NG]
+        and broadcast along the bytes in registers, products accumulate element-wise, and the one
+        reduction comes after the loop (a reduction per step cost shuffles that made an earlier
+        version of this kernel slower than tinygemm)."""
+        GH: tl.constexpr = GROUP // 2
         NG: tl.constexpr = BLOCK_K // GROUP
         m = tl.program_id(1)
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = rn < N
         G = K // GROUP
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            rj = k0 // 2 + tl.arange(0, HALF)  # byte columns
-            k_ok = rj < K // 2
-            w = tl.load(w_ptr + rn[:, None] * (K // 2) + rj[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-            xe = tl.load(x_ptr + m * stride_xm + 2 * rj, mask=k_ok, other=0.0).to(tl.float32)
-            xo = tl.load(x_ptr + m * stride_xm + 2 * rj + 1, mask=k_ok, other=0.0).to(tl.float32)
-            p = (w & 15).to(tl.float32) * xe[None, :] + (w >> 4).to(tl.float32) * xo[None, :]
-            qx = tl.sum(tl.reshape(p, (BLOCK_N, NG, GROUP // 2)), axis=2)
-            xs = tl.sum(tl.reshape(xe + xo, (NG, GROUP // 2)), axis=1)
-            rg = k0 // GROUP + tl.arange(0, NG)
-            at = sz_ptr + rn[:, None] * (2 * G) + 2 * rg[None, :]
-            ok = n_ok[:, None] & (rg < G)[None, :]
-            s = tl.load(at, mask=ok, other=0.0).to(tl.float32)
-            z = tl.load(at + 1, mask=ok, other=0.0).to(tl.float32)
-            acc += tl.sum(s * qx + z * xs[None, :], axis=1)
-        tl.store(y_ptr + m * stride_ym + rn, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+        rg = tl.arange(0, NG)
+        rb = tl.arange(0, GH)
+        acc = tl.zeros([BLOCK_N, NG, GH], dtype=tl.float32)
+        for g0 in range(0, G, NG):
+            g = g0 + rg  # [NG] groups of this step
+            g_ok = g < G
+            byte = g[:, None] * GH + rb[None, :]  # [NG, GH] byte columns of a row
+            ok = n_ok[:, None, None] & g_ok[None, :, None]
+            w = tl.load(w_ptr + rn[:, None, None] * (K // 2) + byte[None, :, :], mask=ok, other=0)
+            xe = tl.load(x_ptr + m * stride_xm + 2 * byte, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            xo = tl.load(x_ptr + m * stride_xm + 2 * byte + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            at = sz_ptr + rn[:, None] * (2 * G) + 2 * g[None, :]
+            sz_ok = n_ok[:, None] & g_ok[None, :]
+            s = tl.load(at, mask=sz_ok, other=0.0).to(tl.float32)[:, :, None]
+            z = tl.load(at + 1, mask=sz_ok, other=0.0).to(tl.float32)[:, :, None]
+            lo = (w & 15).to(tl.float32) * s + z
+            hi = (w >> 4).to(tl.float32) * s + z
+            acc += lo * xe[None, :, :] + hi * xo[None, :, :]
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+        tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
     @torch.library.triton_op("vidqa::int4_gemv", mutates_args=())
     def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
@@ -139,7 +147,13 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, bias
             rows = rows.contiguous()
         y = int4_gemv(rows, packed, scale_zero.contiguous()).reshape(*x.shape[:-1], packed.shape[0])
         return y if bias is None else y + bias
-    return F.linear(x, dequantize(packed, scale_zero, x.dtype), bias)
+    rows = max(1, CHUNK // (2 * packed.shape[1]))
+    if rows >= packed.shape[0]:
+        return F.linear(x, dequantize(packed, scale_zero, x.dtype), bias)
+    # a large weight in row blocks (Llama-3-8B's gate/up is 117M weights: 1.3 GB of float32 temporaries at once)
+    y = torch.cat([F.linear(x, dequantize(packed[i:i + rows], scale_zero[i:i + rows], x.dtype))
+                   for i in range(0, packed.shape[0], rows)], dim=-1)
+    return y if bias is None else y + bias
 
 
 # ---- the weight as a tensor --------------------------------------------------------------------
