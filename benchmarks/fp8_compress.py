@@ -39,6 +39,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -209,8 +210,6 @@ def stacked_variants(args, pixels, device, dtype) -> dict:
     step("rowwise+clip")
     out["rowwise+clip"]["clip_linears_fp8"] = res_clip
     torch.backends.cuda.enable_cudnn_sdp(True)
-    import torch._dynamo
-
     from vidqa import fast
 
     torch._dynamo.reset()

@@ -98,7 +98,7 @@ def test_int4_model_equals_the_model_with_dequantised_weights(monkeypatch):
     from vidqa.pipeline import VideoQA
     from vidqa.options import ComputeOptions
 
-    monkeypatch.setattr(quant, "quantize_weight", lambda w, mode: int4.quantize_weight(w))
+    monkeypatch.setattr(quant, "quantize_weight", lambda w, mode, wide=False: int4.quantize_weight(w))
 
     def load():
         return VideoQA.from_pretrained("tiny-voco", compute=ComputeOptions(device="cpu", dtype="fp32"))
@@ -121,6 +121,27 @@ def test_int4_model_equals_the_model_with_dequantised_weights(monkeypatch):
     assert n >= 6 * len(qa.llm.model.layers)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (got - plain).abs().max() > 1e-3  # and it is not the unquantised model
+
+
+def test_int4_picks_the_wide_format_for_layers_that_compress(monkeypatch):
+    """On CUDA, VoCo's LLM (it compresses) and LLaVA-Mini's pre-fusion layers get vidqa.int4; LLaVA-Mini's
+    LLM (prefill and decode only) gets torchao's; recorded here through the ``wide`` flag."""
+    from vidqa.methods.mini.method import Mini
+    from vidqa.methods.voco import VoCo
+
+    assert VoCo.llm_compresses and not Mini.llm_compresses
+    from vidqa.pipeline import VideoQA
+    from vidqa.options import ComputeOptions
+
+    seen = []
+    monkeypatch.setattr(quant, "quantize_weight", lambda w, mode, wide=False: seen.append(wide) or w)
+    for name, llm_wide in (("tiny-voco", True), ("tiny-mini", False)):
+        seen.clear()
+        qa = VideoQA.from_pretrained(name, compute=ComputeOptions(device="cpu", dtype="fp32"))
+        quant.quantize(qa.method, "int4")
+        n_llm = 4 * len(qa.llm.model.layers)  # fused Q/K/V, o_proj, fused gate/up, down_proj per layer
+        assert seen[:n_llm] == [llm_wide] * n_llm
+        assert all(seen[n_llm:]) and (len(seen) > n_llm) == (name == "tiny-mini")
 
 
 def _gemv_reference(x, packed, scale_zero):

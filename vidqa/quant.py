@@ -9,11 +9,15 @@ pre-fusion layers (the vision tower, projector, compressor, embeddings and ``lm_
   ``VidqaError`` says so.
 - ``int8``: int8 weights with one scale per output row, activations as loaded (decode is
   bandwidth-bound: half the bytes of bf16). CPU and GPU.
-- ``int4``: 4-bit weights, one scale (and zero point) per group of input columns. On CUDA: vidqa's own
-  format and kernels (``vidqa.int4``: a Triton GEMV for the decode step's one-row matmuls, dequantise +
-  matmul for wider ones; group 128; any float dtype). torchao's CUDA int4 kernel (tinygemm) read its
-  weights at 31% of an H200's bandwidth at one row, which is why ``vidqa.int4`` exists. On the
-  CPU, the torchao version this was built on (0.18) has no 4-bit CPU kernel for a stock torch build
+- ``int4``: 4-bit weights, one scale (and zero point) per group of input columns. On CUDA, by what the
+  layers mostly run (measured on an H200 at 7B shapes, benchmarks/NOTES.md, session 8):
+  - layers that compress frames (VoCo's LLM, LLaVA-Mini's pre-fusion layers: thousands of rows per
+    matmul): ``vidqa.int4`` (dequantise + the dtype's matmul; a Triton GEMV at one row). VoCo-7B
+    compression 21-25 ms/frame against 249 with torchao's tinygemm, LLaVA-Mini-8B 5-6 against 41.
+  - layers that only prefill a question and decode (LLaVA-Mini's LLM): torchao's tinygemm
+    (``tile_packed_to_4d``, group 128, bf16 only), the faster one-row kernel: 2.29 ms for a 7B decode
+    step's matmuls against 3.07 for vidqa's GEMV (whole compiled step: 2.98 against 3.9-4.2 ms/token).
+  On the CPU, the torchao version this was built on (0.18) has no 4-bit CPU kernel for a stock torch build
   (its ``plain`` layout needs the ``mslk`` package, ``plain_int32`` is XPU/NPU only), so the CPU uses
   torchao's portable ``IntxWeightOnlyConfig(int4, PerGroup(32))``: the same int4 arithmetic, stored one
   value per byte (int8 memory, no speed-up). It exists so that int4 answers can be checked on a CPU.
@@ -93,6 +97,8 @@ def check(mode: str | None, device: torch.device, dtype: torch.dtype | None = No
                                 f"{torch.cuda.get_device_name(device)} has {cc[0]}.{cc[1]}: use int8 or int4")
         if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
             raise QuantizeError("--quantize fp8 runs with --dtype bf16 or fp16")
+    if mode == "int4" and device.type == "cuda" and dtype is not None and dtype != torch.bfloat16:
+        raise QuantizeError("--quantize int4 on a GPU runs with --dtype bf16 (torchao's int4 kernel)")
     return mode
 
 
@@ -132,10 +138,11 @@ def config(mode: str, device: torch.device, in_features: int):
     raise QuantizeError(f"unknown quantisation mode {mode!r}")
 
 
-def quantize_weight(weight: torch.Tensor, mode: str) -> torch.Tensor:
-    """``weight [out, in]`` quantised to ``mode`` (the same tensor when no format fits): int4 on CUDA as a
-    ``vidqa.int4`` tensor, everything else as torchao's."""
-    if mode == "int4" and weight.is_cuda:
+def quantize_weight(weight: torch.Tensor, mode: str, wide: bool = False) -> torch.Tensor:
+    """``weight [out, in]`` quantised to ``mode`` (the same tensor when no format fits), as torchao's
+    tensor, except int4 on CUDA for layers that mostly run ``wide`` matmuls (many rows: compression),
+    which get a ``vidqa.int4`` tensor (see ``quantize``)."""
+    if mode == "int4" and weight.is_cuda and wide:
         from vidqa import int4
 
         return int4.quantize_weight(weight)
@@ -179,8 +186,9 @@ def _set(module: nn.Linear, weight: torch.Tensor) -> None:
     module.weight = nn.Parameter(weight, requires_grad=False)
 
 
-def quantize_layers(layers, mode: str) -> int:
-    """Quantise a ModuleList of decoder layers in place; returns how many weights were quantised."""
+def quantize_layers(layers, mode: str, wide: bool = False) -> int:
+    """Quantise a ModuleList of decoder layers in place (``wide``: see ``quantize_weight``); returns how
+    many weights were quantised."""
     done = 0
     if fast.supports_layers(layers):
         fast.fuse_projections(layers)
@@ -188,7 +196,7 @@ def quantize_layers(layers, mode: str) -> int:
             a, m = layer.self_attn, layer.mlp
             fused = []
             for (w, b), mods in zip(layer._vidqa_fused, ((a.q_proj, a.k_proj, a.v_proj), (m.gate_proj, m.up_proj))):
-                qw = quantize_weight(w, mode)
+                qw = quantize_weight(w, mode, wide)
                 start = 0
                 for mod in mods:  # row slices of the quantised fused weight (views)
                     _set(mod, row_slice(qw, start, start + mod.out_features))
@@ -197,13 +205,13 @@ def quantize_layers(layers, mode: str) -> int:
                 done += qw is not w
             layer._vidqa_fused = tuple(fused)
             for mod in (a.o_proj, m.down_proj):
-                qw = quantize_weight(mod.weight, mode)
+                qw = quantize_weight(mod.weight, mode, wide)
                 done += qw is not mod.weight
                 _set(mod, qw)
         return done
     for mod in list(layers.modules()):
         if isinstance(mod, nn.Linear):
-            _set(mod, quantize_weight(mod.weight, mode))
+            _set(mod, quantize_weight(mod.weight, mode, wide))
             done += 1
     return done
 
@@ -225,15 +233,15 @@ def quantize(method: nn.Module, mode: str | None) -> str:
     llm = method.llm
     param = next(llm.model.layers.parameters())
     check(mode, param.device, param.dtype)
-    groups = [llm.model.layers]
+    groups = [(llm.model.layers, bool(getattr(method, "llm_compresses", False)))]  # (layers, wide)
     prefusion = getattr(method, "prefusion", None)
     if isinstance(prefusion, nn.ModuleList) and len(prefusion):
-        groups.append(prefusion)
+        groups.append((prefusion, True))  # LLaVA-Mini's pre-fusion layers run only at compression and prefill
     # inference tensors: torchao's tensors made outside inference mode cannot be sliced inside it
     # (``fast.causal_prefix`` slices the fused Q/K/V weight under ``torch.inference_mode``)
     with torch.inference_mode():
-        for layers in groups:
-            quantize_layers(layers, mode)
+        for layers, wide in groups:
+            quantize_layers(layers, mode, wide)
     method._vidqa_quantize = mode
     return mode
 

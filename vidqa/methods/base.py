@@ -54,6 +54,9 @@ class Method(nn.Module, ABC):
     name: ClassVar[str]
     supports_compact: ClassVar[bool] = False  # compress(..., compact=True) gives a smaller cache
     answer_prefix: ClassVar[str | None] = None  # text the model writes before its answer (not shown)
+    # the LLM's own layers compress every frame (wide matmuls), not only prefill and decode: vidqa.quant
+    # gives them the int4 format made for wide matmuls (VoCo; LLaVA-Mini compresses in its pre-fusion layers)
+    llm_compresses: ClassVar[bool] = False
     llm: nn.Module
     tokenizer: Any
     tokens_per_frame: int

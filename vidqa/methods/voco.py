@@ -97,6 +97,7 @@ class VoCo(Method):
     """VoCo-LLaMA (LLaVA-1.5 layout, ``model_type: llava_llama``; ``voco_num`` VoCo tokens per frame)."""
 
     name = "voco"
+    llm_compresses = True  # stage 1 is the LLM's own forward over every frame
 
     def __init__(self, llm: nn.Module, projector: nn.Module, tokenizer, num_patches: int, tokens_per_frame: int = 2,
                  max_context: int | None = None):
