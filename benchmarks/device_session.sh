@@ -145,5 +145,16 @@ case "${1:-}" in
     pack; tail -n 1 $R/int4_decode3.log
     timeout "$(left 400)" python3 benchmarks/quant_speed.py --compile --modes int4 --out $R/quant_int4_3.json > $R/quant_int4_3.log 2>&1
     wait; pack; grep "^int4\|^mini" $R/quant_int4_3.log | cut -c1-900; grep "fp8 compress" $R/fp8_stacked.log ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13"; exit 2 ;;
+  s14)  # nvidia-h200-x2, the next session's first call: GPU 0: the int32-pairs split-K int4 GEMV
+         # (benchmarks/int4_pairs.py) against vidqa.int4's and torchao's; GPU 1: fp8 compression as shipped,
+         # + CLIP in fp8, + cuDNN attention (session 8's third step failed on a bug in the benchmark)
+    end=$((SECONDS + ${DEADLINE:-540}))
+    (export CUDA_VISIBLE_DEVICES=1 CALL=s14b
+     timeout "$(left 530)" python3 benchmarks/fp8_compress.py --parts stacked --batch 32 --out $R/fp8_stacked.json \
+       > $R/fp8_stacked.log 2>&1; pack) &
+    export CUDA_VISIBLE_DEVICES=0
+    timeout "$(left 200)" python3 benchmarks/int4_gemv.py --impls pairs,vidqa,torchao --budget-s 170 \
+      --out $R/int4_gemv4.json > $R/int4_gemv4.log 2>&1; pack; grep "int4 gemv" $R/int4_gemv4.log
+    wait; pack; grep "fp8 compress" $R/fp8_stacked.log ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14"; exit 2 ;;
 esac

@@ -26,7 +26,8 @@ Formulations of ``y = x @ dequant(w).T`` (each in plain torch ops; eager and com
 Implementations (``--impls``): ``bf16`` (F.linear, cuBLAS), ``torchao`` (``vidqa.quant.torchao_weight``:
 tinygemm on CUDA; on the CPU torchao's portable IntxWeightOnlyConfig, group 32), ``vidqa`` and
 ``vidqa_compile`` (``vidqa.int4``: its Triton GEMV on CUDA, built after session 8's run of this file showed
-that neither torchao nor inductor comes near the bandwidth; its dequantise + matmul on the CPU), and
+that neither torchao nor inductor comes near the bandwidth; its dequantise + matmul on the CPU), ``pairs``
+(``int4_pairs.py``: the same format, x read as int32 pairs, split-K; CUDA only), and
 ``<formulation>_<mode>`` with mode ``eager``, ``compile`` (``torch.compile(dynamic=False)``), ``cd`` (that
 plus inductor's ``coordinate_descent_tuning``, as gpt-fast sets it) or ``autotune``
 (``mode="max-autotune-no-cudagraphs"``).
@@ -72,7 +73,7 @@ TINY = {"hidden": 256, "intermediate": 768, "vocab": 1001, "layers": 2, "repeats
 FORMULATIONS = ("linear", "grouped", "factored")
 MODES = ("eager", "compile", "cd", "autotune")
 # most telling first (the JSON is written after each, so a cut run keeps them); autotune compiles longest
-CUDA_IMPLS = ("vidqa", "vidqa_compile", "bf16", "torchao", "grouped_compile", "linear_cd", "grouped_cd", "bf16_cd", "factored_compile",
+CUDA_IMPLS = ("pairs", "vidqa", "vidqa_compile", "bf16", "torchao", "grouped_compile", "linear_cd", "grouped_cd", "bf16_cd", "factored_compile",
               "linear_compile", "factored_cd", "linear_eager", "linear_autotune", "grouped_autotune")
 CPU_IMPLS = ("bf16", "torchao", "linear_eager", "grouped_eager", "factored_eager")
 CPU_COMPILED = ("linear_compile", "grouped_compile", "factored_compile")
@@ -274,7 +275,7 @@ def error_text(e: BaseException) -> str:
 def parse_impl(impl: str) -> tuple[str, str]:
     """(formulation, mode): ``bf16`` and ``torchao`` are eager F.linear; ``bf16_<mode>`` compiles F.linear
     on the bf16 weights (inductor's own GEMV: how close to the bandwidth its reductions get)."""
-    if impl in ("bf16", "torchao", "vidqa"):
+    if impl in ("bf16", "torchao", "vidqa", "pairs"):
         return impl, "eager"
     form, _, mode = impl.rpartition("_")
     if form not in FORMULATIONS + ("bf16", "vidqa") or mode not in MODES:
@@ -331,6 +332,10 @@ class Case:
             return [lambda w=w: F.linear(x, w) for w in self.torchao(name)]
         if impl == "vidqa":
             return [lambda w=w: F.linear(x, w) for w in self.vidqa(name)]
+        if impl == "pairs":
+            from int4_pairs import pairs_gemv
+
+            return [lambda w=w: pairs_gemv(x, w.packed, w.scale_zero) for w in self.vidqa(name)]
         fn = self.fns[impl]
         if form == "vidqa":
             return [lambda w=w: fn(x, w) for w in self.vidqa(name)]
@@ -345,7 +350,7 @@ class Case:
             return stored_bytes(self.bf16[name][0])
         if form == "torchao":
             return stored_bytes(self.torchao(name)[0])
-        if form == "vidqa":
+        if form in ("vidqa", "pairs"):
             return stored_bytes(self.vidqa(name)[0])
         return sum(stored_bytes(t) for t in self.own[name][0])
 
@@ -387,7 +392,7 @@ def time_shape(case: Case, impl: str, name: str, repeats: int, cuda: bool) -> di
 def run_impl(case: Case, impl: str, repeats: int, cuda: bool) -> dict:
     """Every shape's figures (a shape that fails says why), then the decode step proxy."""
     form, mode = parse_impl(impl)
-    if impl not in ("bf16", "torchao", "vidqa"):
+    if impl not in ("bf16", "torchao", "vidqa", "pairs"):
         torch._dynamo.reset()
         case.fns[impl] = compiled(bf16_linear if form in ("bf16", "vidqa") else FUNCTIONS[form], mode)
     res = {"formulation": form, "mode": mode, "per_shape": {}}

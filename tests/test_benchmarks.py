@@ -213,3 +213,24 @@ def test_search_hot_times_finding_held_caches(started):
     out, res = run(started, "search_hot.py")
     assert res["videos"] == 20 and len(res["indexed_hot_s"]) == 3 and all(t > 0 for t in res["indexed_hot_s"])
     assert line(out, "search_hot: 20 held videos")
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the Triton kernel on the CPU needs TRITON_INTERPRET=1")
+@pytest.mark.parametrize("n,k,split", [(48, 256, 1), (40, 384, 2), (33, 1152, 3)])
+def test_int4_pairs_kernel_in_the_interpreter_equals_the_dequantised_product(n, k, split):
+    """benchmarks/int4_pairs.py (x read as int32 pairs, split-K) on vidqa.int4's format."""
+    pytest.importorskip("triton")
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import int4_pairs
+
+    from vidqa import int4
+
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(n, k, generator=g) * 0.02).bfloat16()
+    packed, scale_zero = int4.pack(w, int4.group_for(k))
+    x = torch.randn(2, k, generator=g).bfloat16()
+    y = int4_pairs.pairs_gemv(x, packed, scale_zero, {"BLOCK_N": 16, "BLOCK_K": 256, "SPLIT": split})
+    ref = x.float() @ int4.dequantize(packed, scale_zero, torch.float32).T
+    torch.testing.assert_close(y.float(), ref, rtol=2 ** -8, atol=2 ** -8 * float(ref.abs().max()))
