@@ -176,3 +176,18 @@ def test_gemv_kernel_in_the_interpreter_equals_the_dequantised_product(n, k, blo
     int4._int4_gemv_kernel.fn[grid](x, packed, scale_zero, y, n, k, x.stride(0), y.stride(0),
                                     GROUP=int4.group_for(k), BLOCK_N=block_n, BLOCK_K=block_k)
     torch.testing.assert_close(y, _gemv_reference(x, packed, scale_zero), rtol=1e-5, atol=1e-5)
+
+
+def test_the_store_keys_on_the_int4_format():
+    """int4 caches from vidqa.int4 (CUDA) are not served to a run with the earlier tinygemm format, or back."""
+    from vidqa import library
+    from vidqa.options import ComputeOptions
+    from vidqa.pipeline import VideoQA
+    from vidqa.video import Sampling
+
+    qa = VideoQA.from_pretrained("tiny-voco", compute=ComputeOptions(device="cpu", dtype="fp32", quantize="int4"))
+    before = library.cache_settings(qa, Sampling(fps=1.0))
+    assert before["quantize"] == "int4" and "quantize_format" not in before  # the CPU: torchao's format
+    qa.method._vidqa_quant_format = "vidqa-int4"  # what quant.quantize records on CUDA
+    after = library.cache_settings(qa, Sampling(fps=1.0))
+    assert after["quantize_format"] == "vidqa-int4" and after != before

@@ -86,7 +86,9 @@ def quant_settings(qa) -> dict:
     made before they existed (and by unquantised runs) keep their keys."""
     mode = qa.quantize
     cache_dtype = quant.check_cache_dtype(qa.compute.cache_dtype if qa.compute else None)
+    fmt = quant.quantized_format(qa.method)  # int4 on CUDA: vidqa.int4, not the tinygemm caches made before it
     return {**({"quantize": mode} if mode != "none" else {}),
+            **({"quantize_format": fmt} if fmt else {}),
             **({"cache_dtype": cache_dtype} if cache_dtype != "auto" else {})}
 
 

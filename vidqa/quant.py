@@ -243,11 +243,19 @@ def quantize(method: nn.Module, mode: str | None) -> str:
         for layers, wide in groups:
             quantize_layers(layers, mode, wide)
     method._vidqa_quantize = mode
+    if mode == "int4" and param.device.type == "cuda" and any(wide for _, wide in groups):
+        method._vidqa_quant_format = "vidqa-int4"  # its frame caches differ from tinygemm's: the store keys on it
     return mode
 
 
 def quantized_mode(method: nn.Module) -> str:
     return getattr(method, "_vidqa_quantize", "none")
+
+
+def quantized_format(method: nn.Module) -> str | None:
+    """The weight format behind the mode where there is more than one for it (int4 on CUDA: ``vidqa-int4``
+    for layers that compress), else None."""
+    return getattr(method, "_vidqa_quant_format", None)
 
 
 # ---- stored caches in 8 bits -------------------------------------------------------------------
