@@ -30,7 +30,6 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -44,29 +43,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import voco_speed  # noqa: E402 (the VoCo-7B build and the profiler helpers)
-from voco_speed import profile_compress, sync, timed  # noqa: E402
+from int4_gemv import cuda_median_ms  # noqa: E402 (CUDA-event timing)
+from voco_speed import profile_compress, timed  # noqa: E402
 
 from vidqa import quant  # noqa: E402
 
 SHAPES = (("qkv", 12288, 4096), ("o_proj", 4096, 4096), ("gate_up", 22016, 4096), ("down", 4096, 11008))
 LAYERS = 32
 TOKENS = 579  # per frame: BOS, 576 patches, "\n", one <voco>
-
-
-def cuda_ms(fn, iters: int = 20) -> float:
-    """Median ms of one fn() call, from CUDA events around each of ``iters`` calls after 3 warm-ups."""
-    for _ in range(3):
-        fn()
-    sync()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def rowwise(x: torch.Tensor):
@@ -111,7 +95,7 @@ def gemm_part(batch: int) -> dict:
         row = {}
         for impl, fn in fns.items():
             try:
-                ms = cuda_ms(fn)
+                ms = cuda_median_ms(fn, 20)
                 row[impl] = {"ms": round(ms, 4)}
                 if not impl.startswith("act_"):
                     row[impl]["tflops"] = round(2 * M * N * K / ms / 1e9, 1)
