@@ -25,7 +25,8 @@ NAN = re.compile(r"\bnan\b", re.IGNORECASE)
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?"
 SCRIPTS = {"voco_speed.py": [], "mini_speed.py": [], "mini_long.py": [], "index_speed.py": ["--work", "{dir}"],
            "quant_speed.py": ["--modes", "int8"], "serve_profile.py": ["--profile-rows", "3"],
-           "int4_decode.py": ["--variants", "default", "--tokens", "3", "--repeats", "1"], "search_hot.py": [], "int4_gemv.py": []}
+           "int4_decode.py": ["--variants", "default", "--tokens", "3", "--repeats", "1"], "search_hot.py": [], "int4_gemv.py": [],
+           "fp8_compress.py": []}
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # torch.cuda.is_available() is False in the benchmark's process
 
 
@@ -207,6 +208,14 @@ def test_int4_gemv_tiny_checks_the_int4_format_and_times_each_implementation(sta
     assert "error" not in ao, ao
     assert ao["ms_per_step"] > 0 and all(0 < e["rel_err_vs_bf16"] < 0.3 for e in ao["per_shape"].values())
     assert res["torchao"] and "IntxWeightOnlyConfig" in res["torchao_config"]  # vidqa's CPU int4 config
+
+
+def test_fp8_compress_tiny_runs_the_compression_plumbing(started):
+    """On a CPU the script has no fp8 to time: it checks that its compression path runs (bf16, tiny shapes)."""
+    out, res = run(started, "fp8_compress.py")
+    assert res["device"] == "cpu" and "gemm" not in res
+    assert res["compress"]["bf16"]["ms_per_frame_batch4"] > 0
+    assert line(out, "fp8 compress bf16")
 
 
 def test_search_hot_times_finding_held_caches(started):
