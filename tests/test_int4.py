@@ -67,6 +67,7 @@ def test_linear_on_the_tensor_equals_linear_on_its_dequantised_weight():
     assert torch.equal(F.linear(x, t), F.linear(x, t.dequantize()))
     assert torch.equal(F.linear(x, t, bias), F.linear(x, t.dequantize(), bias))
     assert t.shape == (96, 256) and t.dtype == torch.float32
+    assert F.linear(torch.randn(0, 256), t).shape == (0, 96)  # no rows: an empty product, no kernel
 
 
 def test_wide_matmuls_of_a_large_weight_run_in_row_blocks(monkeypatch):

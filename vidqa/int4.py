@@ -135,7 +135,7 @@ else:
 
 def gemv_ok(x: torch.Tensor, packed: torch.Tensor) -> bool:
     """Whether ``F.linear(x, Int4Tensor)`` runs the GEMV: CUDA, Triton, few rows, contiguous packed rows."""
-    return (int4_gemv is not None and x.is_cuda and x.numel() // x.shape[-1] <= GEMV_ROWS
+    return (int4_gemv is not None and x.is_cuda and 0 < x.numel() // x.shape[-1] <= GEMV_ROWS
             and packed.stride(-1) == 1 and x.dtype in (torch.bfloat16, torch.float16, torch.float32))
 
 
