@@ -84,11 +84,8 @@ def cache_settings(qa, sampling: Sampling) -> dict:
 def quant_settings(qa) -> dict:
     """The store keys on ``quantize`` and ``cache_dtype`` only when they are not the defaults, so entries
     made before they existed (and by unquantised runs) keep their keys."""
-    mode = qa.quantize
     cache_dtype = quant.check_cache_dtype(qa.compute.cache_dtype if qa.compute else None)
-    fmt = quant.quantized_format(qa.method)  # int4 on CUDA: vidqa.int4, not the tinygemm caches made before it
-    return {**({"quantize": mode} if mode != "none" else {}),
-            **({"quantize_format": fmt} if fmt else {}),
+    return {**quant.cache_settings(qa.quantize, qa.method),
             **({"cache_dtype": cache_dtype} if cache_dtype != "auto" else {})}
 
 

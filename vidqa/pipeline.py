@@ -157,10 +157,7 @@ class VideoQA:
 
     def cache_meta(self) -> dict:
         meta = {**self.method.cache_meta(), "model": self.model_fingerprint, "dtype": str(self.vision.dtype)}
-        if self.quantize == "none":
-            return meta
-        fmt = quant.quantized_format(self.method)
-        return {**meta, "quantize": self.quantize, **({"quantize_format": fmt} if fmt else {})}
+        return {**meta, **quant.cache_settings(self.quantize, self.method)}
 
     @torch.inference_mode()
     def compress(self, frames: Frames, batch_size: int | None = None, timings: Timings | None = None,

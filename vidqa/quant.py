@@ -258,6 +258,16 @@ def quantized_format(method: nn.Module) -> str | None:
     return getattr(method, "_vidqa_quant_format", None)
 
 
+def cache_settings(mode: str, method: nn.Module) -> dict:
+    """The quantisation a frame cache records and the store keys on: nothing for ``none`` (entries made
+    before quantisation existed keep their keys), else the mode and, where it has more than one weight
+    format, the format."""
+    if mode == "none":
+        return {}
+    fmt = quantized_format(method)
+    return {"quantize": mode, **({"quantize_format": fmt} if fmt else {})}
+
+
 # ---- stored caches in 8 bits -------------------------------------------------------------------
 
 def encode_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
