@@ -138,11 +138,16 @@ def config(mode: str, device: torch.device, in_features: int):
     raise QuantizeError(f"unknown quantisation mode {mode!r}")
 
 
+def own_int4(mode: str, device: torch.device, wide: bool) -> bool:
+    """Whether ``mode`` gives layers on ``device`` vidqa's int4 format: int4 on CUDA, for layers that mostly
+    run ``wide`` matmuls (many rows: compression). Everything else is torchao's."""
+    return mode == "int4" and torch.device(device).type == "cuda" and wide
+
+
 def quantize_weight(weight: torch.Tensor, mode: str, wide: bool = False) -> torch.Tensor:
     """``weight [out, in]`` quantised to ``mode`` (the same tensor when no format fits), as torchao's
-    tensor, except int4 on CUDA for layers that mostly run ``wide`` matmuls (many rows: compression),
-    which get a ``vidqa.int4`` tensor (see ``quantize``)."""
-    if mode == "int4" and weight.is_cuda and wide:
+    tensor or, where ``own_int4``, a ``vidqa.int4`` tensor (see ``quantize``)."""
+    if own_int4(mode, weight.device, wide):
         from vidqa import int4
 
         return int4.quantize_weight(weight)
@@ -243,7 +248,7 @@ def quantize(method: nn.Module, mode: str | None) -> str:
         for layers, wide in groups:
             quantize_layers(layers, mode, wide)
     method._vidqa_quantize = mode
-    if mode == "int4" and param.device.type == "cuda" and any(wide for _, wide in groups):
+    if any(own_int4(mode, param.device, wide) for _, wide in groups):
         method._vidqa_quant_format = "vidqa-int4"  # its frame caches differ from tinygemm's: the store keys on it
     return mode
 
