@@ -1,5 +1,6 @@
-"""4-bit weights for decoding on a CUDA GPU (``--quantize int4``): vidqa's own packing, a Triton GEMV for the
-one-row matmuls of a decode step, and a dequantise + bf16 matmul for everything wider.
+"""4-bit weights on a CUDA GPU (``--quantize int4``, for the layers ``vidqa.quant`` gives them: those that
+compress frames): vidqa's own packing, a Triton GEMV for one-row matmuls, and a dequantise + bf16
+matmul for everything wider.
 
 Why a hand-written kernel: torchao's CUDA int4 path (``Int4WeightOnlyConfig``, tinygemm) is a tensor-core
 kernel for small batches; at one row it read its weights at 31% of an H200's bandwidth (2.30 ms for the
@@ -19,8 +20,9 @@ Matmuls (``F.linear`` on an ``Int4Tensor``): rows of the input (tokens) up to ``
 device with Triton run the GEMV (``torch.ops.vidqa.int4_gemv``, a ``torch.library.triton_op``, so
 ``torch.compile`` and CUDA graphs take it as it is); anything else (prefill, compression, the CPU)
 dequantises the weight (in row blocks of ``CHUNK`` weights, to bound the temporaries) and runs the
-dtype's own matmul (compute-bound there: dequantising costs a few tens of microseconds per weight). Rows slice as views (``quant.row_slice``: the fused Q/K/V
-weight hands ``q_proj``/``k_proj``/``v_proj`` their rows).
+dtype's own matmul (compute-bound there: dequantising costs a few tens of microseconds per weight).
+Rows slice as views (``quant.row_slice``: the fused Q/K/V weight hands ``q_proj``/``k_proj``/``v_proj``
+their rows).
 """
 
 from __future__ import annotations
