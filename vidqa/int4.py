@@ -2,11 +2,13 @@
 compress frames): vidqa's own packing, a Triton GEMV for one-row matmuls, and a dequantise + bf16
 matmul for everything wider.
 
-Why a hand-written kernel: torchao's CUDA int4 path (``Int4WeightOnlyConfig``, tinygemm) is a tensor-core
-kernel for small batches; at one row it read its weights at 31% of an H200's bandwidth (2.30 ms for the
-32 layers' matmuls of a 7B decode step against a 0.72 ms floor, ``benchmarks/int4_gemv.py``, session 8),
-and inductor could not fuse a plain-torch dequantisation into a GEMV (the three formulations in
-``int4_gemv.py`` took 6.8-8.6 ms). That measurement is the reason this file exists.
+Why: torchao's CUDA int4 kernel (tinygemm) is a small-batch kernel. Layers that compress frames run
+thousands of rows per matmul, and with it VoCo-7B compressed at 249 ms/frame on an H200; dequantising
+here and running bf16 matmuls takes 21-25 ms/frame (benchmarks/NOTES.md, session 8). Those layers still
+decode one row at a time (VoCo's LLM), hence the Triton GEMV; inductor could not fuse a plain-torch
+dequantisation into one (6.8-8.6 ms for a 7B step's matmuls, ``benchmarks/int4_gemv.py``). The GEMV reads
+its weights at 23-24% of the H200's bandwidth, below tinygemm's 31%: layers that only decode keep
+tinygemm (``vidqa.quant``).
 
 Format (``Int4Tensor``), for a weight ``w [N, K]`` with ``K`` a multiple of ``group`` (128, 64 or 32):
   ``packed``      uint8 ``[N, K/2]``: byte ``j`` of row ``n`` holds column ``2j`` in its low nibble and
