@@ -88,28 +88,25 @@ def shapes(hidden: int, intermediate: int) -> dict[str, tuple[int, int]]:
 # ---- the int4 format ---------------------------------------------------------------------------
 
 def quantize_int4(w: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``w [N, K]`` -> (packed uint8 [N, K/2], scales bf16 [N, K/group], zeros bf16 [N, K/group]).
+    """``w [N, K]`` (bf16) -> (packed uint8 [N, K/2], scales bf16 [N, K/group], zeros bf16 [N, K/group]):
+    ``vidqa.int4.pack``'s format with its scale and zero apart.
 
     ``w ~= q * scale + zero`` per group of ``group`` input columns, q in 0..15 (zero: the group's minimum).
     q is rounded against the bf16 scale and zero, so the dequantised weight is the nearest grid point.
     Byte j of a row holds column 2j in its low nibble and column 2j+1 in its high nibble."""
-    n, k = w.shape
-    if k % group or group % 2:
-        raise ValueError(f"in_features {k} is not a multiple of the group {group}")
-    wg = w.float().view(n, k // group, group)
-    lo, hi = wg.amin(-1), wg.amax(-1)
-    scales = ((hi - lo) / 15).to(BF16)
-    scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # a constant group: q = 0, w = zero
-    zeros = lo.to(BF16)
-    q = ((wg - zeros.float()[..., None]) / scales.float()[..., None]).round().clamp(0, 15).to(torch.uint8)
-    q = q.view(n, k)
-    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous(), scales, zeros
+    from vidqa import int4
+
+    if w.shape[1] % group:
+        raise ValueError(f"in_features {w.shape[1]} is not a multiple of the group {group}")
+    packed, scale_zero = int4.pack(w, group)
+    return packed, scale_zero[..., 0].contiguous(), scale_zero[..., 1].contiguous()
 
 
 def unpack(packed: torch.Tensor) -> torch.Tensor:
     """uint8 [N, K/2] -> the 4-bit values as uint8 [N, K] (low nibble first)."""
-    n, half = packed.shape
-    return torch.stack((packed & 0xF, packed >> 4), dim=-1).view(n, 2 * half)
+    from vidqa import int4
+
+    return int4.unpack_codes(packed)
 
 
 def dequant(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype = BF16) -> torch.Tensor:
