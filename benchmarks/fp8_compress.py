@@ -27,6 +27,7 @@ Each part and variant reports an error instead of stopping the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -176,8 +177,6 @@ def stacked_variants(args, pixels, device, dtype) -> dict:
 
     def step(name, ctx=None):
         t0 = time.perf_counter()
-        import contextlib
-
         with ctx or contextlib.nullcontext():
             qa.compress(frames, batch_size=bs)
             res = {"first_run_s": round(time.perf_counter() - t0, 1)}

@@ -58,7 +58,9 @@ if triton is not None:
             sz_ok = n_ok[:, None] & g_ok[None, :]
             s = tl.load(at, mask=sz_ok, other=0.0).to(tl.float32)[:, :, None]
             z = tl.load(at + 1, mask=sz_ok, other=0.0).to(tl.float32)[:, :, None]
-            acc += ((w & 15).to(tl.float32) * s + z) * xe[None, :, :] + ((w >> 4).to(tl.float32) * s + z) * xo[None, :, :]
+            lo = (w & 15).to(tl.float32) * s + z
+            hi = (w >> 4).to(tl.float32) * s + z
+            acc += lo * xe[None, :, :] + hi * xo[None, :, :]
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
         if SPLIT == 1:
             tl.store(y_ptr + m * stride_ym + rn, y, mask=n_ok)
@@ -68,7 +70,8 @@ if triton is not None:
     _tuned = triton.autotune(configs=CONFIGS, key=["N", "KH"], reset_to_zero=["y_ptr"])(_pairs_kernel)
 
 
-def pairs_gemv(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, config: dict | None = None) -> torch.Tensor:
+def pairs_gemv(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor,
+               config: dict | None = None) -> torch.Tensor:
     """``x [M, K]`` (bf16) times the int4 weight (``vidqa.int4`` format) -> ``[M, N]`` bf16. ``config``: fixed
     meta-parameters (``BLOCK_N``, ``BLOCK_K``, ``SPLIT``) instead of autotuning (the interpreter needs them)."""
     if triton is None:
