@@ -145,16 +145,110 @@ case "${1:-}" in
     pack; tail -n 1 $R/int4_decode3.log
     timeout "$(left 400)" python3 benchmarks/quant_speed.py --compile --modes int4 --out $R/quant_int4_3.json > $R/quant_int4_3.log 2>&1
     wait; pack; grep "^int4\|^mini" $R/quant_int4_3.log | cut -c1-900; grep "fp8 compress" $R/fp8_stacked.log ;;
-  s14)  # nvidia-h200-x2, the next session's first call: GPU 0: the int32-pairs split-K int4 GEMV
-         # (benchmarks/int4_pairs.py) against vidqa.int4's and torchao's; GPU 1: fp8 compression as shipped,
-         # + CLIP in fp8, + cuDNN attention (session 8's third step failed on a bug in the benchmark)
+  s14)  # nvidia-h200-x2, session 9's first call: GPU 0: vidqa.int4's third GEMV (int32 words, codes made floats
+         # by bit operations, not conversion instructions): GPU tests, against GemLite (torchao's UIntx config),
+         # the int32-pairs kernel and tinygemm, then the compiled decode step; GPU 1: fp8 compression as
+         # shipped, + CLIP in fp8, + cuDNN attention (session 8's third step failed on a bug in the benchmark).
+         # A record: the pairs kernel and this GemLite route have been removed since (NOTES.md, session 9).
     end=$((SECONDS + ${DEADLINE:-540}))
     (export CUDA_VISIBLE_DEVICES=1 CALL=s14b
      timeout "$(left 530)" python3 benchmarks/fp8_compress.py --parts stacked --batch 32 --out $R/fp8_stacked.json \
        > $R/fp8_stacked.log 2>&1; pack) &
     export CUDA_VISIBLE_DEVICES=0
-    timeout "$(left 200)" python3 benchmarks/int4_gemv.py --impls pairs,vidqa,torchao --budget-s 170 \
+    timeout "$(left 100)" python3 -m pytest -q -p no:cacheprovider tests/test_int4.py > $R/int4_tests4.log 2>&1; tail -n 2 $R/int4_tests4.log
+    timeout "$(left 220)" python3 benchmarks/int4_gemv.py --impls vidqa,gemlite,pairs,torchao --budget-s 170 \
       --out $R/int4_gemv4.json > $R/int4_gemv4.log 2>&1; pack; grep "int4 gemv" $R/int4_gemv4.log
+    timeout "$(left 130)" python3 benchmarks/int4_decode.py --variants default --out $R/int4_decode4.json > $R/int4_decode4.log 2>&1
+    pack; tail -n 1 $R/int4_decode4.log
     wait; pack; grep "fp8 compress" $R/fp8_stacked.log ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14"; exit 2 ;;
+  s15)  # nvidia-h200-x2: GPU 0: every launch configuration of vidqa.int4's GEMV per shape (int4_sweep.py),
+         # then Nsight Compute on the best for gate/up and o_proj, and on tinygemm; GPU 1: GemLite against
+         # vidqa.int4 (int4_gemv.py), then SDPA alone per backend at compression's shapes
+    end=$((SECONDS + ${DEADLINE:-540}))
+    (export CUDA_VISIBLE_DEVICES=1 CALL=s15b
+     timeout "$(left 250)" python3 benchmarks/int4_gemv.py --impls gemlite,vidqa --budget-s 200 \
+       --out $R/int4_gemv5.json > $R/int4_gemv5.log 2>&1; pack
+     timeout "$(left 120)" python3 benchmarks/fp8_compress.py --parts attention --batch 32 \
+       --out $R/fp8_attention.json > $R/fp8_attention.log 2>&1; pack) &
+    export CUDA_VISIBLE_DEVICES=0
+    timeout "$(left 260)" python3 benchmarks/int4_sweep.py --budget-s 230 --out $R/int4_sweep.json > $R/int4_sweep.log 2>&1
+    pack; cat $R/int4_sweep.log | cut -c1-400
+    NCU="ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section InstructionStats"
+    for shape in gate_up o_proj; do
+      cfg=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open('$R/int4_sweep.json'))['shapes']['$shape']['best'][0]['config'])))" 2>/dev/null || echo 16,1024,4,2)
+      timeout "$(left 90)" $NCU -k regex:_int4_gemv --launch-skip 2 --launch-count 1 python3 benchmarks/int4_sweep.py \
+        --only $cfg --shape $shape > $R/ncu_vidqa_$shape.txt 2>&1; pack
+    done
+    timeout "$(left 90)" $NCU -k regex:tinygemm --launch-skip 2 --launch-count 1 python3 -c "
+import torch, torch.nn.functional as F
+from vidqa import quant
+w = (torch.randn(22016, 4096, device='cuda') * 0.02).bfloat16(); q = quant.torchao_weight(w, 'int4')
+x = torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16)
+[F.linear(x, q) for _ in range(3)]; torch.cuda.synchronize()" > $R/ncu_tinygemm_gate_up.txt 2>&1
+    wait; pack; grep "int4 gemv" $R/int4_gemv5.log; grep "fp8 attention" $R/fp8_attention.log ;;
+  s16)  # nvidia-h200-x2: vidqa.int4's fourth GEMV (interleaved packing: x in vector loads; scale and zero out
+         # of the inner sum). GPU 0: its GPU tests, the sweep of launch configurations, Nsight Compute on the
+         # best for gate/up; GPU 1: against tinygemm and GemLite (int4_gemv.py), then the compiled decode step
+    end=$((SECONDS + ${DEADLINE:-540}))
+    (export CUDA_VISIBLE_DEVICES=1 CALL=s16b
+     timeout "$(left 200)" python3 benchmarks/int4_gemv.py --impls vidqa,torchao,gemlite --budget-s 150 \
+       --out $R/int4_gemv6.json > $R/int4_gemv6.log 2>&1; pack
+     timeout "$(left 150)" python3 benchmarks/int4_decode.py --variants default --out $R/int4_decode6.json \
+       > $R/int4_decode6.log 2>&1; pack) &
+    export CUDA_VISIBLE_DEVICES=0
+    timeout "$(left 100)" python3 -m pytest -q -p no:cacheprovider tests/test_int4.py > $R/int4_tests6.log 2>&1; tail -n 1 $R/int4_tests6.log
+    timeout "$(left 200)" python3 benchmarks/int4_sweep.py --budget-s 170 --out $R/int4_sweep6.json > $R/int4_sweep6.log 2>&1
+    pack; cut -c1-400 $R/int4_sweep6.log
+    cfg=$(python3 -c "import json; print(','.join(map(str, json.load(open('$R/int4_sweep6.json'))['shapes']['gate_up']['best'][0]['config'])))" 2>/dev/null || echo 16,256,1,2)
+    timeout "$(left 90)" ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section ComputeWorkloadAnalysis --section InstructionStats -k regex:_int4_gemv \
+      --launch-skip 2 --launch-count 1 python3 benchmarks/int4_sweep.py --only $cfg --shape gate_up > $R/ncu6_gate_up.txt 2>&1
+    wait; pack; grep "int4 gemv" $R/int4_gemv6.log; tail -n 1 $R/int4_decode6.log ;;
+  s17)  # nvidia-h200-x2: vidqa.int4's fifth GEMV (x as bf16 pairs in the words' tile, constants in registers).
+         # GPU 0: its GPU tests, the sweep, against tinygemm; GPU 1: the compiled decode step as shipped and
+         # with tinygemm, each with its GPU time per token by kernel (where vidqa's extra 0.5 ms goes)
+    end=$((SECONDS + ${DEADLINE:-540}))
+    (export CUDA_VISIBLE_DEVICES=1 CALL=s17b
+     for f in shipped tinygemm; do
+       timeout "$(left 200)" python3 benchmarks/int4_decode.py --variants default --format $f --profile \
+         --out $R/int4_decode7_$f.json > $R/int4_decode7_$f.log 2>&1; pack
+     done) &
+    export CUDA_VISIBLE_DEVICES=0
+    timeout "$(left 100)" python3 -m pytest -q -p no:cacheprovider tests/test_int4.py > $R/int4_tests7.log 2>&1; tail -n 1 $R/int4_tests7.log
+    timeout "$(left 190)" python3 benchmarks/int4_sweep.py --budget-s 160 --out $R/int4_sweep7.json > $R/int4_sweep7.log 2>&1
+    pack; cut -c1-400 $R/int4_sweep7.log
+    timeout "$(left 150)" python3 benchmarks/int4_gemv.py --impls vidqa,torchao --budget-s 120 \
+      --out $R/int4_gemv7.json > $R/int4_gemv7.log 2>&1; pack; grep "int4 gemv" $R/int4_gemv7.log
+    wait; pack; grep -h "int4 decode" $R/int4_decode7_*.log | cut -c1-900 ;;
+  s18)  # nvidia-h200-x2: vidqa.int4 reading x and the codes through pointer casts (no per-step copies).
+         # GPU 0: GPU tests, GEMV against tinygemm, the compiled decode step with its kernel profile;
+         # GPU 1: quant_speed's int4 figures (VoCo-7B compression, decode, agreement; LLaVA-Mini-8B 12 GB)
+    end=$((SECONDS + ${DEADLINE:-540}))
+    (export CUDA_VISIBLE_DEVICES=1 CALL=s18b
+     timeout "$(left 520)" python3 benchmarks/quant_speed.py --compile --modes int4 --out $R/quant_int4_9.json \
+       > $R/quant_int4_9.log 2>&1; pack) &
+    export CUDA_VISIBLE_DEVICES=0
+    timeout "$(left 100)" python3 -m pytest -q -p no:cacheprovider tests/test_int4.py > $R/int4_tests8.log 2>&1; head -n 1 $R/int4_tests8.log
+    timeout "$(left 120)" python3 benchmarks/int4_gemv.py --impls vidqa,torchao --budget-s 90 \
+      --out $R/int4_gemv8.json > $R/int4_gemv8.log 2>&1; pack; grep "int4 gemv" $R/int4_gemv8.log
+    timeout "$(left 200)" python3 benchmarks/int4_decode.py --variants default --profile \
+      --out $R/int4_decode8.json > $R/int4_decode8.log 2>&1; pack; grep "int4 decode" $R/int4_decode8.log | cut -c1-700
+    wait; pack; grep "^int4\|^mini" $R/quant_int4_9.log | cut -c1-900 ;;
+  s19)  # nvidia-h200-x2, session 9's last call: vidqa.int4 with fixed launch configurations (no autotuner).
+         # GPU 0: GPU tests, GEMV against tinygemm, the decode step as shipped with its per-step kernel
+         # profile; GPU 1: the decode step with tinygemm (same profile), then LLaVA-Mini-8B int4 in a fresh process
+    end=$((SECONDS + ${DEADLINE:-400}))
+    (export CUDA_VISIBLE_DEVICES=1 CALL=s19b
+     timeout "$(left 130)" python3 benchmarks/int4_decode.py --variants default --format tinygemm --profile \
+       --out $R/int4_decode9_tinygemm.json > $R/int4_decode9_tinygemm.log 2>&1; pack
+     timeout "$(left 240)" python3 benchmarks/quant_speed.py --no-voco --mini-modes int4 --out $R/mini_int4_9.json \
+       > $R/mini_int4_9.log 2>&1; pack) &
+    export CUDA_VISIBLE_DEVICES=0
+    timeout "$(left 90)" python3 -m pytest -q -p no:cacheprovider tests/test_int4.py > $R/int4_tests9.log 2>&1; head -n 1 $R/int4_tests9.log
+    timeout "$(left 110)" python3 benchmarks/int4_gemv.py --impls vidqa,torchao --budget-s 80 \
+      --out $R/int4_gemv9.json > $R/int4_gemv9.log 2>&1; pack; grep "int4 gemv" $R/int4_gemv9.log
+    timeout "$(left 150)" python3 benchmarks/int4_decode.py --variants default --profile \
+      --out $R/int4_decode9_shipped.json > $R/int4_decode9_shipped.log 2>&1; pack
+    wait; pack; grep -h "int4 decode" $R/int4_decode9_*.log | cut -c1-600; grep "^mini" $R/mini_int4_9.log | cut -c1-900 ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19"; exit 2 ;;
 esac

@@ -21,6 +21,8 @@ Parts (``--parts``):
             ``tensorwise`` (torchao PerTensor); ``rowwise_clip`` (CLIP-L's linears in fp8 as well).
   stacked   one fp8 model changed step by step (``stacked_variants``): as shipped, + CLIP in fp8, + cuDNN
             attention; ms/frame and the kernel breakdown after each.
+  attention scaled_dot_product_attention alone at compression's shapes (the LLM's causal 579 rows, CLIP's
+            577) under each backend (flash, efficient, cuDNN): ms per frame and TFLOP/s.
 Each part and variant reports an error instead of stopping the others.
 """
 
@@ -202,6 +204,34 @@ def stacked_variants(args, pixels, device, dtype) -> dict:
     return out
 
 
+def attention_part(batch: int) -> dict:
+    """SDPA alone at compression's shapes, per backend: the LLM's causal attention over a frame's 579 rows
+    (32 heads of 128; x 32 layers) and CLIP-L's full attention over 577 (16 heads of 64; x 24 layers), in
+    ms per frame, and TFLOP/s (the causal half counted)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cases = {"llm_causal": (32, 579, 128, True, 32), "clip_full": (16, 577, 64, False, 24)}
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION}
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    out: dict = {}
+    for name, (heads, seq, dim, causal, layers) in cases.items():
+        q, k, v = (torch.randn(batch, heads, seq, dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        flops = 4 * batch * heads * seq * seq * dim * (0.5 if causal else 1.0)
+        out[name] = {}
+        for bname, backend in backends.items():
+            try:
+                with sdpa_kernel([backend]):
+                    ms = cuda_median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal), 20)
+                out[name][bname] = {"ms_per_frame": round(ms * layers / batch, 4),
+                                    "tflops": round(flops / ms / 1e9, 1)}
+            except Exception as e:
+                out[name][bname] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        print("fp8 attention", name, json.dumps(out[name]), flush=True)
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="gemm,compress")
@@ -231,6 +261,9 @@ def main(argv=None) -> int:
         g = torch.Generator().manual_seed(0)
         pixels = torch.randint(0, 256, (args.frames, 336, 336, 3), dtype=torch.uint8, generator=g).numpy()
         res["stacked"] = stacked_variants(args, pixels, device, dtype)
+        save()
+    if "attention" in parts and device.type == "cuda":
+        res["attention"] = attention_part(max(args.batch))
         save()
     if "gemm" in parts and device.type == "cuda":
         try:

@@ -9,6 +9,9 @@ the decode step (``StaticDecoder``, compiled, in a CUDA graph) is timed under ea
 ``default`` (what vidqa does), ``coordinate_descent`` (inductor's coordinate-descent tuning of its
 generated kernels, as gpt-fast sets it) and ``max_autotune`` (``mode="max-autotune-no-cudagraphs"``).
 Reports ms/token (median of repeats) and the bandwidth floor of the bytes one step reads.
+``--format tinygemm`` gives the LLM torchao's tinygemm instead of what vidqa ships for VoCo (``vidqa.int4``),
+``--profile`` adds the GPU time of one token by kernel (the torch profiler over the timed decoder's tokens):
+where a step's time goes beyond its matmuls.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ def main() -> None:
     ap.add_argument("--variants", default="default,coordinate_descent,max_autotune")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--format", choices=("shipped", "tinygemm"), default="shipped",
+                    help="the LLM's int4 kernels: as vidqa ships them for VoCo, or torchao's tinygemm")
+    ap.add_argument("--profile", action="store_true", help="GPU time per token by kernel (CUDA)")
     args = ap.parse_args()
     import voco_speed
     from quant_speed import fused_bytes
@@ -53,6 +59,8 @@ def main() -> None:
     size = 112 if args.tiny else 336
     pixels = np.random.default_rng(0).integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
     cache = qa.compress(SimpleNamespace(pixels=pixels, timestamps=np.arange(frames, dtype=np.float64)))
+    if args.format == "tinygemm":
+        qa.method.llm_compresses = False  # quant.quantize then gives the LLM torchao's tinygemm
     quant.quantize(qa.method, "int4")
     question = "what happens in this video?"
     gen = GenerationConfig(max_new_tokens=args.tokens)
@@ -61,9 +69,9 @@ def main() -> None:
     res = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "frames": frames,
            "bytes_per_token": read, "floor_ms_per_token": 1000 * read / PEAK_BYTES, "variants": {}}
 
-    def run(decoder):
+    def run(decoder, config=gen):
         st = DecodeStats()
-        for _ in generate(qa.llm, qa.method.prefill(cache, question), gen, set(), st, decoder=decoder):
+        for _ in generate(qa.llm, qa.method.prefill(cache, question), config, set(), st, decoder=decoder):
             pass
         return st
 
@@ -81,13 +89,42 @@ def main() -> None:
             run(d)
             ms = statistics.median(run(d).ms_per_token for _ in range(args.repeats))
             res["variants"][name] = {"ms_per_token": ms, "share_of_bandwidth": res["floor_ms_per_token"] / ms}
-            print(f"int4 decode {name}: {ms:.2f} ms/token (floor {res['floor_ms_per_token']:.2f} ms at 4.8 TB/s)",
-                  flush=True)
+            print(f"int4 decode {name} ({args.format}): {ms:.2f} ms/token (floor {res['floor_ms_per_token']:.2f} ms "
+                  f"at 4.8 TB/s)", flush=True)
+            if args.profile and cuda:
+                one = GenerationConfig(max_new_tokens=1)
+                res["variants"][name]["gpu_us_per_token"] = kernels_per_token(lambda: run(d), lambda: run(d, one),
+                                                                              args.tokens)
+                top = list(res["variants"][name]["gpu_us_per_token"].items())[:8]
+                print(f"int4 decode {name} ({args.format}) GPU us/token: {top}", flush=True)
         except Exception as e:  # report, do not hide; the next variant still runs
             res["variants"][name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
             print(f"int4 decode {name}: {res['variants'][name]['error']}", flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=1))
+
+
+def kernels_per_token(run_all, run_one, tokens: int) -> dict:
+    """GPU microseconds per decode step by kernel name, largest first, with their sum as ``total``: the
+    profile of a whole answer (``tokens`` tokens) less that of its prefill and first token, over the
+    ``tokens - 1`` steps between."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def by_kernel(fn) -> dict:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        out: dict = {}
+        for e in prof.key_averages():
+            t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+            if t and e.key and not e.key.startswith(("ProfilerStep", "aten::", "cuda")):
+                out[e.key[:90]] = out.get(e.key[:90], 0.0) + t
+        return out
+
+    full, first = by_kernel(run_all), by_kernel(run_one)
+    steps = {k: (v - first.get(k, 0.0)) / max(1, tokens - 1) for k, v in full.items()}
+    steps = {k: round(v, 2) for k, v in sorted(steps.items(), key=lambda kv: -kv[1]) if v > 0.005}
+    return {"total": round(sum(steps.values()), 2), **steps}
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ Shapes: Vicuna-7B's decode step per layer, as vidqa's fused decoder runs it: Q/K
 
 Own int4 format (``quantize_int4``): group-wise along K (``GROUP`` = 128 input columns), asymmetric:
 ``w ~= q * scale + zero`` with ``q`` in 0..15, ``zero`` the group's minimum, ``scale`` = (max - min) / 15,
-both bf16, shape [N, K/128]. Packing: ``packed`` is uint8 [N, K/2]; byte ``packed[n, j]`` holds column
-``2j`` in its LOW nibble and column ``2j + 1`` in its HIGH nibble. 0.5 byte per weight + 4 bytes per
-group (0.531 bytes per weight read in all).
+both bf16, shape [N, K/128]. Packing: ``vidqa.int4.pack`` (uint8 [N, K/2], read as int32 words whose
+nibbles interleave each group's columns; ``unpack`` restores column order). 0.5 byte per weight + 4 bytes
+per group (0.531 bytes per weight read in all).
 
 Formulations of ``y = x @ dequant(w).T`` (each in plain torch ops; eager and compiled):
   linear     ``F.linear(x, dequant(packed, scales, zeros))`` (``int4_linear``): fuses only if inductor
@@ -26,8 +26,9 @@ Formulations of ``y = x @ dequant(w).T`` (each in plain torch ops; eager and com
 Implementations (``--impls``): ``bf16`` (F.linear, cuBLAS), ``torchao`` (``vidqa.quant.torchao_weight``:
 tinygemm on CUDA; on the CPU torchao's portable IntxWeightOnlyConfig, group 32), ``vidqa`` and
 ``vidqa_compile`` (``vidqa.int4``: its Triton GEMV on CUDA, built after session 8's run of this file showed
-that neither torchao nor inductor comes near the bandwidth; its dequantise + matmul on the CPU), ``pairs``
-(``int4_pairs.py``: the same format, x read as int32 pairs, split-K; CUDA only), and
+that neither torchao nor inductor comes near the bandwidth; its dequantise + matmul on the CPU; session 8's int32-pairs split-K
+kernel, 3.47 ms/step in session 9, was removed), ``gemlite`` (GemLite's
+Triton kernels on the same codes, group 128; CUDA only, the ``gemlite`` package), and
 ``<formulation>_<mode>`` with mode ``eager``, ``compile`` (``torch.compile(dynamic=False)``), ``cd`` (that
 plus inductor's ``coordinate_descent_tuning``, as gpt-fast sets it) or ``autotune``
 (``mode="max-autotune-no-cudagraphs"``).
@@ -73,8 +74,9 @@ TINY = {"hidden": 256, "intermediate": 768, "vocab": 1001, "layers": 2, "repeats
 FORMULATIONS = ("linear", "grouped", "factored")
 MODES = ("eager", "compile", "cd", "autotune")
 # most telling first (the JSON is written after each, so a cut run keeps them); autotune compiles longest
-CUDA_IMPLS = ("pairs", "vidqa", "vidqa_compile", "bf16", "torchao", "grouped_compile", "linear_cd", "grouped_cd", "bf16_cd", "factored_compile",
+CUDA_IMPLS = ("vidqa", "gemlite", "vidqa_compile", "bf16", "torchao", "grouped_compile", "linear_cd", "grouped_cd", "bf16_cd", "factored_compile",
               "linear_compile", "factored_cd", "linear_eager", "linear_autotune", "grouped_autotune")
+EAGER = ("bf16", "torchao", "vidqa", "gemlite")  # implementations timed as they are (not compiled here)
 CPU_IMPLS = ("bf16", "torchao", "linear_eager", "grouped_eager", "factored_eager")
 CPU_COMPILED = ("linear_compile", "grouped_compile", "factored_compile")
 
@@ -93,7 +95,7 @@ def quantize_int4(w: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, to
 
     ``w ~= q * scale + zero`` per group of ``group`` input columns, q in 0..15 (zero: the group's minimum).
     q is rounded against the bf16 scale and zero, so the dequantised weight is the nearest grid point.
-    Byte j of a row holds column 2j in its low nibble and column 2j+1 in its high nibble."""
+    The codes are in ``vidqa.int4``'s interleaved order (its module doc); ``unpack`` puts them back in column order."""
     from vidqa import int4
 
     if w.shape[1] % group:
@@ -103,10 +105,10 @@ def quantize_int4(w: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, to
 
 
 def unpack(packed: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, K/2] -> the 4-bit values as uint8 [N, K] (low nibble first)."""
+    """uint8 [N, K/2] -> the 4-bit values as uint8 [N, K], in column order."""
     from vidqa import int4
 
-    return int4.unpack_codes(packed)
+    return int4.unpack_codes(packed, GROUP)
 
 
 def dequant(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype = BF16) -> torch.Tensor:
@@ -194,6 +196,20 @@ def torchao_weight(w: torch.Tensor) -> torch.Tensor:
     return q
 
 
+def gemlite_weight(w: torch.Tensor):
+    """GemLite's int4 layer (``gemlite.helper.A16Wn``: its Triton kernels, group 128) holding the same codes
+    as ``vidqa.int4.pack``: GemLite computes ``(q - zero') * scale``, so ``zero' = -zero / scale``. (torchao
+    0.18's ``UIntxWeightOnlyConfig`` wraps GemLite too, but unpacks three tensors where GemLite 0.6 gives four.)"""
+    from gemlite.helper import A16Wn
+
+    from vidqa import int4
+
+    packed, sz = int4.pack(w, GROUP)
+    scale, zero = sz[..., 0].float(), sz[..., 1].float()
+    return A16Wn(device=w.device, dtype=w.dtype).from_weights(
+        int4.unpack_codes(packed, GROUP), scale.to(w.dtype), (-zero / scale).to(w.dtype), 4, GROUP)
+
+
 def torchao_description(device: torch.device, k: int) -> str:
     from vidqa import quant
 
@@ -272,7 +288,7 @@ def error_text(e: BaseException) -> str:
 def parse_impl(impl: str) -> tuple[str, str]:
     """(formulation, mode): ``bf16`` and ``torchao`` are eager F.linear; ``bf16_<mode>`` compiles F.linear
     on the bf16 weights (inductor's own GEMV: how close to the bandwidth its reductions get)."""
-    if impl in ("bf16", "torchao", "vidqa", "pairs"):
+    if impl in EAGER:
         return impl, "eager"
     form, _, mode = impl.rpartition("_")
     if form not in FORMULATIONS + ("bf16", "vidqa") or mode not in MODES:
@@ -302,6 +318,7 @@ class Case:
         self.own = {name: [quantize_int4(w) for w in ws] for name, ws in self.bf16.items()}
         self._torchao = {}  # shape name -> torchao weights, made when first asked for
         self._vidqa = {}  # shape name -> vidqa.int4 weights (its Triton GEMV on CUDA)
+        self._gemlite = {}  # shape name -> torchao's GemLite weights
         self.fns = {}  # implementation -> the (compiled) function being timed
 
     def torchao(self, name: str) -> list[torch.Tensor]:
@@ -316,6 +333,11 @@ class Case:
             self._vidqa[name] = [int4.quantize_weight(w) for w in self.bf16[name]]
         return self._vidqa[name]
 
+    def gemlite(self, name: str) -> list[torch.Tensor]:
+        if name not in self._gemlite:
+            self._gemlite[name] = [gemlite_weight(w) for w in self.bf16[name]]
+        return self._gemlite[name]
+
     def dims(self, name: str) -> tuple[int, int]:
         return self.lm_head if name == "lm_head" else self.shapes[name]
 
@@ -329,10 +351,8 @@ class Case:
             return [lambda w=w: F.linear(x, w) for w in self.torchao(name)]
         if impl == "vidqa":
             return [lambda w=w: F.linear(x, w) for w in self.vidqa(name)]
-        if impl == "pairs":
-            from int4_pairs import pairs_gemv
-
-            return [lambda w=w: pairs_gemv(x, w.packed, w.scale_zero) for w in self.vidqa(name)]
+        if impl == "gemlite":
+            return [lambda m=m: m(x) for m in self.gemlite(name)]
         fn = self.fns[impl]
         if form == "vidqa":
             return [lambda w=w: fn(x, w) for w in self.vidqa(name)]
@@ -347,8 +367,11 @@ class Case:
             return stored_bytes(self.bf16[name][0])
         if form == "torchao":
             return stored_bytes(self.torchao(name)[0])
-        if form in ("vidqa", "pairs"):
+        if form == "vidqa":
             return stored_bytes(self.vidqa(name)[0])
+        if form == "gemlite":
+            m = self.gemlite(name)[0]
+            return sum(stored_bytes(t) for t in (m.W_q, m.scales, m.zeros) if isinstance(t, torch.Tensor))
         return sum(stored_bytes(t) for t in self.own[name][0])
 
 
@@ -389,7 +412,7 @@ def time_shape(case: Case, impl: str, name: str, repeats: int, cuda: bool) -> di
 def run_impl(case: Case, impl: str, repeats: int, cuda: bool) -> dict:
     """Every shape's figures (a shape that fails says why), then the decode step proxy."""
     form, mode = parse_impl(impl)
-    if impl not in ("bf16", "torchao", "vidqa", "pairs"):
+    if impl not in EAGER:
         torch._dynamo.reset()
         case.fns[impl] = compiled(bf16_linear if form in ("bf16", "vidqa") else FUNCTIONS[form], mode)
     res = {"formulation": form, "mode": mode, "per_shape": {}}
@@ -480,7 +503,8 @@ def main() -> None:
         res = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
                "tiny": args.tiny, "sizes": sizes, "group": GROUP, "peak_bytes_per_s": PEAK_BYTES,
                "shapes": {name: list(kn) for name, kn in case.shapes.items()}, "lm_head": list(case.lm_head),
-               "layout": "packed uint8 [N, K/2]: byte j = column 2j (low nibble) | column 2j+1 << 4; "
+               "layout": "vidqa.int4: packed uint8 [N, K/2] as int32 words, nibble i of word j of a group = column "
+                         "g * 128 + 16 i + j; "
                          "w = q * scale + zero, scale/zero bf16 [N, K/128], q in 0..15",
                "timing": ("CUDA graph of one call per weight, CUDA events, median" if cuda else
                           "CPU perf_counter, median"),

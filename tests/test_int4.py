@@ -38,12 +38,16 @@ def test_dequantised_weights_are_within_half_a_step(k, dtype):
     assert 0.05 < float((back - w.float()).norm() / w.float().norm()) < 0.2
 
 
-def test_packing_puts_the_even_column_in_the_low_nibble():
-    codes = torch.tensor([[0, 15, 3, 4, 9, 1] + [0] * 26])  # one row, one group of 32
+def test_packing_interleaves_each_group_across_the_bytes_of_its_words():
+    codes = torch.tensor([[0, 15, 3, 4, 9, 1, 7, 2] + [5] * 24])  # one row, one group of 32: 4 words
     w = codes.float()  # min 0, max 15: scale 1, zero 0, the codes themselves
     packed, scale_zero = int4.pack(w, 32)
-    assert packed[0, :3].tolist() == [0 | 15 << 4, 3 | 4 << 4, 9 | 1 << 4]
-    assert torch.equal(int4.unpack_codes(packed), codes.to(torch.uint8))
+    # byte p of word j holds columns 2 (4 p + j) (low nibble) and 2 (4 p + j) + 1: word 0 holds the pairs
+    # starting at columns 0, 8, 16, 24; word 1 those at 2, 10, 18, 26
+    assert packed[0, :8].tolist() == [0 | 15 << 4, 5 | 5 << 4, 5 | 5 << 4, 5 | 5 << 4,
+                                      3 | 4 << 4, 5 | 5 << 4, 5 | 5 << 4, 5 | 5 << 4]
+    assert packed[0, 8] == 9 | 1 << 4 and packed[0, 12] == 7 | 2 << 4
+    assert torch.equal(int4.unpack_codes(packed, 32), codes.to(torch.uint8))
     assert scale_zero[0, 0].tolist() == [1.0, 0.0]
 
 
@@ -167,16 +171,29 @@ def test_gemv_on_the_gpu_equals_the_dequantised_product(n, k, rows):
 
 @pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
                     reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("n,k,block_n,block_k", [(48, 256, 16, 256), (40, 384, 16, 256), (16, 640, 8, 512)])
+@pytest.mark.parametrize("n,k,block_n,block_k", [(48, 256, 16, 256), (40, 384, 16, 256), (16, 640, 8, 512), (12, 96, 4, 64)])
 def test_gemv_kernel_in_the_interpreter_equals_the_dequantised_product(n, k, block_n, block_k):
     w = weights(n, k)
     packed, scale_zero = int4.pack(w, int4.group_for(k))
-    x = torch.randn(2, k)
+    x = torch.randn(2, k).bfloat16()
     y = torch.empty(2, n)
     grid = (int4.triton.cdiv(n, block_n), 2)
-    int4._int4_gemv_kernel.fn[grid](x, packed, scale_zero, y, n, k, x.stride(0), y.stride(0),
-                                    GROUP=int4.group_for(k), BLOCK_N=block_n, BLOCK_K=block_k)
+    int4._int4_gemv_kernel[grid](*int4.gemv_args(x, packed, scale_zero, y), GROUP=int4.group_for(k),
+                                 BLOCK_N=block_n, BLOCK_K=block_k)
     torch.testing.assert_close(y, _gemv_reference(x, packed, scale_zero), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("n,k", [(8200, 256), (40, 2304)])  # both launch configurations, a partial last block
+def test_the_gemv_op_in_the_interpreter_equals_the_dequantised_product(n, k):
+    w = weights(n, k)
+    packed, scale_zero = int4.pack(w.bfloat16(), int4.group_for(k))
+    x = torch.randn(1, k).bfloat16()
+    y = int4.int4_gemv(x, packed, scale_zero)  # the torch op, with its launch configuration
+    assert y.shape == (1, n) and y.dtype == torch.bfloat16
+    ref = _gemv_reference(x, packed, scale_zero)
+    torch.testing.assert_close(y.float(), ref, rtol=2 ** -7, atol=1e-3 * float(ref.abs().max()))
 
 
 def test_the_store_keys_on_the_int4_format():

@@ -1,18 +1,22 @@
-"""4-bit weights on a CUDA GPU (``--quantize int4``, for the layers ``vidqa.quant`` gives them: those that
-compress frames): vidqa's own packing, a Triton GEMV for one-row matmuls, and a dequantise + bf16
-matmul for everything wider.
+"""4-bit weights on a CUDA GPU (``--quantize int4``, for the layers ``vidqa.quant`` gives them): vidqa's own
+packing, a Triton GEMV for one-row matmuls, and a dequantise + bf16 matmul for everything wider.
 
 Why: torchao's CUDA int4 kernel (tinygemm) is a small-batch kernel. Layers that compress frames run
 thousands of rows per matmul, and with it VoCo-7B compressed at 249 ms/frame on an H200; dequantising
 here and running bf16 matmuls takes 21-25 ms/frame (benchmarks/NOTES.md, session 8). Those layers still
 decode one row at a time (VoCo's LLM), hence the Triton GEMV; inductor could not fuse a plain-torch
-dequantisation into one (6.8-8.6 ms for a 7B step's matmuls, ``benchmarks/int4_gemv.py``). The GEMV reads
-its weights at 23-24% of the H200's bandwidth, below tinygemm's 31%: layers that only decode keep
-tinygemm (``vidqa.quant``).
+dequantisation into one (6.8-8.6 ms for a 7B step's matmuls, ``benchmarks/int4_gemv.py``). The GEMV reads a
+7B step's weights in 2.22 ms on an H200 (32% of the bandwidth; torchao's tinygemm 2.31), and the compiled
+VoCo-7B decode step with it takes 3.12 ms/token (tinygemm 2.99): session 9, benchmarks/NOTES.md.
 
 Format (``Int4Tensor``), for a weight ``w [N, K]`` with ``K`` a multiple of ``group`` (128, 64 or 32):
-  ``packed``      uint8 ``[N, K/2]``: byte ``j`` of row ``n`` holds column ``2j`` in its low nibble and
-                  column ``2j + 1`` in its high nibble.
+  ``packed``      uint8 ``[N, K/2]``, read as little-endian int32 words, ``group / 8`` words per group:
+                  byte ``p`` of word ``j`` of group ``g`` holds the column pair ``g * group + 2 (p * group/8
+                  + j)`` (low nibble) and the column after it (high nibble). Interleaved so that in the GEMV
+                  each byte position of a tile of words meets a contiguous run of x read as bf16 pairs (one
+                  int32 per pair, loaded in the words' own layout), not strided scalars: with consecutive
+                  columns per word, loading and converting x was most of the kernel's instructions
+                  (``benchmarks/int4_sweep.py``, session 9: its time fell as 1 / rows per program).
   ``scale_zero``  the weight's dtype ``[N, K/group, 2]``: per group of ``group`` input columns its scale
                   and zero, ``w ~= q * scale + zero`` with ``q`` in 0..15: zero is the group's minimum and
                   scale (max - min) / 15 (asymmetric, as tinygemm; the error is at most scale / 2).
@@ -52,28 +56,31 @@ def group_for(in_features: int) -> int | None:
 def pack(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``weight [N, K]`` as ``(packed uint8 [N, K/2], scale_zero [N, K/group, 2])`` (see the module doc)."""
     N, K = weight.shape
-    if K % group or group % 2:
+    if K % group or group % 8:
         raise ValueError(f"int4: {K} input columns are not a multiple of the group size {group}")
     w = weight.detach().float().reshape(N, K // group, group)
     lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
     scale = ((hi - lo) / 15).clamp(min=torch.finfo(torch.float32).tiny)
     # the stored (rounded) scale and zero are the ones the codes are chosen for
     scale, zero = scale.to(weight.dtype).float(), lo.to(weight.dtype).float()
-    q = ((w - zero) / scale).round().clamp(0, 15).to(torch.uint8).reshape(N, K)
-    packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    q = ((w - zero) / scale).round().clamp(0, 15).to(torch.uint8)  # [N, G, group]
+    q = q.reshape(N, K // group, 4, group // 8, 2)  # [N, G, byte p, word j, nibble]: pair p * group/8 + j
+    packed = (q[..., 0] | (q[..., 1] << 4)).transpose(-1, -2).reshape(N, K // 2).contiguous()  # [.., j, p]
     scale_zero = torch.cat([scale, zero], dim=-1).to(weight.dtype)
-    return packed.contiguous(), scale_zero.contiguous()
+    return packed, scale_zero.contiguous()
 
 
-def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
-    """The codes 0..15 of ``packed [N, K/2]``, as uint8 ``[N, K]``."""
-    return torch.stack([packed & 15, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+def unpack_codes(packed: torch.Tensor, group: int) -> torch.Tensor:
+    """The codes 0..15 of ``packed [N, K/2]`` (groups of ``group`` columns), as uint8 ``[N, K]``."""
+    N = packed.shape[0]
+    b = packed.reshape(N, -1, group // 8, 4).transpose(-1, -2)  # [N, G, byte p, word j]: pair p * group/8 + j
+    return torch.stack([b & 15, b >> 4], dim=-1).reshape(N, -1)  # low nibble first
 
 
 def dequantize(packed: torch.Tensor, scale_zero: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The weight ``[N, K]`` the packed codes stand for (in ``dtype``; scale_zero's by default)."""
     N, G = scale_zero.shape[:2]
-    q = unpack_codes(packed).reshape(N, G, -1).float()
+    q = unpack_codes(packed, 2 * packed.shape[1] // G).reshape(N, G, -1).float()
     sz = scale_zero.float()  # in float32, as the GEMV computes, then rounded once
     return (q * sz[..., :1] + sz[..., 1:]).reshape(N, -1).to(dtype or scale_zero.dtype)
 
@@ -81,46 +88,79 @@ def dequantize(packed: torch.Tensor, scale_zero: torch.Tensor, dtype: torch.dtyp
 # ---- the GEMV ----------------------------------------------------------------------------------
 
 if triton is not None:
-    _CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-                for n, k, w, s in ((4, 512, 4, 3), (8, 512, 4, 3), (8, 256, 4, 4), (16, 256, 4, 3), (4, 1024, 4, 2),
-                                   (8, 1024, 8, 2), (16, 512, 8, 3), (2, 1024, 4, 3), (4, 256, 2, 4))]
+    def launch_config(n: int, k: int) -> dict:
+        """Rows and columns per program, warps and stages for an ``[n, k]`` weight: chosen from every
+        configuration timed per shape with cold weights (``benchmarks/int4_sweep.py``, H200, session 9), not
+        by Triton's autotuner, which times one weight over and over from the L2 (50 MB holds a 7B layer's
+        largest) and picked configurations 5% slower on the weights of a real step; it also costs nothing
+        at start-up. Many output rows: 16 rows x 1024 columns, 4 warps (Q/K/V 16.3 us, gate/up 26.4 us);
+        otherwise 4 x 2048, 4 warps (o_proj 7.8 us, down 18.4 us)."""
+        if n >= 8192 and k <= 8192:
+            return {"BLOCK_N": 16, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2}
+        return {"BLOCK_N": 4, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 1}
 
-    @triton.autotune(configs=_CONFIGS, key=["N", "K"])
     @triton.jit
-    def _int4_gemv_kernel(x_ptr, w_ptr, sz_ptr, y_ptr, N, K, stride_xm, stride_ym,
+    def _int4_gemv_kernel(x_ptr, w_ptr, sz_ptr, y_ptr, N, KW, stride_xm, stride_ym, MASK, ONE, HIGH,
                           GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """y[m, n] = sum_k x[m, k] * (q[n, k] * scale[n, k // GROUP] + zero[n, k // GROUP]) for one row m
-        (program axis 1) and BLOCK_N outputs (axis 0), in float32.
+        (program axis 1) and BLOCK_N outputs (axis 0), in float32. ``x_ptr``: bf16 x, read as int32 pairs
+        (``stride_xm`` in pairs); ``w_ptr``: the packed bytes, read as int32 words (``KW`` = K / 8 per row),
+        in the module doc's interleaved order. ``MASK``, ``ONE``, ``HIGH`` = 0x780000, 0x3F800000, 0xFFFF0000: arguments, not
+        literals, so that the compiler keeps them in registers (as literals it re-made one per weight).
 
-        The tile is [BLOCK_N rows, NG groups, GROUP/2 bytes]: the scales and zeros load as [BLOCK_N, NG]
-        and broadcast along the bytes in registers, products accumulate element-wise, and the one
-        reduction comes after the loop (a reduction per step cost shuffles that made an earlier
-        version of this kernel slower than tinygemm)."""
-        GH: tl.constexpr = GROUP // 2
+        Written for few instructions per weight: instructions, not memory, bounded session 8's versions
+        (Nsight Compute: 6.8 per weight, the issue slots half busy, DRAM at 23%):
+        - no integer-to-float conversions (a quarter of the FP32 rate): a shift moves a nibble to
+          mantissa bits 19-22 and one AND/OR makes the float ``f = 1 + q / 16`` exactly;
+        - the scale and zero come out of the inner sum: per group, ``sum q x * s + sum x * z`` is
+          ``16 s * sum f x + (z - 16 s) * sum x``, so a weight costs a shift, an AND/OR and one FMA;
+        - x is read as bf16 pairs in the words' own tile (the same addresses for every row, so the
+          compiler loads and converts them once per thread), and a pair becomes two floats by a shift
+          and a mask (bf16 is float32's high half).
+        The tile is [BLOCK_N rows, NG groups, GROUP/8 words]; per step the products reduce over the words
+        of each group, and the per-group sums accumulate in [BLOCK_N, NG], reduced once at the end."""
+        GW: tl.constexpr = GROUP // 8
         NG: tl.constexpr = BLOCK_K // GROUP
+        x_ptr = x_ptr.to(tl.pointer_type(tl.int32))  # bf16 pairs
+        w_ptr = w_ptr.to(tl.pointer_type(tl.int32))  # the packed bytes as words
         m = tl.program_id(1)
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = rn < N
-        G = K // GROUP
+        G = KW // GW
         rg = tl.arange(0, NG)
-        rb = tl.arange(0, GH)
-        acc = tl.zeros([BLOCK_N, NG, GH], dtype=tl.float32)
+        rw = tl.arange(0, GW)
+        acc = tl.zeros([BLOCK_N, NG], dtype=tl.float32)
         for g0 in range(0, G, NG):
             g = g0 + rg  # [NG] groups of this step
             g_ok = g < G
-            byte = g[:, None] * GH + rb[None, :]  # [NG, GH] byte columns of a row
+            word = g[:, None] * GW + rw[None, :]  # [NG, GW] word columns of a row
             ok = n_ok[:, None, None] & g_ok[None, :, None]
-            w = tl.load(w_ptr + rn[:, None, None] * (K // 2) + byte[None, :, :], mask=ok, other=0)
-            xe = tl.load(x_ptr + m * stride_xm + 2 * byte, mask=g_ok[:, None], other=0.0).to(tl.float32)
-            xo = tl.load(x_ptr + m * stride_xm + 2 * byte + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + rn[:, None, None] * KW + word[None, :, :], mask=ok, other=0)
+            pair = x_ptr + m * stride_xm + g[:, None] * (GROUP // 2) + rw[None, :]  # [NG, GW]: pair p * GW + j
+            pair3 = pair[None, :, :] + 0 * rn[:, None, None]  # the words' tile: x loads in their layout
+            x_ok = tl.broadcast_to(g_ok[None, :, None], [BLOCK_N, NG, GW])  # the same for every row
+            fx = tl.zeros([BLOCK_N, NG, GW], dtype=tl.float32)
+            xsum = tl.zeros([NG, GW], dtype=tl.float32)
+            for p in tl.static_range(4):
+                xp = tl.load(pair3 + p * GW, mask=x_ok, other=0)
+                if 8 * p < 19:  # nibble 2p (the pair's first column) to bits 19-22
+                    t = w << (19 - 8 * p)
+                else:
+                    t = w >> (8 * p - 19)  # arithmetic shift: the sign's copies land above bit 22, masked off
+                fx += ((t & MASK) | ONE).to(tl.float32, bitcast=True) * (xp << 16).to(tl.float32, bitcast=True)
+                if 8 * p + 4 < 19:  # nibble 2p + 1 (the second column)
+                    t = w << (15 - 8 * p)
+                else:
+                    t = w >> (8 * p - 15)
+                fx += ((t & MASK) | ONE).to(tl.float32, bitcast=True) * (xp & HIGH).to(tl.float32, bitcast=True)
+                x2 = tl.load(pair + p * GW, mask=g_ok[:, None], other=0)
+                xsum += (x2 << 16).to(tl.float32, bitcast=True) + (x2 & HIGH).to(tl.float32, bitcast=True)
             at = sz_ptr + rn[:, None] * (2 * G) + 2 * g[None, :]
             sz_ok = n_ok[:, None] & g_ok[None, :]
-            s = tl.load(at, mask=sz_ok, other=0.0).to(tl.float32)[:, :, None]
-            z = tl.load(at + 1, mask=sz_ok, other=0.0).to(tl.float32)[:, :, None]
-            lo = (w & 15).to(tl.float32) * s + z
-            hi = (w >> 4).to(tl.float32) * s + z
-            acc += lo * xe[None, :, :] + hi * xo[None, :, :]
-        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+            s16 = tl.load(at, mask=sz_ok, other=0.0).to(tl.float32) * 16.0
+            z = tl.load(at + 1, mask=sz_ok, other=0.0).to(tl.float32)
+            acc += s16 * tl.sum(fx, axis=2) + (z - s16) * tl.sum(xsum, axis=1)[None, :]
+        y = tl.sum(acc, axis=1)
         tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
     @torch.library.triton_op("vidqa::int4_gemv", mutates_args=())
@@ -129,26 +169,32 @@ if triton is not None:
         M, K = x.shape
         N, G = scale_zero.shape[:2]
         y = torch.empty(M, N, device=x.device, dtype=x.dtype)
-        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), M)  # noqa: E731
-        torch.library.wrap_triton(_int4_gemv_kernel)[grid](x, packed, scale_zero, y, N, K, x.stride(0), y.stride(0),
-                                                           GROUP=K // G)
+        meta = launch_config(N, K)
+        grid = (triton.cdiv(N, meta["BLOCK_N"]), M)
+        torch.library.wrap_triton(_int4_gemv_kernel)[grid](*gemv_args(x, packed, scale_zero, y), GROUP=K // G, **meta)
         return y
 else:
     int4_gemv = None
 
 
+def gemv_args(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, y: torch.Tensor) -> tuple:
+    """The GEMV kernel's positional arguments for ``y = x @ W.T`` (x bf16 [M, K], contiguous rows). The kernel
+    reads x as int32 pairs and the codes as int32 words through its own pointer casts: a ``Tensor.view(dtype)``
+    here became, under torch.compile, a copy of every weight on every decode step (session 9's profile)."""
+    return (x, packed, scale_zero, y, packed.shape[0], packed.shape[1] // 4, x.stride(0) // 2, y.stride(0),
+            0x780000, 0x3F800000, -65536)
+
+
 def gemv_ok(x: torch.Tensor, packed: torch.Tensor) -> bool:
     """Whether ``F.linear(x, Int4Tensor)`` runs the GEMV: CUDA, Triton, few rows, contiguous packed rows."""
     return (int4_gemv is not None and x.is_cuda and 0 < x.numel() // x.shape[-1] <= GEMV_ROWS
-            and packed.stride(-1) == 1 and x.dtype in (torch.bfloat16, torch.float16, torch.float32))
+            and packed.stride(-1) == 1 and x.dtype == torch.bfloat16)
 
 
 def linear(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, bias: torch.Tensor | None = None):
     """``F.linear(x, dequantize(packed, scale_zero), bias)``, by the GEMV where ``gemv_ok``."""
     if gemv_ok(x, packed):
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.stride(-1) != 1:
-            rows = rows.contiguous()
+        rows = x.reshape(-1, x.shape[-1]).contiguous()  # the kernel reads bf16 pairs as int32
         y = int4_gemv(rows, packed, scale_zero.contiguous()).reshape(*x.shape[:-1], packed.shape[0])
         return y if bias is None else y + bias
     rows = max(1, CHUNK // (2 * packed.shape[1]))

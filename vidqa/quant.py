@@ -10,13 +10,14 @@ pre-fusion layers (the vision tower, projector, compressor, embeddings and ``lm_
 - ``int8``: int8 weights with one scale per output row, activations as loaded (decode is
   bandwidth-bound: half the bytes of bf16). CPU and GPU.
 - ``int4``: 4-bit weights, one scale (and zero point) per group of input columns. On CUDA, by what the
-  layers mostly run (measured on an H200 at 7B shapes, benchmarks/NOTES.md, session 8):
+  layers mostly run (measured on an H200 at 7B shapes, benchmarks/NOTES.md, sessions 8 and 9):
   - layers that compress frames (VoCo's LLM, LLaVA-Mini's pre-fusion layers: thousands of rows per
     matmul): ``vidqa.int4`` (dequantise + the dtype's matmul; a Triton GEMV at one row). VoCo-7B
     compression 21-25 ms/frame against 249 with torchao's tinygemm, LLaVA-Mini-8B 5-6 against 41.
   - layers that only prefill a question and decode (LLaVA-Mini's LLM): torchao's tinygemm
-    (``tile_packed_to_4d``, group 128, bf16 only), the faster one-row kernel: 2.29 ms for a 7B decode
-    step's matmuls against 3.07 for vidqa's GEMV (whole compiled step: 2.98 against 3.9-4.2 ms/token).
+    (``tile_packed_to_4d``, group 128, bf16 only). vidqa's GEMV now matches it on a 7B step's matmuls alone
+    (2.22 against 2.31 ms), but the whole compiled decode step is still faster with tinygemm (2.99 against
+    3.12 ms/token), and tinygemm also prefills without dequantising.
   On the CPU, the torchao version this was built on (0.18) has no 4-bit CPU kernel for a stock torch build
   (its ``plain`` layout needs the ``mslk`` package, ``plain_int32`` is XPU/NPU only), so the CPU uses
   torchao's portable ``IntxWeightOnlyConfig(int4, PerGroup(32))``: the same int4 arithmetic, stored one
