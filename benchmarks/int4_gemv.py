@@ -26,8 +26,8 @@ Formulations of ``y = x @ dequant(w).T`` (each in plain torch ops; eager and com
 Implementations (``--impls``): ``bf16`` (F.linear, cuBLAS), ``torchao`` (``vidqa.quant.torchao_weight``:
 tinygemm on CUDA; on the CPU torchao's portable IntxWeightOnlyConfig, group 32), ``vidqa`` and
 ``vidqa_compile`` (``vidqa.int4``: its Triton GEMV on CUDA, built after session 8's run of this file showed
-that neither torchao nor inductor comes near the bandwidth; its dequantise + matmul on the CPU; session 8's int32-pairs split-K
-kernel, 3.47 ms/step in session 9, was removed), ``gemlite`` (GemLite's
+that neither torchao nor inductor comes near the bandwidth; its dequantise + matmul on the CPU; session 8's
+int32-pairs split-K kernel, 3.47 ms/step in session 9, was removed), ``gemlite`` (GemLite's
 Triton kernels on the same codes, group 128; CUDA only, the ``gemlite`` package), and
 ``<formulation>_<mode>`` with mode ``eager``, ``compile`` (``torch.compile(dynamic=False)``), ``cd`` (that
 plus inductor's ``coordinate_descent_tuning``, as gpt-fast sets it) or ``autotune``

@@ -171,7 +171,8 @@ def test_gemv_on_the_gpu_equals_the_dequantised_product(n, k, rows):
 
 @pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
                     reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("n,k,block_n,block_k", [(48, 256, 16, 256), (40, 384, 16, 256), (16, 640, 8, 512), (12, 96, 4, 64)])
+@pytest.mark.parametrize("n,k,block_n,block_k",
+                         [(48, 256, 16, 256), (40, 384, 16, 256), (16, 640, 8, 512), (12, 96, 4, 64)])
 def test_gemv_kernel_in_the_interpreter_equals_the_dequantised_product(n, k, block_n, block_k):
     w = weights(n, k)
     packed, scale_zero = int4.pack(w, int4.group_for(k))

@@ -105,8 +105,9 @@ if triton is not None:
         """y[m, n] = sum_k x[m, k] * (q[n, k] * scale[n, k // GROUP] + zero[n, k // GROUP]) for one row m
         (program axis 1) and BLOCK_N outputs (axis 0), in float32. ``x_ptr``: bf16 x, read as int32 pairs
         (``stride_xm`` in pairs); ``w_ptr``: the packed bytes, read as int32 words (``KW`` = K / 8 per row),
-        in the module doc's interleaved order. ``MASK``, ``ONE``, ``HIGH`` = 0x780000, 0x3F800000, 0xFFFF0000: arguments, not
-        literals, so that the compiler keeps them in registers (as literals it re-made one per weight).
+        in the module doc's interleaved order. ``MASK``, ``ONE``, ``HIGH`` = 0x780000, 0x3F800000, 0xFFFF0000:
+        arguments, not literals, so that the compiler keeps them in registers (as literals it re-made one per
+        weight).
 
         Written for few instructions per weight: instructions, not memory, bounded session 8's versions
         (Nsight Compute: 6.8 per weight, the issue slots half busy, DRAM at 23%):
@@ -114,9 +115,9 @@ if triton is not None:
           mantissa bits 19-22 and one AND/OR makes the float ``f = 1 + q / 16`` exactly;
         - the scale and zero come out of the inner sum: per group, ``sum q x * s + sum x * z`` is
           ``16 s * sum f x + (z - 16 s) * sum x``, so a weight costs a shift, an AND/OR and one FMA;
-        - x is read as bf16 pairs in the words' own tile (the same addresses for every row, so the
-          compiler loads and converts them once per thread), and a pair becomes two floats by a shift
-          and a mask (bf16 is float32's high half).
+        - x is read as bf16 pairs through a pointer tile of the words' own shape (the same addresses for
+          every row), so it loads in the words' layout with no conversion through shared memory, and a pair
+          becomes two floats by a shift and a mask (bf16 is float32's high half).
         The tile is [BLOCK_N rows, NG groups, GROUP/8 words]; per step the products reduce over the words
         of each group, and the per-group sums accumulate in [BLOCK_N, NG], reduced once at the end."""
         GW: tl.constexpr = GROUP // 8
