@@ -213,6 +213,7 @@ def attention_part(batch: int) -> dict:
     cases = {"llm_causal": (32, 579, 128, True, 32), "clip_full": (16, 577, 64, False, 24)}
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                 "cudnn": SDPBackend.CUDNN_ATTENTION}
+    cudnn_was = torch.backends.cuda.cudnn_sdp_enabled()  # vidqa turns it off (fast.plan_free_attention)
     torch.backends.cuda.enable_cudnn_sdp(True)
     out: dict = {}
     for name, (heads, seq, dim, causal, layers) in cases.items():
@@ -228,7 +229,7 @@ def attention_part(batch: int) -> dict:
             except Exception as e:
                 out[name][bname] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
         print("fp8 attention", name, json.dumps(out[name]), flush=True)
-    torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.backends.cuda.enable_cudnn_sdp(cudnn_was)
     return out
 
 

@@ -10,8 +10,8 @@ the decode step (``StaticDecoder``, compiled, in a CUDA graph) is timed under ea
 generated kernels, as gpt-fast sets it) and ``max_autotune`` (``mode="max-autotune-no-cudagraphs"``).
 Reports ms/token (median of repeats) and the bandwidth floor of the bytes one step reads.
 ``--format tinygemm`` gives the LLM torchao's tinygemm instead of what vidqa ships for VoCo (``vidqa.int4``),
-``--profile`` adds the GPU time of one token by kernel (the torch profiler over the timed decoder's tokens):
-where a step's time goes beyond its matmuls.
+``--profile`` adds the GPU time per decode step by kernel (a whole answer's profile less its prefill and
+first token): where a step's time goes beyond its matmuls.
 """
 
 from __future__ import annotations
@@ -108,20 +108,15 @@ def kernels_per_token(run_all, run_one, tokens: int) -> dict:
     """GPU microseconds per decode step by kernel name, largest first, with their sum as ``total``: the
     profile of a whole answer (``tokens`` tokens) less that of its prefill and first token, over the
     ``tokens - 1`` steps between."""
-    from torch.profiler import ProfilerActivity, profile
+    from voco_speed import gpu_us_by_kernel
 
-    def by_kernel(fn) -> dict:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            fn()
-            torch.cuda.synchronize()
+    def by_name(fn) -> dict:  # names cut to 90 characters (C++ template names run to hundreds)
         out: dict = {}
-        for e in prof.key_averages():
-            t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-            if t and e.key and not e.key.startswith(("ProfilerStep", "aten::", "cuda")):
-                out[e.key[:90]] = out.get(e.key[:90], 0.0) + t
+        for name, us in gpu_us_by_kernel(fn).items():
+            out[name[:90]] = out.get(name[:90], 0.0) + us
         return out
 
-    full, first = by_kernel(run_all), by_kernel(run_one)
+    full, first = by_name(run_all), by_name(run_one)
     steps = {k: (v - first.get(k, 0.0)) / max(1, tokens - 1) for k, v in full.items()}
     steps = {k: round(v, 2) for k, v in sorted(steps.items(), key=lambda kv: -kv[1]) if v > 0.005}
     return {"total": round(sum(steps.values()), 2), **steps}

@@ -130,16 +130,24 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
-def profile_compress(qa, frames, batch: int) -> dict:
-    """GPU time per frame by kernel kind, for one compression call (its frames in batches of ``batch``)."""
+def gpu_us_by_kernel(fn) -> dict[str, float]:
+    """GPU microseconds of each kernel (and copy) that one call of ``fn`` launches, by name (the profiler)."""
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        qa.compress(frames, batch_size=batch)
+        fn()
         sync()
-    kinds: dict[str, float] = {}
+    out: dict[str, float] = {}
     for e in prof.key_averages():
         t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
         if t and e.key and not e.key.startswith(("ProfilerStep", "aten::", "cuda")):
-            kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + t / 1000  # us -> ms
+            out[e.key] = out.get(e.key, 0.0) + t
+    return out
+
+
+def profile_compress(qa, frames, batch: int) -> dict:
+    """GPU time per frame by kernel kind, for one compression call (its frames in batches of ``batch``)."""
+    kinds: dict[str, float] = {}
+    for name, us in gpu_us_by_kernel(lambda: qa.compress(frames, batch_size=batch)).items():
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + us / 1000  # us -> ms
     n = len(frames.pixels)
     return {k: round(v / n, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
 
