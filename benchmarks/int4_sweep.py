@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from int4_gemv import PEAK_BYTES, cuda_median_ms, graph_of, shapes  # noqa: E402
+from int4_gemv import PEAK_BYTES, cuda_median_ms, graph_of, random_weights, shapes  # noqa: E402
+from int4_sass import parse_config  # noqa: E402
 
 from vidqa import int4  # noqa: E402
 
@@ -51,12 +52,8 @@ def launcher(x, packed, scale_zero, y, config):
 
 
 def weights(n, k, count, device, seed):
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    for _ in range(count):
-        w = (torch.randn(n, k, generator=gen, device=device) * 0.02).to(torch.bfloat16)
-        out.append(int4.pack(w, 128))
-    return out
+    """``count`` random bf16 weights (``int4_gemv.random_weights``) in vidqa.int4's format."""
+    return [int4.pack(w, 128) for w in random_weights(n, k, count, device, seed)]
 
 
 def main() -> None:
@@ -65,19 +62,23 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--only", default=None, help="BLOCK_N,BLOCK_K,warps,stages: launch it 3 times (for ncu)")
-    ap.add_argument("--shape", default="gate_up")
+    ap.add_argument("--shape", default="gate_up", choices=tuple(shapes(4096, 11008)))
     ap.add_argument("--budget-s", type=float, default=240)
     args = ap.parse_args()
+    try:
+        only = parse_config(args.only) if args.only else None
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if not torch.cuda.is_available() or int4.triton is None:
         sys.exit("int4_sweep needs a CUDA GPU and Triton")
     dev = torch.device("cuda")
     dims = shapes(4096, 11008)
-    if args.only:
+    if only:
         k, n = dims[args.shape]
         packed, sz = weights(n, k, 1, dev, 0)[0]
         x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
         y = torch.empty(1, n, device=dev, dtype=torch.bfloat16)
-        call = launcher(x, packed, sz, y, tuple(int(v) for v in args.only.split(",")))
+        call = launcher(x, packed, sz, y, only)
         for _ in range(3):
             call()
         torch.cuda.synchronize()

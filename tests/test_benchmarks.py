@@ -250,3 +250,19 @@ def test_int4_sweep_says_it_needs_a_gpu_on_a_cpu():
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "int4_sweep.py")], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode != 0 and "int4_sweep needs a CUDA GPU and Triton" in proc.stderr
+
+
+def test_int4_sass_counts_the_gemv_loop_compiled_for_sm90(tmp_path):
+    """benchmarks/int4_sass.py compiles vidqa.int4's kernel for sm_90 without a GPU and counts its loop."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "int4_sass.py"), "--config", "16,256,1,2",
+                           "--out", str(tmp_path / "r.json")], cwd=REPO, capture_output=True, text=True, env=env)
+    if proc.returncode and "ptxas" in proc.stderr:
+        pytest.skip("this Triton cannot compile for sm_90 here")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads((tmp_path / "r.json").read_text())["configs"]["16,256,1,2"]
+    assert r["weights_per_thread_per_step"] == 16 * 256 // 32
+    # each weight needs at least a shift, an AND/OR and an FMA; a loop with none of them was not found right
+    assert 3 <= r["instructions_per_weight"] < 10 and r["top"].get("FFMA", 0) >= 128
+    assert line(proc.stdout, "int4 sass 16,256,1,2")
