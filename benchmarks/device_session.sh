@@ -250,5 +250,69 @@ x = torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16)
     timeout "$(left 150)" python3 benchmarks/int4_decode.py --variants default --profile \
       --out $R/int4_decode9_shipped.json > $R/int4_decode9_shipped.log 2>&1; pack
     wait; pack; grep -h "int4 decode" $R/int4_decode9_*.log | cut -c1-600; grep "^mini" $R/mini_int4_9.log | cut -c1-900 ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19"; exit 2 ;;
+  s20)  # nvidia-h200 (one GPU), session 9's last minutes: vidqa.int4's one-kernel dequantisation: the GPU tests,
+         # then VoCo-7B int4 compression (eager; the wide matmuls dequantise) and agreement
+    end=$((SECONDS + ${DEADLINE:-170}))
+    timeout "$(left 60)" python3 -m pytest -q -p no:cacheprovider tests/test_int4.py > $R/int4_tests10.log 2>&1; head -n 1 $R/int4_tests10.log
+    timeout "$(left 150)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes --out $R/quant_int4_10.json \
+      > $R/quant_int4_10.log 2>&1; pack s20; grep "^int4" $R/quant_int4_10.log | cut -c1-500 ;;
+  s21)  # nvidia-h200, session 10's first call: the GPU tests of int4 and decode attention; the split-K decode
+         # attention against SDPA; every configuration of the tensor-core GEMV per shape; the decode step with
+         # both; VoCo-7B int4 compression with the one-kernel dequantisation
+    end=$((SECONDS + ${DEADLINE:-560}))
+    timeout "$(left 90)" python3 -m pytest -q -p no:cacheprovider tests/test_int4.py tests/test_attention.py \
+      > $R/gpu_tests10.log 2>&1; tail -n 3 $R/gpu_tests10.log
+    timeout "$(left 60)" python3 benchmarks/decode_attention.py --out $R/decode_attention10.json \
+      > $R/decode_attention10.log 2>&1; pack; grep -v Warn $R/decode_attention10.log | tail -n 14 | cut -c1-250
+    timeout "$(left 150)" python3 benchmarks/int4_sweep.py --kernel mma --budget-s 120 --out $R/int4_sweep10.json \
+      > $R/int4_sweep10.log 2>&1; pack; grep "int4 sweep" $R/int4_sweep10.log | cut -c1-400
+    timeout "$(left 130)" python3 benchmarks/int4_decode.py --variants default --kernel mma --profile \
+      --out $R/int4_decode10.json > $R/int4_decode10.log 2>&1; pack; grep "int4 decode" $R/int4_decode10.log | cut -c1-700
+    timeout "$(left 150)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes --out $R/quant_int4_10.json \
+      > $R/quant_int4_10.log 2>&1; pack; grep "^int4" $R/quant_int4_10.log | cut -c1-500 ;;
+  s22)  # nvidia-h200, session 10's second call: the GPU tests (int4, decode attention, the graph decoder); the
+         # tensor-core GEMV with the warps splitting K, every configuration per shape; the decode step with
+         # session 9's GEMV and the split-K attention, profiled
+    end=$((SECONDS + ${DEADLINE:-500}))
+    timeout "$(left 120)" python3 -m pytest -q -p no:cacheprovider tests/test_int4.py tests/test_attention.py \
+      tests/test_generate.py > $R/gpu_tests10b.log 2>&1; grep -E "passed|failed|^FAILED" $R/gpu_tests10b.log | tail -n 6
+    timeout "$(left 170)" python3 benchmarks/int4_sweep.py --kernel mma --budget-s 140 --out $R/int4_sweep10b.json \
+      > $R/int4_sweep10b.log 2>&1; pack; grep "int4 sweep" $R/int4_sweep10b.log | cut -c1-400
+    timeout "$(left 160)" python3 benchmarks/int4_decode.py --variants default --kernel fma --profile \
+      --out $R/int4_decode10b.json > $R/int4_decode10b.log 2>&1; pack; grep "int4 decode" $R/int4_decode10b.log | cut -c1-900 ;;
+  s23)  # nvidia-h200, session 10's third call: the GPU tests with the GEMV chosen by shape; the decode attention at
+         # fixed splits (one kernel or two); the decode step with both GEMVs by shape, profiled; bf16 and int4
+         # VoCo-7B (compression, agreement, decode with and without torch.compile)
+    end=$((SECONDS + ${DEADLINE:-520}))
+    timeout "$(left 70)" python3 -m pytest -q -p no:cacheprovider tests/test_int4.py > $R/gpu_tests10c.log 2>&1
+    grep -E "passed|failed|^FAILED" $R/gpu_tests10c.log | tail -n 4
+    timeout "$(left 80)" python3 benchmarks/decode_attention.py --config 1,64,4,2 --config 2,64,4,2 --config 4,64,4,2 \
+      --config 4,32,4,2 --config 8,32,4,2 --config 1,128,8,2 --out $R/decode_attention10c.json \
+      > $R/decode_attention10c.log 2>&1; pack; grep -v Warn $R/decode_attention10c.log | tail -n 14 | cut -c1-400
+    timeout "$(left 130)" python3 benchmarks/int4_decode.py --variants default --kernel auto --profile \
+      --out $R/int4_decode10c.json > $R/int4_decode10c.log 2>&1; pack; grep "int4 decode" $R/int4_decode10c.log | cut -c1-900
+    timeout "$(left 240)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes --compile \
+      --out $R/quant_int4_10c.json > $R/quant_int4_10c.log 2>&1; pack; grep "^int4\|^none" $R/quant_int4_10c.log | cut -c1-300 ;;
+  s24)  # nvidia-h200, session 10's fourth call: the one-kernel decode step attention (new K/V written, the combine
+         # by the last program): GPU tests, the attention benchmark, the int4 decode step profiled, bf16 and int4
+         # VoCo-7B with and without torch.compile
+    end=$((SECONDS + ${DEADLINE:-470}))
+    timeout "$(left 110)" python3 -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_generate.py \
+      tests/test_int4.py > $R/gpu_tests10d.log 2>&1; grep -E "passed|failed|^FAILED" $R/gpu_tests10d.log | tail -n 6
+    timeout "$(left 60)" python3 benchmarks/decode_attention.py --out $R/decode_attention10d.json \
+      > $R/decode_attention10d.log 2>&1; pack; grep -v Warn $R/decode_attention10d.log | tail -n 12 | cut -c1-400
+    timeout "$(left 110)" python3 benchmarks/int4_decode.py --variants default --profile \
+      --out $R/int4_decode10d.json > $R/int4_decode10d.log 2>&1; pack; grep "int4 decode" $R/int4_decode10d.log | cut -c1-900
+    timeout "$(left 220)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes --compile \
+      --out $R/quant_int4_10d.json > $R/quant_int4_10d.log 2>&1; pack; grep "^int4\|^none" $R/quant_int4_10d.log | cut -c1-300 ;;
+  s25)  # nvidia-h200, session 10's last call: int4 decoder layers as four fused kernels (norm, gated activation
+         # and residual add in the GEMVs): the GPU tests, the decode step profiled, bf16 and int4 VoCo-7B
+    end=$((SECONDS + ${DEADLINE:-430}))
+    timeout "$(left 100)" python3 -m pytest -q -p no:cacheprovider tests/test_int4.py tests/test_generate.py \
+      tests/test_attention.py > $R/gpu_tests10e.log 2>&1; grep -E "passed|failed|^FAILED" $R/gpu_tests10e.log | tail -n 8
+    timeout "$(left 110)" python3 benchmarks/int4_decode.py --variants default --profile \
+      --out $R/int4_decode10e.json > $R/int4_decode10e.log 2>&1; pack; grep "int4 decode" $R/int4_decode10e.log | cut -c1-900
+    timeout "$(left 220)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes --compile \
+      --out $R/quant_int4_10e.json > $R/quant_int4_10e.log 2>&1; pack; grep "^int4\|^none" $R/quant_int4_10e.log | cut -c1-300 ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25"; exit 2 ;;
 esac

@@ -6,7 +6,8 @@
 torchao int4 weight-only (``vidqa.quant``, group 128) on the LLM's layers; the 64-frame context is
 compressed in bf16 first (the decode step's time does not depend on where the cache came from). Then
 the decode step (``StaticDecoder``, compiled, in a CUDA graph) is timed under each variant:
-``default`` (what vidqa does), ``coordinate_descent`` (inductor's coordinate-descent tuning of its
+``default`` (what vidqa does), ``fused`` (the same with the fused layers of ``vidqa.int4.linear_fused``,
+which vidqa uses only uncompiled), ``coordinate_descent`` (inductor's coordinate-descent tuning of its
 generated kernels, as gpt-fast sets it) and ``max_autotune`` (``mode="max-autotune-no-cudagraphs"``).
 Reports ms/token (median of repeats) and the bandwidth floor of the bytes one step reads.
 ``--format tinygemm`` gives the LLM torchao's tinygemm instead of what vidqa ships for VoCo (``vidqa.int4``),
@@ -44,13 +45,17 @@ def main() -> None:
     ap.add_argument("--format", choices=("shipped", "tinygemm"), default="shipped",
                     help="the LLM's int4 kernels: as vidqa ships them for VoCo, or torchao's tinygemm")
     ap.add_argument("--profile", action="store_true", help="GPU time per token by kernel (CUDA)")
+    ap.add_argument("--kernel", choices=("auto", "mma", "fma"), default=None,
+                    help="vidqa.int4 GEMV: by shape, the tensor-core kernel or the FMA kernel (default: vidqa's, auto)")
     args = ap.parse_args()
     import voco_speed
     from quant_speed import fused_bytes
 
-    from vidqa import quant
+    from vidqa import int4, quant
     from vidqa.generate import DecodeStats, GenerationConfig, StaticDecoder, generate
 
+    if args.kernel:
+        int4.KERNEL = args.kernel
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -67,6 +72,7 @@ def main() -> None:
     cap = 256 * -(-(frames + len(qa.method.prompt_ids(question)) + args.tokens) // 256)
     read = fused_bytes(qa.llm)
     res = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "frames": frames,
+           "format": args.format, "kernel": int4.KERNEL,
            "bytes_per_token": read, "floor_ms_per_token": 1000 * read / PEAK_BYTES, "variants": {}}
 
     def run(decoder, config=gen):
@@ -84,8 +90,9 @@ def main() -> None:
             elif name == "max_autotune":
                 d = StaticDecoder(qa.llm, cap, compile=False)
                 d._run = torch.compile(d._step, dynamic=False, mode="max-autotune-no-cudagraphs")
-            else:
+            else:  # "fused": with vidqa.int4's fused layers (int4.linear_fused), which vidqa leaves off when compiled
                 d = StaticDecoder(qa.llm, cap, compile=True)
+                d.fuse_int4 = name == "fused"
             run(d)
             ms = statistics.median(run(d).ms_per_token for _ in range(args.repeats))
             res["variants"][name] = {"ms_per_token": ms, "share_of_bandwidth": res["floor_ms_per_token"] / ms}

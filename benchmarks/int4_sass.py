@@ -4,6 +4,7 @@ with no GPU: the count session 9 used to choose between versions of the kernel.
     python benchmarks/int4_sass.py                        # the launch configurations vidqa uses, 7B shapes
     python benchmarks/int4_sass.py --config 16,256,1,2    # BLOCK_N,BLOCK_K,warps,stages
     python benchmarks/int4_sass.py --out sass.json
+    python benchmarks/int4_sass.py --kernel mma           # the tensor-core kernel at its configurations
 
 Why: Nsight Compute showed the kernel bounded by the instructions it issues, not by memory (benchmarks/NOTES.md,
 session 9), and the compiled code can be counted without a GPU: Triton compiles for sm_90 with its own ptxas
@@ -29,21 +30,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SHAPES = {"qkv": (12288, 4096), "o_proj": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}  # (N, K)
 SIGNATURE = {"x_ptr": "*bf16", "w_ptr": "*u8", "sz_ptr": "*bf16", "y_ptr": "*bf16", "N": "i32", "KW": "i32",
-             "stride_xm": "i32", "stride_ym": "i32", "MASK": "i32", "ONE": "i32", "HIGH": "i32",
-             "GROUP": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
+             "stride_xm": "i32", "stride_ym": "i32", "MASK": "i32", "ONE": "i32", "HIGH": "i32", "res_ptr": "*bf16",
+             "stride_rm": "i32", "GROUP": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
+             "RESID": "constexpr"}
 
 
-def sass(block_n: int, block_k: int, warps: int, stages: int, group: int = 128) -> str:
-    """The kernel's SASS for sm_90 at one launch configuration."""
+MMA_SIGNATURE = {"x_ptr": "*bf16", "w_ptr": "*u8", "sz_ptr": "*bf16", "y_ptr": "*bf16", "N": "i32", "K": "i32",
+                 "stride_xm": "i32", "stride_ym": "i32", "nw_ptr": "*bf16", "eps": "fp32", "res_ptr": "*bf16",
+                 "stride_rm": "i32", "GROUP": "constexpr", "BLOCK_N": "constexpr", "KS": "constexpr",
+                 "ASM": "constexpr", "NORM": "constexpr", "GLU": "constexpr", "RESID": "constexpr"}
+
+
+def sass(block_n: int, block_k: int, warps: int, stages: int, group: int = 128, kernel: str = "fma") -> str:
+    """The kernel's SASS for sm_90 at one launch configuration (for ``mma``, ``block_k`` is KS, groups a step)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from vidqa import int4
 
-    src = ASTSource(fn=int4._int4_gemv_kernel, signature=SIGNATURE,
-                    constexprs={"GROUP": group, "BLOCK_N": block_n, "BLOCK_K": block_k},
-                    attrs={(i,): [["tt.divisibility", 16]] for i in range(8)})
+    if kernel == "mma":
+        src = ASTSource(fn=int4._int4_mma_kernel, signature=MMA_SIGNATURE,
+                        constexprs={"GROUP": group, "BLOCK_N": block_n, "KS": block_k, "ASM": True, "NORM": False,
+                                    "GLU": False, "RESID": False},
+                        attrs={(i,): [["tt.divisibility", 16]] for i in range(8)})
+    else:
+        src = ASTSource(fn=int4._int4_gemv_kernel, signature=SIGNATURE,
+                        constexprs={"GROUP": group, "BLOCK_N": block_n, "BLOCK_K": block_k, "RESID": False},
+                        attrs={(i,): [["tt.divisibility", 16]] for i in range(8)})
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": warps, "num_stages": stages})
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -75,10 +89,11 @@ def parse_config(text: str) -> tuple[int, int, int, int]:
     return values
 
 
-def count(config: tuple[int, int, int, int]) -> dict:
+def count(config: tuple[int, int, int, int], kernel: str = "fma") -> dict:
     block_n, block_k, warps, stages = config
-    ops = loop_opcodes(sass(*config))
-    per_thread = block_n * block_k // (32 * warps)
+    ops = loop_opcodes(sass(*config, kernel=kernel))
+    # the mma kernel's second number is groups (of 128 columns) per step
+    per_thread = block_n * block_k * (128 if kernel == "mma" else 1) // (32 * warps)
     hist: dict[str, int] = {}
     for op in ops:
         hist[op] = hist.get(op, 0) + 1
@@ -89,7 +104,10 @@ def count(config: tuple[int, int, int, int]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", action="append", default=None, help="BLOCK_N,BLOCK_K,warps,stages (repeatable)")
+    ap.add_argument("--config", action="append", default=None,
+                    help="BLOCK_N,BLOCK_K,warps,stages (mma: BLOCK_N,KS,warps,stages; repeatable)")
+    ap.add_argument("--kernel", choices=("fma", "mma"), default="fma",
+                    help="the FMA kernel or the tensor-core one (_int4_mma_kernel, its main loop without the fused parts)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.pop("TRITON_INTERPRET", None)  # compile, do not interpret
@@ -108,13 +126,14 @@ def main() -> None:
     else:
         configs = {}
         for name, (n, k) in SHAPES.items():
-            meta = int4.launch_config(n, k)
-            configs[name] = (meta["BLOCK_N"], meta["BLOCK_K"], meta["num_warps"], meta["num_stages"])
-    res = {"triton": triton.__version__, "target": "sm_90", "configs": {}}
+            meta = int4.mma_config(n, k) if args.kernel == "mma" else int4.launch_config(n, k)
+            configs[name] = (meta["BLOCK_N"], meta["KS" if args.kernel == "mma" else "BLOCK_K"], meta["num_warps"],
+                             meta["num_stages"])
+    res = {"triton": triton.__version__, "target": "sm_90", "kernel": args.kernel, "configs": {}}
     for name, config in configs.items():
-        res["configs"][name] = count(config)
+        res["configs"][name] = count(config, args.kernel)
         r = res["configs"][name]
-        print(f"int4 sass {name} {tuple(config)}: {r['loop_instructions']} instructions per step, "
+        print(f"int4 sass {args.kernel} {name} {tuple(config)}: {r['loop_instructions']} instructions per step, "
               f"{r['weights_per_thread_per_step']} weights per thread: {r['instructions_per_weight']} per weight "
               f"(Triton {triton.__version__})", flush=True)
     if args.out:

@@ -39,16 +39,25 @@ GRID = [  # (BLOCK_N, BLOCK_K, warps, stages)
 ]
 
 
-def launcher(x, packed, scale_zero, y, config):
-    """A zero-argument call of the un-tuned kernel with one configuration."""
-    bn, bk, warps, stages = config
+MMA_GRID = [  # (BLOCK_N, KS (groups per step, split between the warps), warps, stages) of the tensor-core kernel
+    (16, 4, 4, 3), (16, 4, 4, 2), (16, 4, 4, 4), (32, 4, 4, 3), (32, 4, 4, 2), (16, 8, 4, 3), (16, 8, 8, 3),
+    (32, 8, 8, 3), (16, 2, 2, 3), (32, 2, 2, 3), (16, 4, 2, 3), (64, 4, 4, 3), (64, 2, 2, 3), (16, 8, 8, 2),
+    (16, 16, 8, 3), (8, 8, 4, 3),
+]
+
+
+def launcher(x, packed, scale_zero, y, config, kernel="fma"):
+    """A zero-argument call of one of the kernels with one fixed configuration, as the op launches it."""
     group = 2 * packed.shape[1] // scale_zero.shape[1]
-    if bk < group:
-        raise ValueError("BLOCK_K below the group")
-    grid = (int4.triton.cdiv(packed.shape[0], bn), x.shape[0])
-    args = int4.gemv_args(x, packed, scale_zero, y)
-    kernel = int4._int4_gemv_kernel
-    return lambda: kernel[grid](*args, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    if kernel == "mma":
+        bn, ks, warps, stages = config
+        meta = {"BLOCK_N": bn, "KS": ks, "num_warps": warps, "num_stages": stages}
+    else:
+        bn, bk, warps, stages = config
+        if bk < group:
+            raise ValueError("BLOCK_K below the group")
+        meta = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+    return lambda: int4._launch(x, packed, scale_zero, y, kernel, meta, lambda fn: fn)
 
 
 def weights(n, k, count, device, seed):
@@ -64,6 +73,9 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="BLOCK_N,BLOCK_K,warps,stages: launch it 3 times (for ncu)")
     ap.add_argument("--shape", default="gate_up", choices=tuple(shapes(4096, 11008)))
     ap.add_argument("--budget-s", type=float, default=240)
+    ap.add_argument("--kernel", choices=("fma", "mma"), default="fma",
+                    help="fma: session 9's kernel (BLOCK_N,BLOCK_K,warps,stages); mma: the tensor-core kernel "
+                         "(BLOCK_N,KS,warps,stages)")
     args = ap.parse_args()
     try:
         only = parse_config(args.only) if args.only else None
@@ -78,26 +90,27 @@ def main() -> None:
         packed, sz = weights(n, k, 1, dev, 0)[0]
         x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
         y = torch.empty(1, n, device=dev, dtype=torch.bfloat16)
-        call = launcher(x, packed, sz, y, only)
+        call = launcher(x, packed, sz, y, only, args.kernel)
         for _ in range(3):
             call()
         torch.cuda.synchronize()
         return
     t0 = time.monotonic()
+    grid = MMA_GRID if args.kernel == "mma" else GRID
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "layers": args.layers,
-           "shapes": {}, "grid": GRID}
+           "kernel": args.kernel, "shapes": {}, "grid": grid}
     for si, (name, (k, n)) in enumerate(dims.items()):
         ws = weights(n, k, args.layers, dev, si)
         x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
         ref = x.float() @ int4.dequantize(*ws[0], torch.float32).T
         nbytes = sum(t.numel() * t.element_size() for t in ws[0])
         rows = []
-        for config in GRID:
+        for config in grid:
             if time.monotonic() - t0 > args.budget_s:
                 break
             ys = [torch.empty(1, n, device=dev, dtype=torch.bfloat16) for _ in ws]
             try:
-                calls = [launcher(x, p, s, y, config) for (p, s), y in zip(ws, ys)]
+                calls = [launcher(x, p, s, y, config, args.kernel) for (p, s), y in zip(ws, ys)]
                 calls[0]()
                 err = float((ys[0].float() - ref).abs().max() / ref.abs().max())
                 graph, _ = graph_of(calls)
@@ -110,7 +123,7 @@ def main() -> None:
                          "share_of_peak": round(nbytes / us / 1e3 * 1e9 / PEAK_BYTES, 3), "rel_err": err})
         ok = sorted((r for r in rows if "us_per_call" in r), key=lambda r: r["us_per_call"])
         res["shapes"][name] = {"k": k, "n": n, "bytes": nbytes, "best": ok[:5], "all": rows}
-        print(f"int4 sweep {name} [{n}x{k}]: " + "; ".join(
+        print(f"int4 sweep {args.kernel} {name} [{n}x{k}]: " + "; ".join(
             f"{tuple(r['config'])} {r['us_per_call']:.1f} us {r['gb_per_s']} GB/s" for r in ok[:5]), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=1))

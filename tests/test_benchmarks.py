@@ -26,7 +26,7 @@ NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?"
 SCRIPTS = {"voco_speed.py": [], "mini_speed.py": [], "mini_long.py": [], "index_speed.py": ["--work", "{dir}"],
            "quant_speed.py": ["--modes", "int8"], "serve_profile.py": ["--profile-rows", "3"],
            "int4_decode.py": ["--variants", "default", "--tokens", "3", "--repeats", "1"], "search_hot.py": [], "int4_gemv.py": [],
-           "fp8_compress.py": []}
+           "fp8_compress.py": [], "decode_attention.py": []}
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # torch.cuda.is_available() is False in the benchmark's process
 
 
@@ -224,10 +224,18 @@ def test_search_hot_times_finding_held_caches(started):
     assert line(out, "search_hot: 20 held videos")
 
 
+def test_decode_attention_tiny_compares_the_plain_path_with_sdpa(started):
+    """On the CPU the decode step's attention takes the plain path: every case is timed and equals SDPA."""
+    out, res = run(started, "decode_attention.py")
+    assert res["cases"] and all(not c["kernel"] and c["max_abs_diff"] == 0 for c in res["cases"])
+    assert all(c["sdpa_us"] > 0 and c["kernel_us"] > 0 and c["min_bytes"] > 0 for c in res["cases"])
+    assert out.count("decode attention ") == len(res["cases"])
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the Triton kernel on the CPU needs TRITON_INTERPRET=1")
 def test_int4_sweep_launches_each_configuration_as_the_op_does():
-    """benchmarks/int4_sweep.py's launcher (one fixed configuration of vidqa.int4's kernel) gives the op's
-    product: the sweep times the kernel vidqa ships, with the arguments it passes."""
+    """benchmarks/int4_sweep.py's launcher (one fixed configuration of either of vidqa.int4's kernels) gives the
+    op's product: the sweep times the kernels vidqa ships, with the arguments it passes."""
     pytest.importorskip("triton")
     import torch
 
@@ -240,9 +248,10 @@ def test_int4_sweep_launches_each_configuration_as_the_op_does():
     packed, scale_zero = int4.pack((torch.randn(48, 512, generator=g) * 0.02).bfloat16(), 128)
     x = torch.randn(1, 512, generator=g).bfloat16()
     ref = x.float() @ int4.dequantize(packed, scale_zero, torch.float32).T
-    for config in ((4, 512, 1, 1), (16, 256, 1, 2)):
+    for kernel, config in (("fma", (4, 512, 1, 1)), ("fma", (16, 256, 1, 2)), ("mma", (16, 2, 1, 2)),
+                           ("mma", (32, 4, 1, 3))):
         y = torch.empty(1, 48, dtype=torch.bfloat16)
-        int4_sweep.launcher(x, packed, scale_zero, y, config)()
+        int4_sweep.launcher(x, packed, scale_zero, y, config, kernel)()
         torch.testing.assert_close(y.float(), ref, rtol=2 ** -7, atol=1e-3 * float(ref.abs().max()))
 
 
@@ -265,4 +274,20 @@ def test_int4_sass_counts_the_gemv_loop_compiled_for_sm90(tmp_path):
     assert r["weights_per_thread_per_step"] == 16 * 256 // 32
     # each weight needs at least a shift, an AND/OR and an FMA; a loop with none of them was not found right
     assert 3 <= r["instructions_per_weight"] < 10 and r["top"].get("FFMA", 0) >= 128
-    assert line(proc.stdout, "int4 sass 16,256,1,2")
+    assert line(proc.stdout, "int4 sass fma 16,256,1,2")
+
+
+def test_int4_sass_counts_the_tensor_core_gemv_loop(tmp_path):
+    """--kernel mma: the tensor-core kernel's loop, with its mma instructions, under 5 instructions per weight."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "int4_sass.py"), "--kernel", "mma", "--config",
+                           "32,4,4,3", "--out", str(tmp_path / "r.json")], cwd=REPO, capture_output=True, text=True,
+                          env=env)
+    if proc.returncode and "ptxas" in proc.stderr:
+        pytest.skip("this Triton cannot compile for sm_90 here")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads((tmp_path / "r.json").read_text())["configs"]["32,4,4,3"]
+    assert r["weights_per_thread_per_step"] == 32 * 4 * 128 // (32 * 4)
+    assert 1 <= r["instructions_per_weight"] < 5 and any(op.startswith("HMMA") for op in r["top"])
+    assert line(proc.stdout, "int4 sass mma 32,4,4,3")

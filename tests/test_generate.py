@@ -1,5 +1,6 @@
-"""vidqa.generate: sampling, detokenizing, the generate loop and the static-cache decoder on the CPU."""
+"""vidqa.generate: sampling, detokenizing, the generate loop and the static-cache decoder (CPU; CUDA where present)."""
 
+import pytest
 import torch
 
 from vidqa.generate import DecodeStats, Detokenizer, GenerationConfig, StaticDecoder, generate, sample
@@ -61,6 +62,23 @@ def test_static_decoder_on_the_cpu_equals_transformers(voco_qa):
     plain = list(generate(llm, m.prefill(cache, "q?"), gen, set()))
     assert list(generate(llm, pre, gen, set(), decoder=dec)) == plain and len(plain) == 8
     assert dec.length == context + len(plain) - 1  # the last token is yielded, never fed back
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compile", [False, True])
+@torch.no_grad()
+def test_static_decoder_on_the_gpu_in_a_cuda_graph_equals_transformers(voco_dir, compile):
+    """The graph-replayed step (the split-K decode attention over the valid positions) answers as transformers."""
+    from vidqa.pipeline import VideoQA
+
+    qa = VideoQA.from_pretrained(str(voco_dir), device="cuda", dtype="float32")
+    m, llm = qa.method, qa.llm
+    feats = torch.randn(2, qa.vision.num_patches, qa.vision.hidden_size, generator=torch.Generator().manual_seed(0))
+    cache = FrameCache("voco", m.compress(feats.cuda()), [0.0, 1.0], m.tokens_per_frame, m.cache_meta())
+    gen = GenerationConfig(max_new_tokens=12)
+    plain = list(generate(llm, m.prefill(cache, "q?"), gen, set()))
+    dec = StaticDecoder(llm, 128, graph=True, compile=compile)
+    assert list(generate(llm, m.prefill(cache, "q?"), gen, set(), decoder=dec)) == plain and dec.graph is not None
 
 
 def test_the_cache_keyword_is_the_installed_transformers_one():

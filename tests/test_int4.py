@@ -154,8 +154,11 @@ def _gemv_reference(x, packed, scale_zero):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or int4.int4_gemv is None, reason="needs a CUDA GPU and Triton")
-@pytest.mark.parametrize("n,k,rows", [(4096, 4096, 1), (12288, 4096, 1), (4096, 11008, 1), (1000, 384, 3)])
-def test_gemv_on_the_gpu_equals_the_dequantised_product(n, k, rows):
+@pytest.mark.parametrize("kernel", ["auto", "mma", "fma"])
+@pytest.mark.parametrize("n,k,rows", [(4096, 4096, 1), (12288, 4096, 1), (4096, 11008, 1), (1000, 384, 3),
+                                      (40, 96, 2)])
+def test_gemv_on_the_gpu_equals_the_dequantised_product(n, k, rows, kernel, monkeypatch):
+    monkeypatch.setattr(int4, "KERNEL", kernel)
     dev = torch.device("cuda")
     w = weights(n, k).to(dev, torch.bfloat16)
     t = int4.quantize_weight(w)
@@ -186,8 +189,28 @@ def test_gemv_kernel_in_the_interpreter_equals_the_dequantised_product(n, k, blo
 
 @pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
                     reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("n,k,block_n,gpt", [(48, 256, 16, 1), (40, 384, 16, 2), (32, 640, 32, 4), (16, 96, 16, 1),
+                                             (20, 1024, 16, 8)])  # groups of 128 and 32; partial blocks and steps
+def test_mma_kernel_in_the_interpreter_equals_the_dequantised_product(n, k, block_n, gpt):
+    w = weights(n, k)
+    group = int4.group_for(k)
+    packed, scale_zero = int4.pack(w.bfloat16(), group)
+    x = torch.randn(2, k).bfloat16()
+    y = torch.empty(2, n)
+    grid = (int4.triton.cdiv(n, block_n), 2)
+    int4._int4_mma_kernel[grid](x, packed, scale_zero, y, n, k, x.stride(0), y.stride(0), x, 0.0, y, 0, GROUP=group,
+                                BLOCK_N=block_n, KS=gpt, ASM=False)
+    # float32 sums of 128 + q against x, less 128 sum x: a few float32 steps of the sum's size
+    ref = _gemv_reference(x, packed, scale_zero)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("kernel", ["auto", "mma", "fma"])
 @pytest.mark.parametrize("n,k", [(8200, 256), (40, 2304)])  # both launch configurations, a partial last block
-def test_the_gemv_op_in_the_interpreter_equals_the_dequantised_product(n, k):
+def test_the_gemv_op_in_the_interpreter_equals_the_dequantised_product(n, k, kernel, monkeypatch):
+    monkeypatch.setattr(int4, "KERNEL", kernel)
     w = weights(n, k)
     packed, scale_zero = int4.pack(w.bfloat16(), int4.group_for(k))
     x = torch.randn(1, k).bfloat16()
@@ -195,6 +218,26 @@ def test_the_gemv_op_in_the_interpreter_equals_the_dequantised_product(n, k):
     assert y.shape == (1, n) and y.dtype == torch.bfloat16
     ref = _gemv_reference(x, packed, scale_zero)
     torch.testing.assert_close(y.float(), ref, rtol=2 ** -7, atol=1e-3 * float(ref.abs().max()))
+
+
+@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,k", [(40, 384), (33, 96), (17, 640)])  # groups of 128, 32 and 128; partial blocks
+def test_the_dequantise_kernel_in_the_interpreter_equals_the_torch_ops_bit_for_bit(n, k, dtype):
+    w = weights(n, k)
+    w[0, :4] = torch.tensor([1e-30, -3.0, 5.0, 0.0])  # a tiny value and a wide group: rounding at its edges
+    packed, scale_zero = int4.pack(w.to(dtype), int4.group_for(k))
+    assert torch.equal(int4.int4_dequantize(packed, scale_zero, dtype),
+                       int4.dequantize_reference(packed, scale_zero, dtype))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or int4.int4_dequantize is None, reason="needs a CUDA GPU and Triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dequantise_on_the_gpu_equals_the_torch_ops_bit_for_bit(dtype):
+    w = weights(1000, 4096).to("cuda", dtype)
+    packed, scale_zero = int4.pack(w, 128)
+    assert torch.equal(int4.dequantize(packed, scale_zero, dtype), int4.dequantize_reference(packed, scale_zero, dtype))
 
 
 def test_the_store_keys_on_the_int4_format():
@@ -210,3 +253,103 @@ def test_the_store_keys_on_the_int4_format():
     qa.method._vidqa_quant_format = "vidqa-int4"  # what quant.quantize records on CUDA
     after = library.cache_settings(qa, Sampling(fps=1.0))
     assert after["quantize_format"] == "vidqa-int4" and after != before
+
+
+# ---- the decoder's neighbours fused into the GEMV (linear_fused) -------------------------------------
+
+def _fused_reference(x, packed, scale_zero, n, nw, eps, res, glu):
+    """float32 torch ops: RMSNorm, the product, silu(gate) * up, the residual add (each optional)."""
+    x = x.float()
+    if nw is not None:
+        x = nw.float() * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+    y = x @ int4.dequantize(packed, scale_zero, torch.float32).T
+    if glu:
+        y = F.silu(y[:, :n]) * y[:, n:]
+    return y if res is None else res.float() + y
+
+
+@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("norm,glu,resid", [(True, False, False), (False, False, True), (True, True, False),
+                                            (False, True, True), (True, True, True)])
+def test_mma_kernel_with_its_neighbours_in_the_interpreter(norm, glu, resid):
+    """In float32 (no rounding between the parts) the norm, gated activation and residual add are exact."""
+    n, k = 40, 384  # 3 groups of 128 in steps of 2 (a masked step), a partial row block
+    g = torch.Generator().manual_seed(3)
+    packed, scale_zero = int4.pack(weights(2 * n if glu else n, k).bfloat16(), 128)
+    x = torch.randn(2, k, generator=g)
+    nw = 1 + 0.1 * torch.randn(k, generator=g)
+    res = torch.randn(2, n, generator=g)
+    y = torch.empty(2, n)
+    int4._int4_mma_kernel[(int4.triton.cdiv(n, 16), 2)](
+        x, packed, scale_zero, y, n, k, x.stride(0), y.stride(0), nw, 1e-5, res, res.stride(0), GROUP=128,
+        BLOCK_N=16, KS=2, ASM=False, NORM=norm, GLU=glu, RESID=resid)
+    ref = _fused_reference(x, packed, scale_zero, n, nw if norm else None, 1e-5, res if resid else None, glu)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+def test_fma_kernel_adds_the_residual_in_the_interpreter():
+    n, k = 40, 384
+    packed, scale_zero = int4.pack(weights(n, k).bfloat16(), 128)
+    x = torch.randn(2, k).bfloat16()
+    res = torch.randn(2, n)
+    y = torch.empty(2, n)
+    int4._int4_gemv_kernel[(int4.triton.cdiv(n, 16), 2)](*int4.gemv_args(x, packed, scale_zero, y, res), GROUP=128,
+                                                          BLOCK_N=16, BLOCK_K=256, RESID=True)
+    torch.testing.assert_close(y, res + _gemv_reference(x, packed, scale_zero), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or int4.int4_gemv is None, reason="needs a CUDA GPU and Triton")
+@pytest.mark.parametrize("n,k", [(4096, 4096), (11008, 4096), (4096, 11008), (40, 96)])
+@pytest.mark.parametrize("norm,glu,resid", [(True, False, False), (False, False, True), (True, True, False)])
+def test_linear_fused_on_the_gpu_equals_the_torch_ops(n, k, norm, glu, resid):
+    """bf16, as the decode step runs it: within bf16 rounding of torch's separate ops."""
+    from vidqa import fast
+
+    dev = torch.device("cuda")
+    t = int4.quantize_weight(weights(2 * n if glu else n, k).to(dev, torch.bfloat16))
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(1, 1, k, device=dev, generator=g).bfloat16()
+    nw = (1 + 0.1 * torch.randn(k, device=dev, generator=g)).bfloat16()
+    res = torch.randn(1, 1, n, device=dev, generator=g).bfloat16()
+    assert int4.fused_ok(x, t)
+    y = int4.linear_fused(x, t, norm=(nw, 1e-5) if norm else None, residual=res if resid else None, glu=glu)
+    want = F.linear(fast.rms_norm(x, nw, 1e-5) if norm else x, t.dequantize(torch.bfloat16))
+    if glu:
+        gate, up = want.chunk(2, dim=-1)
+        want = F.silu(gate) * up
+    want = (res + want) if resid else want
+    assert y.shape == want.shape and y.dtype == torch.bfloat16
+    # bf16 roundings of the parts (cuBLAS sums in another order): a step of the largest magnitude's bf16 at most
+    torch.testing.assert_close(y.float(), want.float(), rtol=2 ** -6, atol=2 ** -7 * float(want.abs().max()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or int4.int4_gemv is None, reason="needs a CUDA GPU and Triton")
+@pytest.mark.parametrize("compile", [False, True])
+def test_the_fused_int4_decode_step_equals_the_unfused_one_on_the_gpu(compile):
+    """StaticDecoder with vidqa.int4's fused layers (4 kernels a layer) against the same step unfused, on a tiny
+    Llama whose widths all have a group (the demo models' 688-wide MLP has none, so it stays bf16)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from vidqa.generate import StaticDecoder
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=128)
+    llm = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16).eval()
+    quant.quantize_layers(llm.model.layers, "int4", wide=True)
+    ids = torch.tensor([[1, 5, 7, 9, 11, 2]], device="cuda")
+    h = torch.zeros(1, 1, 256, device="cuda", dtype=torch.bfloat16)
+    logits = []
+    with torch.inference_mode():
+        for fuse in (True, False):
+            out = llm(input_ids=ids, use_cache=True)
+            dec = StaticDecoder(llm, 64, graph=True, compile=compile)
+            dec.fuse_int4 = fuse
+            assert dec._int4_fused(h, llm.model.layers[0]) == fuse
+            dec.load(out.past_key_values)
+            logits.append(torch.stack([dec.step(t, 6 + i).float().clone() for i, t in enumerate([3, 8, 4, 12])]))
+    fused, plain = logits
+    assert float((fused - plain).norm() / plain.norm()) < 0.02

@@ -108,8 +108,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def qkv(h, cos, sin, ln, eps, w_qkv, b_qkv, n_heads: int, n_kv: int, head_dim: int):
     """A Llama layer's normed, fused Q/K/V projection with RoPE applied: ``q, k, v [B, heads, L, head_dim]``."""
-    B, L, _ = h.shape
-    x = F.linear(rms_norm(h, ln, eps), w_qkv, b_qkv)
+    return heads(F.linear(rms_norm(h, ln, eps), w_qkv, b_qkv), cos, sin, n_heads, n_kv, head_dim)
+
+
+def heads(x, cos, sin, n_heads: int, n_kv: int, head_dim: int):
+    """The fused Q/K/V projection's output ``x [B, L, (heads + 2 kv_heads) * head_dim]`` as ``q, k, v [B, heads, L,
+    head_dim]`` with RoPE applied to q and k."""
+    B, L, _ = x.shape
     q, k, v = x.split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
     q = q.view(B, L, n_heads, head_dim).transpose(1, 2)
     k = k.view(B, L, n_kv, head_dim).transpose(1, 2)

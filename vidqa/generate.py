@@ -15,7 +15,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from vidqa import fast
+from vidqa import fast, int4
+from vidqa.attention import decode_step
 from vidqa.methods.base import Prefill
 
 
@@ -169,9 +170,14 @@ class StaticDecoder:
         # the step's inputs live in fixed tensors so that a captured graph reads them
         self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # RoPE position
-        self.slot = torch.zeros(1, dtype=torch.long, device=self.device)  # index in the cache
-        self.arange = torch.arange(capacity, device=self.device)
+        self.visible = torch.ones(1, dtype=torch.long, device=self.device)  # positions attended, the new one last
+        self.counters = torch.zeros(self.n_kv, dtype=torch.int32, device=self.device)  # vidqa.attention.decode_step's
         fast.fuse_projections(llm.model.layers)
+        # vidqa.int4 layers as four fused kernels (``_int4_fused``) when the step is not compiled (VIDQA_COMPILE=0
+        # for a quantised model): 4.29 -> 3.40 ms/token at VoCo-7B shapes, but 2.69 -> 2.77 compiled, where
+        # inductor already folds the norms, SiLU and adds into two kernels a layer (H200, session 10,
+        # benchmarks/quant_speed.py --compile)
+        self.fuse_int4 = not compile
         self.use_graph = (self.device.type == "cuda") if graph is None else graph
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
@@ -194,26 +200,44 @@ class StaticDecoder:
         m = self.llm.model
         h = m.embed_tokens(self.token)
         cos, sin = m.rotary_emb(h, position_ids=self.position)
-        visible = (self.arange <= self.slot).view(1, 1, 1, -1)
         for i, layer in enumerate(m.layers):
             attn = layer.self_attn
             (w_qkv, b_qkv), (w_gu, b_gu) = layer._vidqa_fused  # one GEMV for Q/K/V, one for gate/up
-            q, k, v = fast.qkv(h, cos, sin, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
-                                w_qkv, b_qkv, self.n_heads, self.n_kv, self.head_dim)
-            self.keys[i].index_copy_(2, self.slot, k)
-            self.values[i].index_copy_(2, self.slot, v)
-            o = F.scaled_dot_product_attention(q, self.keys[i], self.values[i], attn_mask=visible,
-                                               scale=attn.scaling, enable_gqa=self.n_kv != self.n_heads)
+            ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
+            if self._int4_fused(h, layer):  # vidqa.int4: each matmul with its norm, activation or residual add
+                x = int4.linear_fused(h, w_qkv, norm=(ln1.weight, ln1.variance_epsilon))
+                q, k, v = fast.heads(x, cos, sin, self.n_heads, self.n_kv, self.head_dim)
+                o = decode_step(q, k, v, self.keys[i], self.values[i], self.visible, self.counters, attn.scaling)
+                h = int4.linear_fused(o.transpose(1, 2).reshape(1, 1, -1), attn.o_proj.weight, residual=h)
+                a = int4.linear_fused(h, w_gu, norm=(ln2.weight, ln2.variance_epsilon), glu=True)
+                h = int4.linear_fused(a, layer.mlp.down_proj.weight, residual=h)
+                continue
+            q, k, v = fast.qkv(h, cos, sin, ln1.weight, ln1.variance_epsilon, w_qkv, b_qkv, self.n_heads, self.n_kv,
+                               self.head_dim)
+            # the new K/V into the cache and attention over the valid positions: one split-K kernel on CUDA
+            # (SDPA with a mask picks a kernel that reads the whole capacity with one program per head:
+            # 13.4 us per 7B layer, vidqa.attention)
+            o = decode_step(q, k, v, self.keys[i], self.values[i], self.visible, self.counters, attn.scaling)
             h = h + attn.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
-            gate, up = F.linear(fast.rms_norm(h, layer.post_attention_layernorm.weight,
-                                               layer.post_attention_layernorm.variance_epsilon), w_gu, b_gu).chunk(2, dim=-1)
+            gate, up = F.linear(fast.rms_norm(h, ln2.weight, ln2.variance_epsilon), w_gu, b_gu).chunk(2, dim=-1)
             h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
         return self.llm.lm_head(m.norm(h))[0, -1]
+
+    def _int4_fused(self, h: torch.Tensor, layer) -> bool:
+        """Whether ``layer`` runs as four ``vidqa.int4.linear_fused`` kernels: its four matmuls in vidqa's int4 on
+        the GEMV's terms, no biases, SiLU, and RMSNorm weights in h's dtype."""
+        (w_qkv, b_qkv), (w_gu, b_gu) = layer._vidqa_fused
+        a, mlp = layer.self_attn, layer.mlp
+        weights = (w_qkv, a.o_proj.weight, w_gu, mlp.down_proj.weight)
+        return (self.fuse_int4 and all(int4.fused_ok(h, w) for w in weights)
+                and b_qkv is None and b_gu is None and a.o_proj.bias is None and mlp.down_proj.bias is None
+                and fast._act(mlp.act_fn) is F.silu
+                and layer.input_layernorm.weight.dtype == layer.post_attention_layernorm.weight.dtype == h.dtype)
 
     def _capture(self) -> None:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        # Warm-up steps write K/V at slot `length`: the real step overwrites that slot before reading it.
+        # Warm-up steps write K/V at position `length`: the real step overwrites it before reading it.
         with torch.cuda.stream(stream), torch.inference_mode():
             for _ in range(3):
                 self._run()
@@ -228,7 +252,7 @@ class StaticDecoder:
             raise ValueError("static cache is full")
         self.token.fill_(token)
         self.position.fill_(position)
-        self.slot.fill_(self.length)
+        self.visible.fill_(self.length + 1)
         if self.use_graph:
             if self.graph is None:
                 self._capture()

@@ -1,13 +1,20 @@
 """4-bit weights on a CUDA GPU (``--quantize int4``, for the layers ``vidqa.quant`` gives them): vidqa's own
-packing, a Triton GEMV for one-row matmuls, and a dequantise + bf16 matmul for everything wider.
+packing, Triton GEMVs for one-row matmuls, and a dequantise + bf16 matmul for everything wider.
 
 Why: torchao's CUDA int4 kernel (tinygemm) is a small-batch kernel. Layers that compress frames run
 thousands of rows per matmul, and with it VoCo-7B compressed at 249 ms/frame on an H200; dequantising
-here and running bf16 matmuls takes 21-25 ms/frame (benchmarks/NOTES.md, session 8). Those layers still
-decode one row at a time (VoCo's LLM), hence the Triton GEMV; inductor could not fuse a plain-torch
-dequantisation into one (6.8-8.6 ms for a 7B step's matmuls, ``benchmarks/int4_gemv.py``). The GEMV reads a
-7B step's weights in 2.22 ms on an H200 (32% of the bandwidth; torchao's tinygemm 2.31), and the compiled
-VoCo-7B decode step with it takes 3.12 ms/token (tinygemm 2.99): session 9, benchmarks/NOTES.md.
+here (one Triton kernel) and running bf16 matmuls takes 20.6 ms/frame (benchmarks/NOTES.md, sessions 8 and
+10). Those layers still decode one row at a time (VoCo's LLM), hence the GEMVs; inductor could not fuse a
+plain-torch dequantisation into one (6.8-8.6 ms for a 7B step's matmuls, ``benchmarks/int4_gemv.py``).
+
+Two GEMV kernels, chosen by shape (``gemv_plan``; H200 timings with cold weights, session 10,
+``benchmarks/int4_sweep.py``): ``_int4_mma_kernel`` sums on the tensor cores (about 2.5 instructions per
+weight) and wins where there are many output rows (7B Q/K/V 14.6 us, gate/up 22.9 us); ``_int4_gemv_kernel``
+sums with FMAs (5.6-6.6 instructions per weight) and wins with 4096 output rows, where it keeps more loads
+in flight (o_proj 7.8 us, down 18.4 us). A 7B decode step's matmuls take 1.96 ms (tinygemm's 2.02), and the
+compiled VoCo-7B decode step 2.63 ms/token (session 9: 3.12). ``linear_fused`` adds the decoder's RMSNorm,
+SiLU gate and residual add to the GEMVs, so that the uncompiled CUDA-graph step runs six kernels per layer,
+not about ten (3.40 against 4.29 ms/token); compiled, inductor fuses those itself and does better (2.63).
 
 Format (``Int4Tensor``), for a weight ``w [N, K]`` with ``K`` a multiple of ``group`` (128, 64 or 32):
   ``packed``      uint8 ``[N, K/2]``, read as little-endian int32 words, ``group / 8`` words per group:
@@ -31,7 +38,11 @@ Rows slice as views (``quant.row_slice``: the fused Q/K/V weight hands ``q_proj`
 their rows).
 """
 
+# Over 500 lines: one 4-bit format with the three Triton kernels that read its packing (two GEMVs, the
+# dequantisation), their launch plans and the tensor that dispatches to them; apart, each would need the others.
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +56,8 @@ except ImportError:  # pragma: no cover - depends on the torch build
 GROUPS = (128, 64, 32)  # the group size: the first that divides the input width
 GEMV_ROWS = 4  # input rows up to which a CUDA matmul runs the GEMV (a decode step has one)
 CHUNK = 1 << 24  # weights the wide matmul dequantises at a time: its transient memory stays ~180 MB
+KERNEL = "auto"  # the GEMV: "auto" (per shape, ``gemv_plan``), "mma" (tensor cores) or "fma" (FMA units)
+ASM = os.environ.get("TRITON_INTERPRET") != "1"  # inline PTX, which Triton's interpreter cannot run
 
 
 def group_for(in_features: int) -> int | None:
@@ -78,11 +91,21 @@ def unpack_codes(packed: torch.Tensor, group: int) -> torch.Tensor:
 
 
 def dequantize(packed: torch.Tensor, scale_zero: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The weight ``[N, K]`` the packed codes stand for (in ``dtype``; scale_zero's by default)."""
+    """The weight ``[N, K]`` the packed codes stand for (in ``dtype``; scale_zero's by default): ``q * scale +
+    zero`` in float32, rounded once. On a CUDA device, to a 16-bit dtype, one Triton kernel (``int4_dequantize``,
+    the same values bit for bit); elsewhere torch ops."""
+    dtype = dtype or scale_zero.dtype
+    if int4_dequantize is not None and packed.is_cuda and dtype in (torch.bfloat16, torch.float16):
+        return int4_dequantize(packed.contiguous(), scale_zero.contiguous(), dtype)
+    return dequantize_reference(packed, scale_zero, dtype)
+
+
+def dequantize_reference(packed: torch.Tensor, scale_zero: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``dequantize`` in torch ops (any device and dtype)."""
     N, G = scale_zero.shape[:2]
     q = unpack_codes(packed, 2 * packed.shape[1] // G).reshape(N, G, -1).float()
     sz = scale_zero.float()  # in float32, as the GEMV computes, then rounded once
-    return (q * sz[..., :1] + sz[..., 1:]).reshape(N, -1).to(dtype or scale_zero.dtype)
+    return (q * sz[..., :1] + sz[..., 1:]).reshape(N, -1).to(dtype)
 
 
 # ---- the GEMV ----------------------------------------------------------------------------------
@@ -100,8 +123,9 @@ if triton is not None:
         return {"BLOCK_N": 4, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 1}
 
     @triton.jit
-    def _int4_gemv_kernel(x_ptr, w_ptr, sz_ptr, y_ptr, N, KW, stride_xm, stride_ym, MASK, ONE, HIGH,
-                          GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _int4_gemv_kernel(x_ptr, w_ptr, sz_ptr, y_ptr, N, KW, stride_xm, stride_ym, MASK, ONE, HIGH, res_ptr,
+                          stride_rm, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          RESID: tl.constexpr = False):
         """y[m, n] = sum_k x[m, k] * (q[n, k] * scale[n, k // GROUP] + zero[n, k // GROUP]) for one row m
         (program axis 1) and BLOCK_N outputs (axis 0), in float32. ``x_ptr``: bf16 x, read as int32 pairs
         (``stride_xm`` in pairs); ``w_ptr``: the packed bytes, read as int32 words (``KW`` = K / 8 per row),
@@ -162,28 +186,252 @@ if triton is not None:
             z = tl.load(at + 1, mask=sz_ok, other=0.0).to(tl.float32)
             acc += s16 * tl.sum(fx, axis=2) + (z - s16) * tl.sum(xsum, axis=1)[None, :]
         y = tl.sum(acc, axis=1)
+        if RESID:  # the decoder's residual add, as torch rounds it: the product to bf16, then the sum
+            res = tl.load(res_ptr + m * stride_rm + rn, mask=n_ok, other=0.0).to(tl.float32)
+            y = res + y.to(y_ptr.dtype.element_ty).to(tl.float32)
         tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+    @triton.jit
+    def _nibbles_asm(b):
+        """``(b & 15) + 128`` and ``(b >> 4) + 128`` as bf16, four bytes per 32-bit register: a byte permute
+        spreads two bytes into the halves of a word, and one three-input logic op keeps each half's nibble and
+        ORs in 128.0's bf16 bits (0x4300: 128 + q for q in 0..15, exact). Two instructions per two weights,
+        where Triton's own casts spent about five (PRMTs, 16-bit ops)."""
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .b32 t, u;
+            prmt.b32 t, $4, 0, 0x7170;
+            prmt.b32 u, $4, 0, 0x7372;
+            lop3.b32 $0, t, 0x000F000F, 0x43004300, 0xea;
+            lop3.b32 $1, u, 0x000F000F, 0x43004300, 0xea;
+            shr.b32 t, t, 4;
+            shr.b32 u, u, 4;
+            lop3.b32 $2, t, 0x000F000F, 0x43004300, 0xea;
+            lop3.b32 $3, u, 0x000F000F, 0x43004300, 0xea;
+            }""",
+            "=r,=r,=r,=r,r", [b], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+
+    @triton.jit
+    def _mma_groups(w_ptr, sz_ptr, rn, n_ok, g, g_ok, ri, xl, xh, KB, G, H: tl.constexpr, KS: tl.constexpr,
+                    ASM: tl.constexpr):
+        """One step of ``_int4_mma_kernel`` for the rows ``rn``: per group of the step, ``s * sum (128 + q) x``
+        ([KS, rows, 16], every column alike) and ``z - 128 s`` ([KS, rows], the factor of the group's sum of x)."""
+        b = tl.load(w_ptr + rn[None, :, None] * KB + g[:, None, None] * H + ri[None, None, :],
+                    mask=g_ok[:, None, None] & n_ok[None, :, None], other=0)
+        if ASM:
+            lo, hi = _nibbles_asm(b)
+            c = tl.dot(lo, tl.broadcast_to(xl[:, :, None], [KS, H, 16]))
+            c = tl.dot(hi, tl.broadcast_to(xh[:, :, None], [KS, H, 16]), c)
+        else:  # the same values in float32 (the interpreter's bf16 dot multiplies raw bits)
+            lo = (b & 15).to(tl.float32) + 128.0
+            hi = (b >> 4).to(tl.float32) + 128.0
+            c = tl.dot(lo, tl.broadcast_to(xl.to(tl.float32)[:, :, None], [KS, H, 16]), input_precision="ieee")
+            c = tl.dot(hi, tl.broadcast_to(xh.to(tl.float32)[:, :, None], [KS, H, 16]), c, input_precision="ieee")
+        at = sz_ptr + rn[None, :] * (2 * G) + 2 * g[:, None]  # [KS, rows]
+        sz_ok = g_ok[:, None] & n_ok[None, :]
+        s = tl.load(at, mask=sz_ok, other=0.0).to(tl.float32)
+        z = tl.load(at + 1, mask=sz_ok, other=0.0).to(tl.float32)
+        return c * s[:, :, None], z - 128.0 * s
+
+    @triton.jit
+    def _int4_mma_kernel(x_ptr, w_ptr, sz_ptr, y_ptr, N, K, stride_xm, stride_ym, nw_ptr, eps, res_ptr, stride_rm,
+                         GROUP: tl.constexpr, BLOCK_N: tl.constexpr, KS: tl.constexpr, ASM: tl.constexpr,
+                         NORM: tl.constexpr = False, GLU: tl.constexpr = False, RESID: tl.constexpr = False):
+        """The same product as ``_int4_gemv_kernel``, its inner sums on the tensor cores: per group, the codes
+        become bf16 ``128 + q`` (exact) and ``tl.dot`` sums them against x in float32; then
+        ``s * sum (128 + q) x + (z - 128 s) * sum x`` per row.
+
+        The packed bytes are read as they are stored: a group's ``GROUP / 2`` bytes are a [BLOCK_N, GROUP/2]
+        tile whose low nibbles hold the group's even columns and high nibbles the odd ones, both in the
+        interleaved order of the module doc; x is gathered in that order (x is small and stays in the L1).
+        x is the dot's right operand broadcast to 16 identical columns (a dot is at least 16 wide): every
+        column of the result is the same sum, and their total over 16 is exact. Each step takes ``KS``
+        consecutive groups as the batch of a 3-D dot, so the warps of a program split K between them and the
+        partial sums meet once, at the end (one warp per program left too few loads in flight for the narrow
+        shapes). The last step masks groups past the end (11008 columns are 86 groups). ``ASM`` off
+        (Triton's interpreter, which cannot run inline PTX or bf16 dots) makes the same values in float32.
+
+        The decoder's neighbours, each a kernel of its own otherwise (``linear_fused``):
+        - ``NORM``: x is the residual stream and the product is of its RMSNorm (weight ``nw``, ``eps``), as
+          transformers rounds it: ``bf16(w * bf16(x * rsqrt(mean(x^2) + eps)))``; every program sums the
+          squares itself (K values from the L2).
+        - ``GLU``: the weight is gate rows then up rows (N each); a program takes rows ``rn`` of both and
+          writes ``bf16(bf16(silu(gate)) * up)``, each of gate and up rounded to bf16 first.
+        - ``RESID``: ``bf16(res + bf16(y))``, the residual add."""
+        H: tl.constexpr = GROUP // 2
+        GW: tl.constexpr = GROUP // 8
+        m = tl.program_id(1)
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = rn < N
+        ri = tl.arange(0, H)
+        rs = tl.arange(0, KS)
+        col = 2 * ((ri % 4) * GW + ri // 4)  # byte i = word i // 4, byte i % 4: its low nibble's column
+        G = K // GROUP
+        KB = K // 2
+        xrow = x_ptr + m * stride_xm
+        if NORM:
+            rk = tl.arange(0, 1024)
+            sq = tl.zeros([1024], dtype=tl.float32)
+            for k0 in range(0, K, 1024):
+                xk = tl.load(xrow + k0 + rk, mask=k0 + rk < K, other=0.0).to(tl.float32)
+                sq += xk * xk
+            r = tl.rsqrt((tl.sum(sq, axis=0) / K + eps).to(tl.float32))
+        acc = tl.zeros([KS, BLOCK_N, 16], dtype=tl.float32)
+        zsum = tl.zeros([KS, BLOCK_N], dtype=tl.float32)
+        if GLU:
+            acc2 = tl.zeros([KS, BLOCK_N, 16], dtype=tl.float32)
+            zsum2 = tl.zeros([KS, BLOCK_N], dtype=tl.float32)
+        for g0 in range(0, G, KS):
+            g = g0 + rs  # [KS]
+            g_ok = g < G
+            xat = g[:, None] * GROUP + col[None, :]  # [KS, H]
+            xl = tl.load(xrow + xat, mask=g_ok[:, None], other=0.0)
+            xh = tl.load(xrow + xat + 1, mask=g_ok[:, None], other=0.0)
+            if NORM:
+                wl = tl.load(nw_ptr + xat, mask=g_ok[:, None], other=0.0).to(tl.float32)
+                wh = tl.load(nw_ptr + xat + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
+                xl = (wl * (xl.to(tl.float32) * r).to(xl.dtype).to(tl.float32)).to(xl.dtype)
+                xh = (wh * (xh.to(tl.float32) * r).to(xh.dtype).to(tl.float32)).to(xh.dtype)
+            xs = tl.sum(xl.to(tl.float32) + xh.to(tl.float32), axis=1)  # [KS]
+            cs, zf = _mma_groups(w_ptr, sz_ptr, rn, n_ok, g, g_ok, ri, xl, xh, KB, G, H, KS, ASM)
+            acc += cs
+            zsum += zf * xs[:, None]
+            if GLU:
+                cs, zf = _mma_groups(w_ptr, sz_ptr, rn + N, n_ok, g, g_ok, ri, xl, xh, KB, G, H, KS, ASM)
+                acc2 += cs
+                zsum2 += zf * xs[:, None]
+        y = tl.sum(tl.sum(acc, axis=2), axis=0) * 0.0625 + tl.sum(zsum, axis=0)
+        if GLU:
+            up = tl.sum(tl.sum(acc2, axis=2), axis=0) * 0.0625 + tl.sum(zsum2, axis=0)
+            gate = y.to(y_ptr.dtype.element_ty).to(tl.float32)
+            act = (gate / (1.0 + tl.exp(-gate))).to(y_ptr.dtype.element_ty).to(tl.float32)
+            y = act * up.to(y_ptr.dtype.element_ty).to(tl.float32)
+        if RESID:
+            res = tl.load(res_ptr + m * stride_rm + rn, mask=n_ok, other=0.0).to(tl.float32)
+            y = res + y.to(y_ptr.dtype.element_ty).to(tl.float32)
+        tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+    def mma_config(n: int, k: int) -> dict:
+        """Rows per program, groups per step (``KS``, split between the warps), warps and stages of the
+        tensor-core kernel for an ``[n, k]`` weight: the fastest of 16 configurations per shape with cold weights
+        (``benchmarks/int4_sweep.py --kernel mma``, H200, session 10): gate/up 22.9 us, Q/K/V 14.6 us, o_proj
+        9.5 us, down 21.8 us."""
+        if n >= 16384 and k <= 8192:
+            return {"BLOCK_N": 32, "KS": 2, "num_warps": 2, "num_stages": 3}
+        if n >= 8192 and k <= 8192:
+            return {"BLOCK_N": 32, "KS": 4, "num_warps": 4, "num_stages": 3}
+        return {"BLOCK_N": 16, "KS": 8, "num_warps": 8, "num_stages": 3}
+
+    def gemv_plan(n: int, k: int) -> tuple[str, dict]:
+        """The kernel (``KERNEL``; by shape when "auto") and its launch configuration for an ``[n, k]`` weight.
+        By shape: the tensor cores for many output rows (7B Q/K/V 14.6 us against the FMA kernel's 16.3,
+        gate/up 22.9 against 26.4), the FMA kernel for the rest (o_proj 7.8 against 9.5, down 18.4 against
+        21.8): the tensor-core kernel issues fewer instructions but, with 4096 output rows, keeps fewer loads
+        in flight (H200, session 10, ``benchmarks/int4_sweep.py``)."""
+        kernel = KERNEL if KERNEL != "auto" else ("mma" if n >= 8192 and k <= 8192 else "fma")
+        return kernel, (mma_config(n, k) if kernel == "mma" else launch_config(n, k))
+
+    def _launch(x, packed, scale_zero, y, kernel: str, meta: dict, wrap, norm_weight=None, eps: float = 0.0,
+                residual=None, glu: bool = False) -> None:
+        M, K = x.shape
+        N, G = y.shape[1], scale_zero.shape[1]
+        grid = (triton.cdiv(N, meta["BLOCK_N"]), M)
+        res, stride_rm = (residual, residual.stride(0)) if residual is not None else (y, 0)
+        if kernel == "mma":
+            nw = norm_weight if norm_weight is not None else x
+            wrap(_int4_mma_kernel)[grid](x, packed, scale_zero, y, N, K, x.stride(0), y.stride(0), nw, eps, res,
+                                         stride_rm, GROUP=K // G, ASM=ASM, NORM=norm_weight is not None, GLU=glu,
+                                         RESID=residual is not None, **meta)
+        else:
+            wrap(_int4_gemv_kernel)[grid](*gemv_args(x, packed, scale_zero, y, residual), GROUP=K // G,
+                                          RESID=residual is not None, **meta)
 
     @torch.library.triton_op("vidqa::int4_gemv", mutates_args=())
     def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
         """``x [M, K] @ dequantize(packed, scale_zero).T`` -> ``[M, N]`` in x's dtype (M small)."""
-        M, K = x.shape
-        N, G = scale_zero.shape[:2]
-        y = torch.empty(M, N, device=x.device, dtype=x.dtype)
-        meta = launch_config(N, K)
-        grid = (triton.cdiv(N, meta["BLOCK_N"]), M)
-        torch.library.wrap_triton(_int4_gemv_kernel)[grid](*gemv_args(x, packed, scale_zero, y), GROUP=K // G, **meta)
+        y = torch.empty(x.shape[0], packed.shape[0], device=x.device, dtype=x.dtype)
+        _launch(x, packed, scale_zero, y, *gemv_plan(*packed.shape[:1], x.shape[1]), torch.library.wrap_triton)
         return y
+
+    @torch.library.triton_op("vidqa::int4_gemv_fused", mutates_args=())
+    def int4_gemv_fused(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor,
+                        norm_weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None,
+                        glu: bool) -> torch.Tensor:
+        """``int4_gemv`` with the decoder's neighbours fused (``linear_fused``): x RMS-normed first
+        (``norm_weight``, ``eps``), ``silu(gate) * up`` of a gate/up weight (``glu``), ``residual`` added."""
+        N = packed.shape[0] // 2 if glu else packed.shape[0]
+        y = torch.empty(x.shape[0], N, device=x.device, dtype=x.dtype)
+        kernel, meta = fused_plan(packed.shape[0], x.shape[1], norm_weight is not None or glu)
+        _launch(x, packed, scale_zero, y, kernel, meta, torch.library.wrap_triton, norm_weight, eps, residual, glu)
+        return y
+
+    def fused_plan(n: int, k: int, needs_mma: bool) -> tuple[str, dict]:
+        """``gemv_plan`` for ``int4_gemv_fused``: the norm and the gated activation are written for the
+        tensor-core kernel only; with the gated activation a program takes BLOCK_N rows of gate and of up."""
+        kernel, meta = gemv_plan(n, k)
+        if needs_mma and kernel != "mma":
+            kernel, meta = "mma", mma_config(n, k)
+        return kernel, meta
+
+    @triton.jit
+    def _dequantize_kernel(w_ptr, sz_ptr, out_ptr, N, KW, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                           NG: tl.constexpr, BF16: tl.constexpr):
+        """out [N, K] (bf16 if BF16, else fp16) = q * scale + zero for BLOCK_N rows x NG groups: float32,
+        rounded once to nearest even, as ``dequantize_reference``. Both columns of a byte are written as one
+        int32 (the pair is adjacent in the output row), so the stores are as contiguous as the loads."""
+        GW: tl.constexpr = GROUP // 8
+        w_ptr = w_ptr.to(tl.pointer_type(tl.int32))
+        pairs_ptr = out_ptr.to(tl.pointer_type(tl.int32))
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        g = tl.program_id(1) * NG + tl.arange(0, NG)
+        G = KW // GW
+        ok2 = (rn < N)[:, None] & (g < G)[None, :]
+        ok = ok2[:, :, None]
+        word = (g[:, None] * GW + tl.arange(0, GW)[None, :])[None, :, :]  # [1, NG, GW]
+        pair_col = (g[:, None] * (4 * GW) + tl.arange(0, GW)[None, :])[None, :, :]  # + p * GW: pair p * GW + j
+        w = tl.load(w_ptr + rn[:, None, None] * KW + word, mask=ok, other=0)
+        at = sz_ptr + rn[:, None] * (2 * G) + 2 * g[None, :]
+        s = tl.load(at, mask=ok2, other=0.0).to(tl.float32)[:, :, None]
+        z = tl.load(at + 1, mask=ok2, other=0.0).to(tl.float32)[:, :, None]
+        for p in tl.static_range(4):  # byte p of each word: the column pair p * GW + j of its group
+            lo = ((w >> (8 * p)) & 15).to(tl.float32) * s + z
+            hi = ((w >> (8 * p + 4)) & 15).to(tl.float32) * s + z
+            if BF16:  # round to nearest even in integers (Triton's interpreter truncates a .to(bfloat16))
+                lo_b, hi_b = lo.to(tl.int32, bitcast=True), hi.to(tl.int32, bitcast=True)
+                lo_b = ((lo_b + 0x7FFF + ((lo_b >> 16) & 1)) >> 16) & 0xFFFF
+                hi_b = (hi_b + 0x7FFF + ((hi_b >> 16) & 1)) >> 16
+            else:
+                lo_b = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+                hi_b = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+            pair = lo_b | (hi_b << 16)
+            tl.store(pairs_ptr + rn[:, None, None] * (4 * KW) + pair_col + p * GW, pair, mask=ok)
+
+    @torch.library.triton_op("vidqa::int4_dequantize", mutates_args=())
+    def int4_dequantize(packed: torch.Tensor, scale_zero: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``dequantize_reference(packed, scale_zero, dtype)`` for a 16-bit ``dtype``, in one kernel (contiguous
+        inputs). Session 9's profile of an int4 VoCo answer found the torch-op version (unpack, transpose,
+        float, multiply-add, cast: several passes over every weight) at about 94 ms of GPU time per prefill."""
+        N, G = scale_zero.shape[:2]
+        K = 2 * packed.shape[1]
+        out = torch.empty(N, K, device=packed.device, dtype=dtype)
+        grid = (triton.cdiv(N, 16), triton.cdiv(G, 8))
+        torch.library.wrap_triton(_dequantize_kernel)[grid](packed, scale_zero, out, N, K // 8, GROUP=K // G,
+                                                            BLOCK_N=16, NG=8, BF16=dtype == torch.bfloat16,
+                                                            num_warps=4)
+        return out
 else:
-    int4_gemv = None
+    int4_gemv = int4_gemv_fused = int4_dequantize = None
 
 
-def gemv_args(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, y: torch.Tensor) -> tuple:
-    """The GEMV kernel's positional arguments for ``y = x @ W.T`` (x bf16 [M, K], contiguous rows). The kernel
-    reads x as int32 pairs and the codes as int32 words through its own pointer casts: a ``Tensor.view(dtype)``
-    here became, under torch.compile, a copy of every weight on every decode step (session 9's profile)."""
+def gemv_args(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, y: torch.Tensor,
+              residual: torch.Tensor | None = None) -> tuple:
+    """The FMA kernel's positional arguments for ``y = x @ W.T`` (x bf16 [M, K], contiguous rows; ``residual``
+    added when given, with ``RESID``). The kernel reads x as int32 pairs and the codes as int32 words through
+    its own pointer casts: a ``Tensor.view(dtype)`` here became, under torch.compile, a copy of every weight on
+    every decode step (session 9's profile)."""
+    res, stride_rm = (residual, residual.stride(0)) if residual is not None else (y, 0)
     return (x, packed, scale_zero, y, packed.shape[0], packed.shape[1] // 4, x.stride(0) // 2, y.stride(0),
-            0x780000, 0x3F800000, -65536)
+            0x780000, 0x3F800000, -65536, res, stride_rm)
 
 
 def gemv_ok(x: torch.Tensor, packed: torch.Tensor) -> bool:
@@ -205,6 +453,28 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, bias
     y = torch.cat([F.linear(x, dequantize(packed[i:i + rows], scale_zero[i:i + rows], x.dtype))
                    for i in range(0, packed.shape[0], rows)], dim=-1)
     return y if bias is None else y + bias
+
+
+def fused_ok(x: torch.Tensor, weight) -> bool:
+    """Whether ``linear_fused`` takes ``x`` and ``weight``: an ``Int4Tensor`` on the GEMV's terms (``gemv_ok``)."""
+    return (Int4Tensor is not None and isinstance(weight, Int4Tensor) and int4_gemv_fused is not None
+            and gemv_ok(x, weight.packed) and weight.packed.is_contiguous())
+
+
+def linear_fused(x: torch.Tensor, weight, norm: tuple[torch.Tensor, float] | None = None,
+                 residual: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
+    """One kernel for a decoder's matmul and its neighbours (where ``fused_ok``; the decode step's layers):
+    ``residual + act(F.linear(rms_norm(x, *norm), weight))`` with each part optional, where ``glu`` means
+    ``silu(gate) * up`` of the output's halves (a fused gate/up weight). Rounded to x's dtype where torch's
+    separate ops round. A decode step has 9-10 kernels per layer without this and 6 with it; each small kernel
+    costs about 1.2 us plus a gap in a CUDA graph (H200, session 10's profile)."""
+    K = x.shape[-1]
+    rows = x.reshape(-1, K).contiguous()
+    n = weight.shape[0] // 2 if glu else weight.shape[0]
+    res = residual.reshape(-1, n).contiguous() if residual is not None else None
+    nw, eps = norm if norm is not None else (None, 0.0)
+    y = int4_gemv_fused(rows, weight.packed, weight.scale_zero.contiguous(), nw, float(eps), res, glu)
+    return y.reshape(*x.shape[:-1], n)
 
 
 # ---- the weight as a tensor --------------------------------------------------------------------

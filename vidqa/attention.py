@@ -1,0 +1,249 @@
+"""One-query attention over a static KV cache (the decode step's attention): ``decode_attention``, a split-K
+("flash-decoding") Triton kernel on CUDA, ``F.scaled_dot_product_attention`` with a boolean mask elsewhere.
+
+Why: ``StaticDecoder._step`` attends one query to a cache of fixed capacity C with a mask for the valid
+positions. At Vicuna-7B's shapes (32 heads, head_dim 128, C = 256) SDPA takes 13.4 us per layer on an
+H200, 0.43 ms of a 3.1 ms decode step: the mask makes PyTorch pick the memory-efficient CUTLASS kernel,
+which runs one program per head (32 programs for 132 SMs, latency-bound) over all C positions. The valid
+K/V is 16 KB per position at 7B (4 MB at 256 positions: under a microsecond at 4.8 TB/s).
+
+Split scheme, for q ``[1, H, 1, D]`` and a cache ``[1, Hkv, C, D]`` (``G = H / Hkv`` query heads per KV head):
+  phase 1  grid (Hkv, SPLITS): a program takes one KV head and one chunk of C / SPLITS positions (a multiple
+           of ``BLOCK_N``), and all G query heads of the group at once, so each K/V byte is read once. It
+           loops over blocks of ``BLOCK_N`` positions up to the valid length, read from a device tensor, so
+           the grid does not depend on the length and a CUDA graph replays it as the cache grows; chunks past
+           the length do no work. Online softmax in float32 (base 2), then the chunk's (max, sum, unnormalised
+           output) in float32.
+  phase 2  grid (H,): per query head, the chunks' partials rescaled to a common max and summed; the output
+           in q's dtype. With SPLITS = 1 phase 1 writes the output itself and phase 2 is not launched.
+SPLITS depends on C and Hkv alone (``splits_for``): one shape, one grid, whatever the length.
+
+``flash_decode`` is a ``torch.library.triton_op`` (``torch.ops.vidqa.decode_attention``), so ``torch.compile``
+and CUDA-graph capture take it as it is (as ``vidqa.int4``'s GEMV).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+try:  # Triton comes with CUDA builds of torch; CPU builds have none (and need none: the SDPA path)
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the torch build
+    triton = None
+
+BLOCK_N = 64  # positions per step: 16 KB of K and 16 KB of V at D = 128 in bf16
+NUM_WARPS = 4
+NUM_STAGES = 2  # the next block's K/V loads (cp.async) while this one is computed: 38 KB of shared memory
+SMS = 132  # an H100/H200 SXM: phase 1 aims for at least one program per SM
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634
+
+
+def splits_for(capacity: int, n_kv: int) -> int:
+    """Chunks per KV head: enough for ``n_kv * splits >= SMS`` (rounded up to a power of two), but no more
+    than the cache has blocks, so each program has at least one. 7B (32 KV heads): 4 at C = 256 (128
+    programs), 8 from C = 512 (256); Llama-3-8B (8 KV heads): 4 at C = 256, 32 from C = 2048."""
+    blocks = -(-capacity // BLOCK_N)
+    return max(1, min(blocks, 1 << (-(-SMS // n_kv) - 1).bit_length()))
+
+
+def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor,
+              scale: float) -> torch.Tensor:
+    """The plain path: SDPA with positions ``0..length-1`` visible."""
+    visible = torch.arange(keys.shape[-2], device=keys.device) < length
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible.view(1, 1, 1, -1), scale=scale,
+                                          enable_gqa=q.shape[1] != keys.shape[1])
+
+
+if triton is not None:
+    @triton.jit
+    def _partial_kernel(q_ptr, k_ptr, v_ptr, length_ptr, m_ptr, den_ptr, acc_ptr, out_ptr, C, CHUNK, qk_scale,
+                        stride_qh, stride_kh, stride_kn, stride_vh, stride_vn,
+                        count_ptr, knew_ptr, vnew_ptr, stride_knh, stride_vnh,
+                        G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                        FINAL: tl.constexpr, WRITE: tl.constexpr, FUSED: tl.constexpr, SP: tl.constexpr):
+        """Phase 1 for KV head ``program_id(0)`` and chunk ``program_id(1)``: positions ``[chunk * CHUNK,
+        (chunk + 1) * CHUNK)`` below the length. The G query heads are the rows of a ``[GP, D]`` tile (GP: G
+        padded to a power of two, at least 16, as tl.dot needs; the padding rows are zeros and never stored).
+        tl.dot also for one head (G = 1): the padding costs tensor-core cycles that a memory-bound loop has to
+        spare, and Triton pipelines the loads that feed a dot (``num_stages``; at sm_90 it compiles them to
+        cp.async, 80 registers per thread, no spills at D = 128 in bf16).
+        ``qk_scale`` is the softmax scale times log2(e): the softmax runs in base 2 (exp2), the max ``m`` too.
+
+        The decode step's form (``decode_step``) adds two things, each saving a kernel per layer:
+        - ``WRITE``: the step's new K/V (``knew``/``vnew`` ``[Hkv, D]``) go into the cache at position length - 1,
+          written by the program whose chunk holds it, before it reads the chunk (a barrier makes the CTA's
+          own global writes visible to its threads; no other program reads that position).
+        - ``FUSED``: no phase 2 kernel. Each program counts itself done on its KV head's counter (after a
+          barrier: the CTA's partials are written; acquire-release at GPU scope), and the last of the SPLITS
+          combines them (read past the L1, ``.cg``) and resets the counter to 0 for the next launch."""
+        kvh = tl.program_id(0)
+        split = tl.program_id(1)
+        splits = tl.num_programs(1)
+        rg = tl.arange(0, GP)
+        rd = tl.arange(0, D)
+        rn = tl.arange(0, BLOCK_N)
+        head = kvh * G + rg
+        g_ok = rg < G
+        q = tl.load(q_ptr + head[:, None] * stride_qh + rd[None, :], mask=g_ok[:, None], other=0.0)
+        n = tl.minimum(tl.load(length_ptr).to(tl.int32), C)
+        lo = split * CHUNK
+        if WRITE:
+            slot = n - 1
+            if (slot >= lo) & (slot < lo + CHUNK):
+                tl.store(k_ptr + kvh * stride_kh + slot * stride_kn + rd, tl.load(knew_ptr + kvh * stride_knh + rd))
+                tl.store(v_ptr + kvh * stride_vh + slot * stride_vn + rd, tl.load(vnew_ptr + kvh * stride_vnh + rd))
+            tl.debug_barrier()
+        hi = tl.minimum(lo + CHUNK, n)  # at or below lo for a chunk past the length: no step
+        m = tl.full([GP], float("-inf"), dtype=tl.float32)
+        den = tl.zeros([GP], dtype=tl.float32)
+        acc = tl.zeros([GP, D], dtype=tl.float32)
+        k_ptr += kvh * stride_kh
+        v_ptr += kvh * stride_vh
+        for start in range(lo, hi, BLOCK_N):
+            pos = start + rn
+            ok = pos < hi
+            # positions past the length are not read: a static cache holds stale (or any) values there
+            k = tl.load(k_ptr + pos[:, None] * stride_kn + rd[None, :], mask=ok[:, None], other=0.0)
+            v = tl.load(v_ptr + pos[:, None] * stride_vn + rd[None, :], mask=ok[:, None], other=0.0)
+            # "ieee": float32 inputs not as tf32; the cast: inductor hands a float argument over as float64
+            s = (tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale).to(tl.float32)
+            s = tl.where(ok[None, :], s, float("-inf"))
+            # every step has a valid position (``start < hi``), so m_new is finite: no inf - inf
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            alpha = tl.exp2(m - m_new)  # 0 on the first step (m = -inf)
+            p = tl.exp2(s - m_new[:, None])
+            den = den * alpha + tl.sum(p, axis=1)
+            # p in V's dtype for the tensor cores (as flash attention does; exact for float32)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            m = m_new
+        if FINAL:  # one chunk: the whole cache, which holds at least one valid position (den >= 1)
+            o = acc / den[:, None]
+            tl.store(out_ptr + head[:, None] * D + rd[None, :], o.to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
+        else:  # a chunk past the length leaves (-inf, 0, 0): weight exp2(-inf) = 0 in phase 2
+            row = head * splits + split
+            tl.store(m_ptr + row, m, mask=g_ok)
+            tl.store(den_ptr + row, den, mask=g_ok)
+            tl.store(acc_ptr + row[:, None] * D + rd[None, :], acc, mask=g_ok[:, None])
+            if FUSED:
+                tl.debug_barrier()
+                done = tl.atomic_add(count_ptr + kvh, 1, sem="acq_rel", scope="gpu")
+                if done == splits - 1:  # the last program of this KV head: phase 2 for its G query heads
+                    rs = tl.arange(0, SP)
+                    s_ok = rs < splits
+                    for gi in tl.static_range(G):
+                        rows = (kvh * G + gi) * splits + rs
+                        pm = tl.load(m_ptr + rows, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
+                        pd = tl.load(den_ptr + rows, mask=s_ok, other=0.0, cache_modifier=".cg")
+                        pa = tl.load(acc_ptr + rows[:, None] * D + rd[None, :], mask=s_ok[:, None], other=0.0,
+                                     cache_modifier=".cg")
+                        w = tl.exp2(pm - tl.max(pm, axis=0))
+                        o = tl.sum(w[:, None] * pa, axis=0) / tl.sum(w * pd, axis=0)
+                        tl.store(out_ptr + (kvh * G + gi) * D + rd, o.to(out_ptr.dtype.element_ty))
+                    tl.atomic_xchg(count_ptr + kvh, 0)
+
+    @triton.jit
+    def _combine_kernel(m_ptr, den_ptr, acc_ptr, out_ptr, SPLITS, D: tl.constexpr, SP: tl.constexpr):
+        """Phase 2 for query head ``program_id(0)``: its SPLITS partials (SP: SPLITS padded to a power of two)
+        rescaled to their common max. Chunk 0 always holds position 0, so that max is finite."""
+        h = tl.program_id(0)
+        rs = tl.arange(0, SP)
+        rd = tl.arange(0, D)
+        ok = rs < SPLITS
+        row = h * SPLITS + rs
+        m = tl.load(m_ptr + row, mask=ok, other=float("-inf"))
+        den = tl.load(den_ptr + row, mask=ok, other=0.0)
+        acc = tl.load(acc_ptr + row[:, None] * D + rd[None, :], mask=ok[:, None], other=0.0)
+        w = tl.exp2(m - tl.max(m, axis=0))
+        o = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * den, axis=0)
+        tl.store(out_ptr + h * D + rd, o.to(out_ptr.dtype.element_ty))
+
+    def launch(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor, scale: float,
+               splits: int, wrap=lambda kernel: kernel, new: tuple | None = None,
+               counters: torch.Tensor | None = None) -> torch.Tensor:
+        """The kernels with ``splits`` chunks per KV head (``wrap``: ``torch.library.wrap_triton`` inside the ops;
+        the plain kernels otherwise, as the tests and benchmarks call them). Returns ``[1, H, 1, D]``.
+        ``new``: the step's ``(k, v)`` ``[1, Hkv, 1, D]``, written at position length - 1 first; ``counters``:
+        int32 ``[Hkv]`` zeros (left zero), for one kernel instead of two."""
+        _, H, _, D = q.shape
+        n_kv, C = keys.shape[1], keys.shape[2]
+        G = H // n_kv
+        chunk = triton.cdiv(triton.cdiv(C, splits), BLOCK_N) * BLOCK_N  # whole blocks: no step crosses chunks
+        out = torch.empty(1, H, 1, D, device=q.device, dtype=q.dtype)
+        final = splits == 1
+        fused = counters is not None and not final
+        # the partials, also when unused (one split): an aliased placeholder would confuse the functionalisation
+        # of the kernel's writes under torch.compile; empty() costs no kernel
+        m = torch.empty(H, splits, device=q.device, dtype=torch.float32)
+        den = torch.empty(H, splits, device=q.device, dtype=torch.float32)
+        acc = torch.empty(H, splits, D, device=q.device, dtype=torch.float32)
+        k_new, v_new = new if new is not None else (q, q)  # unread without WRITE
+        wrap(_partial_kernel)[(n_kv, splits)](
+            q, keys, values, length, m, den, acc, out, C, chunk, scale * LOG2E,
+            q.stride(1), keys.stride(1), keys.stride(2), values.stride(1), values.stride(2),
+            counters if fused else length, k_new, v_new, k_new.stride(1), v_new.stride(1),
+            G=G, GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=BLOCK_N, FINAL=final, WRITE=new is not None,
+            FUSED=fused, SP=triton.next_power_of_2(splits), num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        if not final and not fused:
+            wrap(_combine_kernel)[(H,)](m, den, acc, out, splits, D=D, SP=triton.next_power_of_2(splits))
+        return out
+
+    @torch.library.triton_op("vidqa::decode_attention", mutates_args=())
+    def flash_decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+        """``decode_attention`` by the kernels (for inputs that pass ``kernel_ok``)."""
+        return launch(q, keys, values, length, scale, splits_for(keys.shape[2], keys.shape[1]),
+                      torch.library.wrap_triton)
+    @torch.library.triton_op("vidqa::decode_step", mutates_args=("keys", "values", "counters"))
+    def flash_decode_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, keys: torch.Tensor,
+                          values: torch.Tensor, length: torch.Tensor, counters: torch.Tensor,
+                          scale: float) -> torch.Tensor:
+        """``decode_step`` by one kernel (for inputs that pass ``kernel_ok``)."""
+        return launch(q, keys, values, length, scale, splits_for(keys.shape[2], keys.shape[1]),
+                      torch.library.wrap_triton, (k_new, v_new), counters)
+else:
+    launch = flash_decode = flash_decode_step = None
+
+
+def kernel_ok(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether the kernels take these inputs: CUDA and Triton, one query of a batch of one, a power-of-two
+    head_dim (16 to 256), one float dtype throughout, whole query groups, contiguous head_dim rows."""
+    D = q.shape[-1]
+    return (flash_decode is not None and q.is_cuda and q.dim() == keys.dim() == 4 and q.shape[0] == q.shape[2] == 1
+            and keys.shape == values.shape and keys.shape[0] == 1 and keys.shape[-1] == D
+            and q.shape[1] % keys.shape[1] == 0 and 16 <= D <= 256 and D & (D - 1) == 0
+            and q.dtype in DTYPES and keys.dtype == values.dtype == q.dtype
+            and q.stride(-1) == keys.stride(-1) == values.stride(-1) == 1)
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor,
+                     scale: float | None = None) -> torch.Tensor:
+    """Attention of q ``[1, H, 1, D]`` to positions ``0..length-1`` of keys/values ``[1, Hkv, C, D]`` (H a
+    multiple of Hkv); ``length``: int64 ``[1]`` on the device, at least 1 (the decode step passes slot + 1).
+    Equal to ``reference`` (SDPA with the mask ``arange(C) < length``); ``[1, H, 1, D]`` in q's dtype."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if kernel_ok(q, keys, values):
+        return flash_decode(q, keys, values, length, scale)
+    return reference(q, keys, values, length, scale)
+
+
+def decode_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                length: torch.Tensor, counters: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The decode step's attention: write the step's ``k_new``/``v_new`` ``[1, Hkv, 1, D]`` into the cache at
+    position ``length - 1``, then ``decode_attention`` over positions ``0..length-1``. ``counters``: int32
+    ``[Hkv]`` zeros on the device, kept by the caller (the one-kernel form leaves them zero). On CUDA one kernel
+    does all of it: the K/V writes and the second phase each cost a kernel per layer otherwise (1.1 and 1.5 us
+    per 7B layer on an H200, session 10's profile)."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if (kernel_ok(q, keys, values) and k_new.shape == v_new.shape == (1, keys.shape[1], 1, q.shape[-1])
+            and k_new.dtype == v_new.dtype == q.dtype and k_new.stride(-1) == v_new.stride(-1) == 1
+            and counters.shape == (keys.shape[1],) and counters.dtype == torch.int32):
+        return flash_decode_step(q, k_new, v_new, keys, values, length, counters, scale)
+    slot = length - 1
+    keys.index_copy_(2, slot, k_new)
+    values.index_copy_(2, slot, v_new)
+    return reference(q, keys, values, length, scale)
