@@ -1,5 +1,6 @@
-"""One-query attention over a static KV cache (the decode step's attention): ``decode_attention``, a split-K
-("flash-decoding") Triton kernel on CUDA, ``F.scaled_dot_product_attention`` with a boolean mask elsewhere.
+"""One-query attention over a static KV cache (the decode step's attention): ``decode_attention`` and
+``decode_step`` (the same after writing the step's K/V), split-K ("flash-decoding") Triton kernels on CUDA,
+``F.scaled_dot_product_attention`` with a boolean mask elsewhere.
 
 Why: ``StaticDecoder._step`` attends one query to a cache of fixed capacity C with a mask for the valid
 positions. At Vicuna-7B's shapes (32 heads, head_dim 128, C = 256) SDPA takes 13.4 us per layer on an
@@ -17,9 +18,13 @@ Split scheme, for q ``[1, H, 1, D]`` and a cache ``[1, Hkv, C, D]`` (``G = H / H
   phase 2  grid (H,): per query head, the chunks' partials rescaled to a common max and summed; the output
            in q's dtype. With SPLITS = 1 phase 1 writes the output itself and phase 2 is not launched.
 SPLITS depends on C and Hkv alone (``splits_for``): one shape, one grid, whatever the length.
+``decode_step`` is one kernel: phase 1 also writes the new K/V, and the last program of each KV head does
+phase 2 (see ``_partial_kernel``). Measured on an H200 (``benchmarks/decode_attention.py``, session 10), per
+7B layer: 6.9 us at C = 256 and 23.7 at C = 4096, against 20.1 and 35.5 for the cache writes and SDPA.
 
-``flash_decode`` is a ``torch.library.triton_op`` (``torch.ops.vidqa.decode_attention``), so ``torch.compile``
-and CUDA-graph capture take it as it is (as ``vidqa.int4``'s GEMV).
+``flash_decode`` and ``flash_decode_step`` are ``torch.library.triton_op``s (``torch.ops.vidqa.decode_attention``,
+``torch.ops.vidqa.decode_step``), so ``torch.compile`` and CUDA-graph capture take them as they are (as
+``vidqa.int4``'s GEMVs).
 """
 
 from __future__ import annotations
