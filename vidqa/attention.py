@@ -66,6 +66,23 @@ def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length:
 
 if triton is not None:
     @triton.jit
+    def _combine(m_ptr, den_ptr, acc_ptr, out_ptr, h, SPLITS, D: tl.constexpr, SP: tl.constexpr,
+                 CACHE: tl.constexpr):
+        """Phase 2 for query head ``h``: its SPLITS partials (SP: SPLITS padded to a power of two) rescaled to
+        their common max. Chunk 0 always holds position 0, so that max is finite. ``CACHE``: the loads' cache
+        modifier (".cg" where other programs of the same launch wrote the partials: past the L1)."""
+        rs = tl.arange(0, SP)
+        rd = tl.arange(0, D)
+        ok = rs < SPLITS
+        row = h * SPLITS + rs
+        m = tl.load(m_ptr + row, mask=ok, other=float("-inf"), cache_modifier=CACHE)
+        den = tl.load(den_ptr + row, mask=ok, other=0.0, cache_modifier=CACHE)
+        acc = tl.load(acc_ptr + row[:, None] * D + rd[None, :], mask=ok[:, None], other=0.0, cache_modifier=CACHE)
+        w = tl.exp2(m - tl.max(m, axis=0))
+        o = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * den, axis=0)
+        tl.store(out_ptr + h * D + rd, o.to(out_ptr.dtype.element_ty))
+
+    @triton.jit
     def _partial_kernel(q_ptr, k_ptr, v_ptr, length_ptr, m_ptr, den_ptr, acc_ptr, out_ptr, C, CHUNK, qk_scale,
                         stride_qh, stride_kh, stride_kn, stride_vh, stride_vn,
                         count_ptr, knew_ptr, vnew_ptr, stride_knh, stride_vnh,
@@ -138,34 +155,14 @@ if triton is not None:
                 tl.debug_barrier()
                 done = tl.atomic_add(count_ptr + kvh, 1, sem="acq_rel", scope="gpu")
                 if done == splits - 1:  # the last program of this KV head: phase 2 for its G query heads
-                    rs = tl.arange(0, SP)
-                    s_ok = rs < splits
                     for gi in tl.static_range(G):
-                        rows = (kvh * G + gi) * splits + rs
-                        pm = tl.load(m_ptr + rows, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
-                        pd = tl.load(den_ptr + rows, mask=s_ok, other=0.0, cache_modifier=".cg")
-                        pa = tl.load(acc_ptr + rows[:, None] * D + rd[None, :], mask=s_ok[:, None], other=0.0,
-                                     cache_modifier=".cg")
-                        w = tl.exp2(pm - tl.max(pm, axis=0))
-                        o = tl.sum(w[:, None] * pa, axis=0) / tl.sum(w * pd, axis=0)
-                        tl.store(out_ptr + (kvh * G + gi) * D + rd, o.to(out_ptr.dtype.element_ty))
+                        _combine(m_ptr, den_ptr, acc_ptr, out_ptr, kvh * G + gi, splits, D, SP, ".cg")
                     tl.atomic_xchg(count_ptr + kvh, 0)
 
     @triton.jit
     def _combine_kernel(m_ptr, den_ptr, acc_ptr, out_ptr, SPLITS, D: tl.constexpr, SP: tl.constexpr):
-        """Phase 2 for query head ``program_id(0)``: its SPLITS partials (SP: SPLITS padded to a power of two)
-        rescaled to their common max. Chunk 0 always holds position 0, so that max is finite."""
-        h = tl.program_id(0)
-        rs = tl.arange(0, SP)
-        rd = tl.arange(0, D)
-        ok = rs < SPLITS
-        row = h * SPLITS + rs
-        m = tl.load(m_ptr + row, mask=ok, other=float("-inf"))
-        den = tl.load(den_ptr + row, mask=ok, other=0.0)
-        acc = tl.load(acc_ptr + row[:, None] * D + rd[None, :], mask=ok[:, None], other=0.0)
-        w = tl.exp2(m - tl.max(m, axis=0))
-        o = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * den, axis=0)
-        tl.store(out_ptr + h * D + rd, o.to(out_ptr.dtype.element_ty))
+        """Phase 2 as its own kernel, one program per query head (``decode_attention``)."""
+        _combine(m_ptr, den_ptr, acc_ptr, out_ptr, tl.program_id(0), SPLITS, D, SP, "")
 
     def launch(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor, scale: float,
                splits: int, wrap=lambda kernel: kernel, new: tuple | None = None,

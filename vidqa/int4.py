@@ -123,6 +123,12 @@ if triton is not None:
         return {"BLOCK_N": 4, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 1}
 
     @triton.jit
+    def _add_residual(y, res_row, rn, n_ok, dtype: tl.constexpr):
+        """The decoder's residual add as torch rounds it: the product to the output's dtype, then the sum."""
+        res = tl.load(res_row + rn, mask=n_ok, other=0.0).to(tl.float32)
+        return res + y.to(dtype).to(tl.float32)
+
+    @triton.jit
     def _int4_gemv_kernel(x_ptr, w_ptr, sz_ptr, y_ptr, N, KW, stride_xm, stride_ym, MASK, ONE, HIGH, res_ptr,
                           stride_rm, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           RESID: tl.constexpr = False):
@@ -186,9 +192,8 @@ if triton is not None:
             z = tl.load(at + 1, mask=sz_ok, other=0.0).to(tl.float32)
             acc += s16 * tl.sum(fx, axis=2) + (z - s16) * tl.sum(xsum, axis=1)[None, :]
         y = tl.sum(acc, axis=1)
-        if RESID:  # the decoder's residual add, as torch rounds it: the product to bf16, then the sum
-            res = tl.load(res_ptr + m * stride_rm + rn, mask=n_ok, other=0.0).to(tl.float32)
-            y = res + y.to(y_ptr.dtype.element_ty).to(tl.float32)
+        if RESID:
+            y = _add_residual(y, res_ptr + m * stride_rm, rn, n_ok, y_ptr.dtype.element_ty)
         tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
     @triton.jit
@@ -307,8 +312,7 @@ if triton is not None:
             act = (gate / (1.0 + tl.exp(-gate))).to(y_ptr.dtype.element_ty).to(tl.float32)
             y = act * up.to(y_ptr.dtype.element_ty).to(tl.float32)
         if RESID:
-            res = tl.load(res_ptr + m * stride_rm + rn, mask=n_ok, other=0.0).to(tl.float32)
-            y = res + y.to(y_ptr.dtype.element_ty).to(tl.float32)
+            y = _add_residual(y, res_ptr + m * stride_rm, rn, n_ok, y_ptr.dtype.element_ty)
         tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
     def mma_config(n: int, k: int) -> dict:
@@ -336,8 +340,8 @@ if triton is not None:
         M, K = x.shape
         N, G = y.shape[1], scale_zero.shape[1]
         grid = (triton.cdiv(N, meta["BLOCK_N"]), M)
-        res, stride_rm = (residual, residual.stride(0)) if residual is not None else (y, 0)
         if kernel == "mma":
+            res, stride_rm = (residual, residual.stride(0)) if residual is not None else (y, 0)
             nw = norm_weight if norm_weight is not None else x
             wrap(_int4_mma_kernel)[grid](x, packed, scale_zero, y, N, K, x.stride(0), y.stride(0), nw, eps, res,
                                          stride_rm, GROUP=K // G, ASM=ASM, NORM=norm_weight is not None, GLU=glu,
