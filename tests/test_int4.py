@@ -15,6 +15,10 @@ from vidqa import int4, quant
 
 pytest.importorskip("torchao")
 
+interpreted = pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
+                                 reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+on_gpu = pytest.mark.skipif(not torch.cuda.is_available() or int4.triton is None, reason="needs a CUDA GPU and Triton")
+
 
 def weights(n: int, k: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -153,7 +157,7 @@ def _gemv_reference(x, packed, scale_zero):
     return x.float() @ int4.dequantize(packed, scale_zero, torch.float32).T
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or int4.int4_gemv is None, reason="needs a CUDA GPU and Triton")
+@on_gpu
 @pytest.mark.parametrize("kernel", ["auto", "mma", "fma"])
 @pytest.mark.parametrize("n,k,rows", [(4096, 4096, 1), (12288, 4096, 1), (4096, 11008, 1), (1000, 384, 3),
                                       (40, 96, 2)])
@@ -172,8 +176,7 @@ def test_gemv_on_the_gpu_equals_the_dequantised_product(n, k, rows, kernel, monk
     torch.testing.assert_close(compiled(x).float(), ref, rtol=2 ** -7, atol=1e-3 * float(ref.abs().max()))
 
 
-@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@interpreted
 @pytest.mark.parametrize("n,k,block_n,block_k",
                          [(48, 256, 16, 256), (40, 384, 16, 256), (16, 640, 8, 512), (12, 96, 4, 64)])
 def test_gemv_kernel_in_the_interpreter_equals_the_dequantised_product(n, k, block_n, block_k):
@@ -187,8 +190,7 @@ def test_gemv_kernel_in_the_interpreter_equals_the_dequantised_product(n, k, blo
     torch.testing.assert_close(y, _gemv_reference(x, packed, scale_zero), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@interpreted
 @pytest.mark.parametrize("n,k,block_n,gpt", [(48, 256, 16, 1), (40, 384, 16, 2), (32, 640, 32, 4), (16, 96, 16, 1),
                                              (20, 1024, 16, 8)])  # groups of 128 and 32; partial blocks and steps
 def test_mma_kernel_in_the_interpreter_equals_the_dequantised_product(n, k, block_n, gpt):
@@ -205,8 +207,7 @@ def test_mma_kernel_in_the_interpreter_equals_the_dequantised_product(n, k, bloc
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-5 * float(ref.abs().max()))
 
 
-@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@interpreted
 @pytest.mark.parametrize("kernel", ["auto", "mma", "fma"])
 @pytest.mark.parametrize("n,k", [(8200, 256), (40, 2304)])  # both launch configurations, a partial last block
 def test_the_gemv_op_in_the_interpreter_equals_the_dequantised_product(n, k, kernel, monkeypatch):
@@ -220,8 +221,7 @@ def test_the_gemv_op_in_the_interpreter_equals_the_dequantised_product(n, k, ker
     torch.testing.assert_close(y.float(), ref, rtol=2 ** -7, atol=1e-3 * float(ref.abs().max()))
 
 
-@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@interpreted
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,k", [(40, 384), (33, 96), (17, 640)])  # groups of 128, 32 and 128; partial blocks
 def test_the_dequantise_kernel_in_the_interpreter_equals_the_torch_ops_bit_for_bit(n, k, dtype):
@@ -232,7 +232,7 @@ def test_the_dequantise_kernel_in_the_interpreter_equals_the_torch_ops_bit_for_b
                        int4.dequantize_reference(packed, scale_zero, dtype))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or int4.int4_dequantize is None, reason="needs a CUDA GPU and Triton")
+@on_gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_dequantise_on_the_gpu_equals_the_torch_ops_bit_for_bit(dtype):
     w = weights(1000, 4096).to("cuda", dtype)
@@ -268,8 +268,7 @@ def _fused_reference(x, packed, scale_zero, n, nw, eps, res, glu):
     return y if res is None else res.float() + y
 
 
-@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@interpreted
 @pytest.mark.parametrize("norm,glu,resid", [(True, False, False), (False, False, True), (True, True, False),
                                             (False, True, True), (True, True, True)])
 def test_mma_kernel_with_its_neighbours_in_the_interpreter(norm, glu, resid):
@@ -288,8 +287,7 @@ def test_mma_kernel_with_its_neighbours_in_the_interpreter(norm, glu, resid):
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-5 * float(ref.abs().max()))
 
 
-@pytest.mark.skipif(int4.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="the kernel on the CPU needs Triton's interpreter (TRITON_INTERPRET=1)")
+@interpreted
 def test_fma_kernel_adds_the_residual_in_the_interpreter():
     n, k = 40, 384
     packed, scale_zero = int4.pack(weights(n, k).bfloat16(), 128)
@@ -301,7 +299,7 @@ def test_fma_kernel_adds_the_residual_in_the_interpreter():
     torch.testing.assert_close(y, res + _gemv_reference(x, packed, scale_zero), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or int4.int4_gemv is None, reason="needs a CUDA GPU and Triton")
+@on_gpu
 @pytest.mark.parametrize("n,k", [(4096, 4096), (11008, 4096), (4096, 11008), (40, 96)])
 @pytest.mark.parametrize("norm,glu,resid", [(True, False, False), (False, False, True), (True, True, False)])
 def test_linear_fused_on_the_gpu_equals_the_torch_ops(n, k, norm, glu, resid):
@@ -326,7 +324,7 @@ def test_linear_fused_on_the_gpu_equals_the_torch_ops(n, k, norm, glu, resid):
     torch.testing.assert_close(y.float(), want.float(), rtol=2 ** -6, atol=2 ** -7 * float(want.abs().max()))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or int4.int4_gemv is None, reason="needs a CUDA GPU and Triton")
+@on_gpu
 @pytest.mark.parametrize("compile", [False, True])
 def test_the_fused_int4_decode_step_equals_the_unfused_one_on_the_gpu(compile):
     """StaticDecoder with vidqa.int4's fused layers (4 kernels a layer) against the same step unfused, on a tiny
