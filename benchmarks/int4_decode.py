@@ -6,7 +6,9 @@
 torchao int4 weight-only (``vidqa.quant``, group 128) on the LLM's layers; the 64-frame context is
 compressed in bf16 first (the decode step's time does not depend on where the cache came from). Then
 the decode step (``StaticDecoder``, compiled, in a CUDA graph) is timed under each variant:
-``default`` (what vidqa does), ``fused`` (the same with the fused layers of ``vidqa.int4.linear_fused``,
+``default`` (what vidqa does), ``stepwise`` (greedy steps not pipelined: a step, then the host's
+argmax, per token, as before session 11), ``eager`` (the CUDA graph of the uncompiled step) and
+``eager_rope_apart`` (the same with RoPE by transformers' ops, not inside the attention kernel), ``fused`` (the same with the fused layers of ``vidqa.int4.linear_fused``,
 which vidqa uses only uncompiled), ``coordinate_descent`` (inductor's coordinate-descent tuning of its
 generated kernels, as gpt-fast sets it) and ``max_autotune`` (``mode="max-autotune-no-cudagraphs"``).
 Reports ms/token (median of repeats) and the bandwidth floor of the bytes one step reads.
@@ -87,12 +89,17 @@ def main() -> None:
         try:
             if not cuda:
                 d = None
+            elif name.startswith("eager"):  # the CUDA graph, not compiled (what vidqa runs unless compiling)
+                d = StaticDecoder(qa.llm, cap, compile=False)
+                d.rope_in_attention = name != "eager_rope_apart"
             elif name == "max_autotune":
                 d = StaticDecoder(qa.llm, cap, compile=False)
-                d._run = torch.compile(d._step, dynamic=False, mode="max-autotune-no-cudagraphs")
+                d._run = torch.compile(d._pick, dynamic=False, mode="max-autotune-no-cudagraphs")
             else:  # "fused": with vidqa.int4's fused layers (int4.linear_fused), which vidqa leaves off when compiled
                 d = StaticDecoder(qa.llm, cap, compile=True)
                 d.fuse_int4 = name == "fused"
+                if name == "stepwise":
+                    d.greedy = stepwise(d)
             run(d)
             ms = statistics.median(run(d).ms_per_token for _ in range(args.repeats))
             res["variants"][name] = {"ms_per_token": ms, "share_of_bandwidth": res["floor_ms_per_token"] / ms}
@@ -109,6 +116,16 @@ def main() -> None:
             print(f"int4 decode {name}: {res['variants'][name]['error']}", flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=1))
+
+
+def stepwise(d):
+    """``StaticDecoder.greedy`` as vidqa ran it before session 11: a step, then the host's argmax, per token (the
+    GPU waits for the host's read and launch at every token)."""
+    def greedy(token: int, position: int, steps: int):
+        for i in range(steps):
+            token = int(d.step(token, position + i).argmax())
+            yield token
+    return greedy
 
 
 def kernels_per_token(run_all, run_one, tokens: int) -> dict:

@@ -144,6 +144,48 @@ def test_the_step_kernel_writes_the_new_kv_then_attends_in_one_launch(heads, kv_
     assert torch.equal(counters, torch.zeros(kv_heads, dtype=torch.int32))
 
 
+def _rope(head_dim: int, position: int, dtype=torch.float32):
+    """transformers' RoPE tables for one position: ``cos``, ``sin`` ``[1, 1, head_dim]``."""
+    inv = 1.0 / 10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    emb = torch.cat([position * inv, position * inv])
+    return emb.cos().view(1, 1, -1).to(dtype), emb.sin().view(1, 1, -1).to(dtype)
+
+
+@interpreted
+@pytest.mark.parametrize("heads,kv_heads,splits,length", [(2, 2, 4, 2 * B + 1), (8, 2, 2, 4 * B), (4, 4, 1, 9)])
+def test_the_step_kernel_turns_q_and_the_new_k_by_rope_first(heads, kv_heads, splits, length):
+    """With ``rope`` the kernel takes q and the new k unrotated: the same as transformers' apply_rotary_pos_emb
+    first (the written k too)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    q, k, v = inputs(heads, kv_heads, 4 * B, 64, seed=length)
+    k_new, v_new = torch.randn(2, 1, kv_heads, 1, 64, generator=torch.Generator().manual_seed(5))
+    cos, sin = _rope(64, 1000 + length)
+    rq, rk = apply_rotary_pos_emb(q, k_new, cos, sin)
+    want_k, want_v = k.clone(), v.clone()
+    want = attention.launch(rq, want_k, want_v, torch.tensor([length]), 0.125, splits, new=(rk, v_new),
+                            counters=torch.zeros(kv_heads, dtype=torch.int32))
+    out = attention.launch(q, k, v, torch.tensor([length]), 0.125, splits, new=(k_new, v_new),
+                           counters=torch.zeros(kv_heads, dtype=torch.int32), rope=(cos, sin))
+    torch.testing.assert_close(k, want_k, rtol=1e-6, atol=1e-6)
+    assert torch.equal(v, want_v)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_step_s_plain_path_applies_rope_as_transformers():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    q, k, v = inputs(8, 2, 64, 32, seed=6)
+    k_new, v_new = torch.randn(2, 1, 2, 1, 32, generator=torch.Generator().manual_seed(3))
+    cos, sin = _rope(32, 17)
+    rq, rk = apply_rotary_pos_emb(q, k_new, cos, sin)
+    want_k, want_v = k.clone(), v.clone()
+    want = attention.decode_step(rq, rk, v_new, want_k, want_v, torch.tensor([21]), torch.zeros(2, dtype=torch.int32))
+    out = attention.decode_step(q, k_new, v_new, k, v, torch.tensor([21]), torch.zeros(2, dtype=torch.int32),
+                                rope=(cos, sin))
+    assert torch.equal(k, want_k) and torch.equal(v, want_v) and torch.equal(out, want)
+
+
 def test_the_step_s_plain_path_writes_then_equals_sdpa_with_the_mask():
     q, k, v = inputs(8, 2, 64, 32, seed=4)
     k_new, v_new = torch.randn(2, 1, 2, 1, 32, generator=torch.Generator().manual_seed(2))
@@ -185,15 +227,21 @@ def test_on_the_gpu_in_a_cuda_graph_as_the_length_grows(heads, kv_heads, capacit
 
 @pytest.mark.skipif(not torch.cuda.is_available() or attention.triton is None, reason="needs a CUDA GPU and Triton")
 @pytest.mark.parametrize("heads,kv_heads,capacity", [(32, 32, 256), (32, 8, 1024)])
-def test_the_step_on_the_gpu_compiled_in_a_cuda_graph_writes_and_attends(heads, kv_heads, capacity):
-    """decode_step as StaticDecoder runs it: compiled, captured once, replayed as the cache grows."""
+@pytest.mark.parametrize("rope", [False, True])
+def test_the_step_on_the_gpu_compiled_in_a_cuda_graph_writes_and_attends(heads, kv_heads, capacity, rope):
+    """decode_step as StaticDecoder runs it: compiled, captured once, replayed as the cache grows; with RoPE in
+    the kernel, against transformers' RoPE applied first (in float32, rounded once to bf16)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
     dev = torch.device("cuda")
     q, k, v = (t.to(dev, torch.bfloat16) for t in inputs(heads, kv_heads, capacity, 128, seed=9))
     k_new, v_new = (torch.randn(1, kv_heads, 1, 128, device=dev, dtype=torch.bfloat16) for _ in range(2))
     length = torch.tensor([1], device=dev)
     counters = torch.zeros(kv_heads, dtype=torch.int32, device=dev)
     scale = 1 / math.sqrt(128)
-    compiled = torch.compile(lambda *a: attention.decode_step(*a, scale), dynamic=False)
+    cos, sin = (t.to(dev, torch.bfloat16) for t in _rope(128, 517))
+    turn = (cos, sin) if rope else None
+    compiled = torch.compile(lambda *a: attention.decode_step(*a, scale, turn), dynamic=False)
     args = (q, k_new, v_new, k, v, length, counters)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -209,6 +257,11 @@ def test_the_step_on_the_gpu_compiled_in_a_cuda_graph_writes_and_attends(heads, 
         v_new.normal_()
         length.fill_(n)
         graph.replay()
-        assert torch.equal(k[:, :, n - 1:n], k_new) and torch.equal(v[:, :, n - 1:n], v_new)
-        torch.testing.assert_close(out.float(), masked_sdpa(q, k, v, n, scale), rtol=2 ** -7, atol=2e-3)
+        rq, rk = q, k_new
+        if rope:
+            rq, rk = (t.to(torch.bfloat16) for t in apply_rotary_pos_emb(q.float(), k_new.float(), cos.float(),
+                                                                         sin.float()))
+        torch.testing.assert_close(k[:, :, n - 1:n], rk, rtol=2 ** -7, atol=1e-5)  # one bf16 step at most
+        assert torch.equal(v[:, :, n - 1:n], v_new)
+        torch.testing.assert_close(out.float(), masked_sdpa(rq, k, v, n, scale), rtol=2 ** -7, atol=2e-3)
         assert not counters.any()

@@ -64,6 +64,46 @@ def test_static_decoder_on_the_cpu_equals_transformers(voco_qa):
     assert dec.length == context + len(plain) - 1  # the last token is yielded, never fed back
 
 
+def _collect(tokens) -> tuple[list[int], str]:
+    """The tokens an answer yields, and the error that ended it ("" if none)."""
+    out: list[int] = []
+    try:
+        for t in tokens:
+            out.append(t)
+    except ValueError as e:
+        return out, str(e)
+    return out, ""
+
+
+@torch.no_grad()
+def test_the_pipelined_greedy_decoder_stops_refills_and_runs_out_as_the_plain_loop(voco_qa):
+    """Greedy steps are queued one ahead of the caller (``StaticDecoder.greedy``): a stop leaves one step in
+    flight, which the next answer's ``load`` discards; a full cache ends the answer at the same token as a step
+    per token does; sampling still takes a step per token and draws as the plain loop."""
+    m, llm = voco_qa.method, voco_qa.llm
+    feats = torch.randn(2, voco_qa.vision.num_patches, voco_qa.vision.hidden_size,
+                        generator=torch.Generator().manual_seed(1))
+    cache = FrameCache("voco", m.compress(feats), [0.0, 1.0], m.tokens_per_frame, m.cache_meta())
+    gen = GenerationConfig(max_new_tokens=8)
+    plain = list(generate(llm, m.prefill(cache, "q?"), gen, set()))
+    other = list(generate(llm, m.prefill(cache, "what?"), gen, set()))
+    dec = StaticDecoder(llm, 256, graph=False)
+    stops = {plain[3]}
+    cut = list(generate(llm, m.prefill(cache, "q?"), gen, stops, decoder=dec))
+    assert cut == plain[:plain.index(plain[3])]
+    assert list(generate(llm, m.prefill(cache, "what?"), gen, set(), decoder=dec)) == other  # the same decoder
+    pre = m.prefill(cache, "q?")
+    context = pre.past_key_values.get_seq_length() + pre.position_ids.shape[1]
+    full = StaticDecoder(llm, context + 3, graph=False)  # room for three steps: four tokens
+    assert _collect(generate(llm, pre, gen, set(), decoder=full)) == (plain[:4], "static cache is full")
+    sampled = GenerationConfig(max_new_tokens=8, temperature=1.0, seed=3)
+    drawn = list(generate(llm, m.prefill(cache, "q?"), sampled, set()))
+    assert list(generate(llm, m.prefill(cache, "q?"), sampled, set(), decoder=dec)) == drawn
+    full = StaticDecoder(llm, context + 3, graph=False)
+    assert _collect(generate(llm, m.prefill(cache, "q?"), sampled, set(), decoder=full)) == (drawn[:4],
+                                                                                           "static cache is full")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("compile", [False, True])
 @torch.no_grad()
@@ -79,13 +119,20 @@ def test_static_decoder_on_the_gpu_in_a_cuda_graph_equals_transformers(voco_dir,
     plain = list(generate(llm, m.prefill(cache, "q?"), gen, set()))
     dec = StaticDecoder(llm, 128, graph=True, compile=compile)
     assert list(generate(llm, m.prefill(cache, "q?"), gen, set(), decoder=dec)) == plain and dec.graph is not None
+    # pipelined greedy steps: a stop leaves a step in flight; the next answer on the same graph is unchanged
+    cut = list(generate(llm, m.prefill(cache, "q?"), gen, {plain[5]}, decoder=dec))
+    assert cut == plain[:plain.index(plain[5])]
+    assert list(generate(llm, m.prefill(cache, "q?"), gen, set(), decoder=dec)) == plain
+    sampled = GenerationConfig(max_new_tokens=12, temperature=1.0, seed=3)  # a step per token, the host drawing
+    drawn = list(generate(llm, m.prefill(cache, "q?"), sampled, set()))
+    assert list(generate(llm, m.prefill(cache, "q?"), sampled, set(), decoder=dec)) == drawn
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch._dynamo warns about torch.jit
 def test_the_decoder_fuses_int4_layers_only_when_its_step_is_not_compiled(voco_qa):
-    """Compiled, inductor fuses the norms, SiLU and adds itself, and better (session 10: 2.69 against 2.77
-    ms/token at 7B); uncompiled, vidqa.int4's fused layers win (3.40 against 4.29). On the CPU nothing is fused:
-    there is no GEMV."""
+    """Compiled, inductor fuses the norms, SiLU and adds itself, and better (2.58 against 2.92 ms/token at 7B,
+    session 11); uncompiled, vidqa.int4's fused layers win (3.40 against 4.29, session 10). On the CPU nothing is
+    fused: there is no GEMV."""
     llm = voco_qa.llm
     assert StaticDecoder(llm, 64, graph=False).fuse_int4
     assert not StaticDecoder(llm, 64, graph=False, compile=True).fuse_int4

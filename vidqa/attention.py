@@ -33,6 +33,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 try:  # Triton comes with CUDA builds of torch; CPU builds have none (and need none: the SDPA path)
     import triton
@@ -85,9 +86,10 @@ if triton is not None:
     @triton.jit
     def _partial_kernel(q_ptr, k_ptr, v_ptr, length_ptr, m_ptr, den_ptr, acc_ptr, out_ptr, C, CHUNK, qk_scale,
                         stride_qh, stride_kh, stride_kn, stride_vh, stride_vn,
-                        count_ptr, knew_ptr, vnew_ptr, stride_knh, stride_vnh,
+                        count_ptr, knew_ptr, vnew_ptr, stride_knh, stride_vnh, cos_ptr, sin_ptr,
                         G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-                        FINAL: tl.constexpr, WRITE: tl.constexpr, FUSED: tl.constexpr, SP: tl.constexpr):
+                        FINAL: tl.constexpr, WRITE: tl.constexpr, FUSED: tl.constexpr, SP: tl.constexpr,
+                        ROPE: tl.constexpr = False):
         """Phase 1 for KV head ``program_id(0)`` and chunk ``program_id(1)``: positions ``[chunk * CHUNK,
         (chunk + 1) * CHUNK)`` below the length. The G query heads are the rows of a ``[GP, D]`` tile (GP: G
         padded to a power of two, at least 16, as tl.dot needs; the padding rows are zeros and never stored).
@@ -96,7 +98,9 @@ if triton is not None:
         cp.async, 80 registers per thread, no spills at D = 128 in bf16).
         ``qk_scale`` is the softmax scale times log2(e): the softmax runs in base 2 (exp2), the max ``m`` too.
 
-        The decode step's form (``decode_step``) adds two things, each saving a kernel per layer:
+        The decode step's form (``decode_step``) adds three things, each saving a kernel per layer:
+        - ``ROPE``: q and the new k come unrotated, and RoPE (``cos``/``sin`` ``[D]``, as transformers makes them)
+          turns them here, in float32, rounded once to their dtype (as inductor's kernel for it does).
         - ``WRITE``: the step's new K/V (``knew``/``vnew`` ``[Hkv, D]``) go into the cache at position length - 1,
           written by the program whose chunk holds it, before it reads the chunk (a barrier makes the CTA's
           own global writes visible to its threads; no other program reads that position).
@@ -112,12 +116,22 @@ if triton is not None:
         head = kvh * G + rg
         g_ok = rg < G
         q = tl.load(q_ptr + head[:, None] * stride_qh + rd[None, :], mask=g_ok[:, None], other=0.0)
+        if ROPE:  # x * cos + rotate_half(x) * sin, rotate_half(x) = (-x[D/2:], x[:D/2])
+            cos = tl.load(cos_ptr + rd).to(tl.float32)
+            sin = tl.where(rd < D // 2, -1.0, 1.0) * tl.load(sin_ptr + rd).to(tl.float32)
+            half = (rd + D // 2) % D
+            q2 = tl.load(q_ptr + head[:, None] * stride_qh + half[None, :], mask=g_ok[:, None], other=0.0)
+            q = (q.to(tl.float32) * cos[None, :] + q2.to(tl.float32) * sin[None, :]).to(q.dtype)
         n = tl.minimum(tl.load(length_ptr).to(tl.int32), C)
         lo = split * CHUNK
         if WRITE:
             slot = n - 1
             if (slot >= lo) & (slot < lo + CHUNK):
-                tl.store(k_ptr + kvh * stride_kh + slot * stride_kn + rd, tl.load(knew_ptr + kvh * stride_knh + rd))
+                kn = tl.load(knew_ptr + kvh * stride_knh + rd)
+                if ROPE:
+                    kn2 = tl.load(knew_ptr + kvh * stride_knh + half).to(tl.float32)
+                    kn = (kn.to(tl.float32) * cos + kn2 * sin).to(kn.dtype)
+                tl.store(k_ptr + kvh * stride_kh + slot * stride_kn + rd, kn)
                 tl.store(v_ptr + kvh * stride_vh + slot * stride_vn + rd, tl.load(vnew_ptr + kvh * stride_vnh + rd))
             tl.debug_barrier()
         hi = tl.minimum(lo + CHUNK, n)  # at or below lo for a chunk past the length: no step
@@ -166,11 +180,12 @@ if triton is not None:
 
     def launch(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor, scale: float,
                splits: int, wrap=lambda kernel: kernel, new: tuple | None = None,
-               counters: torch.Tensor | None = None) -> torch.Tensor:
+               counters: torch.Tensor | None = None, rope: tuple | None = None) -> torch.Tensor:
         """The kernels with ``splits`` chunks per KV head (``wrap``: ``torch.library.wrap_triton`` inside the ops;
         the plain kernels otherwise, as the tests and benchmarks call them). Returns ``[1, H, 1, D]``.
         ``new``: the step's ``(k, v)`` ``[1, Hkv, 1, D]``, written at position length - 1 first; ``counters``:
-        int32 ``[Hkv]`` zeros (left zero), for one kernel instead of two."""
+        int32 ``[Hkv]`` zeros (left zero), for one kernel instead of two; ``rope``: ``(cos, sin)``, D values each
+        (contiguous), to turn q and the new k first (with ``new`` only)."""
         _, H, _, D = q.shape
         n_kv, C = keys.shape[1], keys.shape[2]
         G = H // n_kv
@@ -184,12 +199,14 @@ if triton is not None:
         den = torch.empty(H, splits, device=q.device, dtype=torch.float32)
         acc = torch.empty(H, splits, D, device=q.device, dtype=torch.float32)
         k_new, v_new = new if new is not None else (q, q)  # unread without WRITE
+        cos, sin = rope if rope is not None else (q, q)  # unread without ROPE
         wrap(_partial_kernel)[(n_kv, splits)](
             q, keys, values, length, m, den, acc, out, C, chunk, scale * LOG2E,
             q.stride(1), keys.stride(1), keys.stride(2), values.stride(1), values.stride(2),
-            counters if fused else length, k_new, v_new, k_new.stride(1), v_new.stride(1),
+            counters if fused else length, k_new, v_new, k_new.stride(1), v_new.stride(1), cos, sin,
             G=G, GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK_N=BLOCK_N, FINAL=final, WRITE=new is not None,
-            FUSED=fused, SP=triton.next_power_of_2(splits), num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+            FUSED=fused, SP=triton.next_power_of_2(splits), ROPE=rope is not None, num_warps=NUM_WARPS,
+            num_stages=NUM_STAGES)
         if not final and not fused:
             wrap(_combine_kernel)[(H,)](m, den, acc, out, splits, D=D, SP=triton.next_power_of_2(splits))
         return out
@@ -203,10 +220,11 @@ if triton is not None:
     @torch.library.triton_op("vidqa::decode_step", mutates_args=("keys", "values", "counters"))
     def flash_decode_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, keys: torch.Tensor,
                           values: torch.Tensor, length: torch.Tensor, counters: torch.Tensor,
-                          scale: float) -> torch.Tensor:
+                          scale: float, cos: torch.Tensor | None = None,
+                          sin: torch.Tensor | None = None) -> torch.Tensor:
         """``decode_step`` by one kernel (for inputs that pass ``kernel_ok``)."""
         return launch(q, keys, values, length, scale, splits_for(keys.shape[2], keys.shape[1]),
-                      torch.library.wrap_triton, (k_new, v_new), counters)
+                      torch.library.wrap_triton, (k_new, v_new), counters, None if cos is None else (cos, sin))
 else:
     launch = flash_decode = flash_decode_step = None
 
@@ -234,17 +252,24 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
 
 
 def decode_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                length: torch.Tensor, counters: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+                length: torch.Tensor, counters: torch.Tensor, scale: float | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The decode step's attention: write the step's ``k_new``/``v_new`` ``[1, Hkv, 1, D]`` into the cache at
     position ``length - 1``, then ``decode_attention`` over positions ``0..length-1``. ``counters``: int32
     ``[Hkv]`` zeros on the device, kept by the caller (the one-kernel form leaves them zero). On CUDA one kernel
     does all of it: the K/V writes and the second phase each cost a kernel per layer otherwise (1.1 and 1.5 us
-    per 7B layer on an H200, session 10's profile)."""
+    per 7B layer on an H200, session 10's profile). ``rope``: ``(cos, sin)`` (transformers' ``[1, 1, D]``) to apply
+    to q and k_new first, in the same kernel (its own kernel per layer otherwise: 1.3 us per 7B layer, session 11)."""
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if (kernel_ok(q, keys, values) and k_new.shape == v_new.shape == (1, keys.shape[1], 1, q.shape[-1])
+    D = q.shape[-1]
+    if (kernel_ok(q, keys, values) and k_new.shape == v_new.shape == (1, keys.shape[1], 1, D)
             and k_new.dtype == v_new.dtype == q.dtype and k_new.stride(-1) == v_new.stride(-1) == 1
-            and counters.shape == (keys.shape[1],) and counters.dtype == torch.int32):
-        return flash_decode_step(q, k_new, v_new, keys, values, length, counters, scale)
+            and counters.shape == (keys.shape[1],) and counters.dtype == torch.int32
+            and (rope is None or all(t.numel() == D and t.is_contiguous() and t.dtype == q.dtype for t in rope))):
+        return flash_decode_step(q, k_new, v_new, keys, values, length, counters, scale,
+                                 *(rope if rope is not None else (None, None)))
+    if rope is not None:
+        q, k_new = apply_rotary_pos_emb(q, k_new, *rope)
     slot = length - 1
     keys.index_copy_(2, slot, k_new)
     values.index_copy_(2, slot, v_new)

@@ -113,13 +113,15 @@ def qkv(h, cos, sin, ln, eps, w_qkv, b_qkv, n_heads: int, n_kv: int, head_dim: i
 
 def heads(x, cos, sin, n_heads: int, n_kv: int, head_dim: int):
     """The fused Q/K/V projection's output ``x [B, L, (heads + 2 kv_heads) * head_dim]`` as ``q, k, v [B, heads, L,
-    head_dim]`` with RoPE applied to q and k."""
+    head_dim]`` with RoPE applied to q and k (not when ``cos`` is None: views of x, for a kernel that turns them
+    itself, ``vidqa.attention.decode_step``)."""
     B, L, _ = x.shape
     q, k, v = x.split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
     q = q.view(B, L, n_heads, head_dim).transpose(1, 2)
     k = k.view(B, L, n_kv, head_dim).transpose(1, 2)
     v = v.view(B, L, n_kv, head_dim).transpose(1, 2)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    if cos is not None:
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
     return q, k, v
 
 

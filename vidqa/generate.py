@@ -84,8 +84,7 @@ def generate(llm, prefill: Prefill, cfg: GenerationConfig, stop_ids: set[int],
     if decoder is not None:
         decoder.load(fast.output_cache(out))
     stats.stopped = "length"
-    for step in range(cfg.max_new_tokens):
-        token = sample(out.logits[0, -1], cfg, generator)  # .item() inside: the step is synchronised
+    for step, token in enumerate(_tokens(llm, out, next_pos, cfg, generator, decoder)):
         now = time.perf_counter()
         if step == 0:
             stats.prefill_s = now - t0
@@ -93,21 +92,35 @@ def generate(llm, prefill: Prefill, cfg: GenerationConfig, stop_ids: set[int],
             stats.decode_s += now - t_last
             stats.decode_steps += 1
         stats.times.append(now - t0)
-        t_last = now
         if token in stop_ids:
             stats.stopped = "stop"
             return
         stats.tokens += 1
         yield token
-        if step + 1 == cfg.max_new_tokens:
-            break
         t_last = time.perf_counter()  # time spent by the consumer (rendering) is not decoding time
+
+
+def _tokens(llm, out, next_pos: int, cfg: GenerationConfig, generator, decoder) -> Iterator[int]:
+    """The answer's token ids (at most ``cfg.max_new_tokens``), the first from the prefill's logits. Greedy with a
+    ``StaticDecoder``: its pipelined ``greedy`` steps; otherwise a step (decoder or transformers) per token."""
+    device = out.logits.device
+    token = sample(out.logits[0, -1], cfg, generator)  # .item() inside: the step is synchronised
+    yield token
+    if cfg.max_new_tokens <= 1:
+        return
+    if decoder is not None and cfg.temperature <= 0:
+        yield from decoder.greedy(token, next_pos, cfg.max_new_tokens - 1)
+        return
+    for _ in range(cfg.max_new_tokens - 1):
         if decoder is not None:
-            out.logits = decoder.step(token, next_pos).view(1, 1, -1)
+            logits = decoder.step(token, next_pos)
         else:
             out = llm(input_ids=torch.tensor([[token]], device=device),
                       position_ids=torch.tensor([[next_pos]], device=device),
                       use_cache=True, **fast.cache_kwargs(fast.output_cache(out)))
+            logits = out.logits[0, -1]
+        token = sample(logits, cfg, generator)
+        yield token
         next_pos += 1
 
 
@@ -168,23 +181,31 @@ class StaticDecoder:
         self.keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in llm.model.layers]
         self.values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in llm.model.layers]
         # the step's inputs live in fixed tensors so that a captured graph reads them
+        # and the step advances them itself: the greedy token (``_pick``), the RoPE position and the number of
+        # positions attended (the new one last), so that greedy steps follow one another with no host work between
         self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        self.position = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # RoPE position
-        self.visible = torch.ones(1, dtype=torch.long, device=self.device)  # positions attended, the new one last
+        self.state = torch.ones(2, dtype=torch.long, device=self.device)  # one add_ moves both
+        self.position, self.visible = self.state[:1].view(1, 1), self.state[1:]
         self.counters = torch.zeros(self.n_kv, dtype=torch.int32, device=self.device)  # vidqa.attention.decode_step's
         fast.fuse_projections(llm.model.layers)
         # vidqa.int4 layers as four fused kernels (``_int4_fused``) when the step is not compiled (VIDQA_COMPILE=0
-        # for a quantised model): 4.29 -> 3.40 ms/token at VoCo-7B shapes, but 2.69 -> 2.77 compiled, where
-        # inductor already folds the norms, SiLU and adds into two kernels a layer (H200, session 10,
-        # benchmarks/quant_speed.py --compile)
+        # for a quantised model): 4.29 -> 3.40 ms/token at VoCo-7B shapes. Compiled, inductor folds the norms,
+        # SiLU and adds into two kernels a layer, and the fused kernels lost: 2.69 -> 2.77 (session 10), 2.58 ->
+        # 2.92 with the norm's scale deferred to the GEMV's end (session 11); the norm and gated activation slow
+        # the tensor-core GEMV's loop (H200, benchmarks/int4_decode.py --variants default,unfused)
         self.fuse_int4 = not compile
+        # RoPE inside the attention kernel (vidqa.attention.decode_step). Compiled it takes the time inductor's own
+        # RoPE kernel took (int4 7B: 2.500 ms/token, 2.504 before, separate runs; H200, session 11); uncompiled it
+        # replaces transformers' ops, about ten small kernels a layer (not yet measured: benchmarks/int4_decode.py
+        # --variants eager,eager_rope_apart)
+        self.rope_in_attention = True
         self.use_graph = (self.device.type == "cuda") if graph is None else graph
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
         self.length = 0
         # torch.compile fuses the small ops between the matmuls (norms, RoPE, SiLU): fewer kernels
         # in the graph. It costs a compile at the first step, so it is opt-in (``ComputeOptions.compile``).
-        self._run = torch.compile(self._step, dynamic=False) if compile else self._step
+        self._run = torch.compile(self._pick, dynamic=False) if compile else self._pick
 
     def load(self, cache) -> None:
         """Copy a transformers cache (after prefill) into the static buffers."""
@@ -200,6 +221,9 @@ class StaticDecoder:
         m = self.llm.model
         h = m.embed_tokens(self.token)
         cos, sin = m.rotary_emb(h, position_ids=self.position)
+        rope = (cos, sin) if self.rope_in_attention else None
+        if rope is not None:  # the attention kernel turns q and k (decode_step), not transformers' ops in fast.heads
+            cos = sin = None
         for i, layer in enumerate(m.layers):
             attn = layer.self_attn
             (w_qkv, b_qkv), (w_gu, b_gu) = layer._vidqa_fused  # one GEMV for Q/K/V, one for gate/up
@@ -207,17 +231,19 @@ class StaticDecoder:
             if self._int4_fused(h, layer):  # vidqa.int4: each matmul with its norm, activation or residual add
                 x = int4.linear_fused(h, w_qkv, norm=(ln1.weight, ln1.variance_epsilon))
                 q, k, v = fast.heads(x, cos, sin, self.n_heads, self.n_kv, self.head_dim)
-                o = decode_step(q, k, v, self.keys[i], self.values[i], self.visible, self.counters, attn.scaling)
+                o = decode_step(q, k, v, self.keys[i], self.values[i], self.visible, self.counters, attn.scaling,
+                                rope)
                 h = int4.linear_fused(o.transpose(1, 2).reshape(1, 1, -1), attn.o_proj.weight, residual=h)
                 a = int4.linear_fused(h, w_gu, norm=(ln2.weight, ln2.variance_epsilon), glu=True)
                 h = int4.linear_fused(a, layer.mlp.down_proj.weight, residual=h)
                 continue
             q, k, v = fast.qkv(h, cos, sin, ln1.weight, ln1.variance_epsilon, w_qkv, b_qkv, self.n_heads, self.n_kv,
                                self.head_dim)
-            # the new K/V into the cache and attention over the valid positions: one split-K kernel on CUDA
+            # RoPE, the new K/V into the cache and attention over the valid positions: one split-K kernel on CUDA
             # (SDPA with a mask picks a kernel that reads the whole capacity with one program per head:
             # 13.4 us per 7B layer, vidqa.attention)
-            o = decode_step(q, k, v, self.keys[i], self.values[i], self.visible, self.counters, attn.scaling)
+            o = decode_step(q, k, v, self.keys[i], self.values[i], self.visible, self.counters, attn.scaling,
+                            rope)
             h = h + attn.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
             gate, up = F.linear(fast.rms_norm(h, ln2.weight, ln2.variance_epsilon), w_gu, b_gu).chunk(2, dim=-1)
             h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
@@ -237,29 +263,77 @@ class StaticDecoder:
     def _capture(self) -> None:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        # Warm-up steps write K/V at position `length`: the real step overwrites it before reading it.
+        # Warm-up steps (the first compiles) write K/V at position `length`, which the real step overwrites before
+        # reading it, and their token, which is put back.
+        token = self.token.clone()
         with torch.cuda.stream(stream), torch.inference_mode():
             for _ in range(3):
                 self._run()
         torch.cuda.current_stream(self.device).wait_stream(stream)
+        self.token.copy_(token)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.inference_mode():
             self.logits = self._run()
+            self.state.add_(1)
 
-    def step(self, token: int, position: int) -> torch.Tensor:
-        """Append ``token`` at RoPE ``position`` and return the next-token logits ``[V]``."""
+    def _pick(self) -> torch.Tensor:
+        """The step, with its greedy token written to the next step's input; the logits ``[V]``. (Inside the
+        compiled function inductor writes the argmax as a kernel of its own: PyTorch's took 11 us of a 7B step.)"""
+        logits = self._step()
+        self.token.copy_(logits.argmax(dim=-1, keepdim=True).view(1, 1))
+        return logits
+
+    def _launch(self) -> torch.Tensor:
+        """One step from the inputs' buffers (queued, not waited for); its logits ``[V]``."""
         if self.length >= self.capacity:
             raise ValueError("static cache is full")
+        self.length += 1
+        if not self.use_graph:
+            with torch.inference_mode():
+                logits = self._run()
+                self.state.add_(1)
+                return logits
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.logits
+
+    def _set(self, token: int, position: int) -> None:
         self.token.fill_(token)
         self.position.fill_(position)
         self.visible.fill_(self.length + 1)
-        if self.use_graph:
-            if self.graph is None:
-                self._capture()
-            self.graph.replay()
-            logits = self.logits
-        else:
-            with torch.inference_mode():
-                logits = self._run()
-        self.length += 1
-        return logits
+
+    def step(self, token: int, position: int) -> torch.Tensor:
+        """Append ``token`` at RoPE ``position`` and return the next-token logits ``[V]``."""
+        self._set(token, position)
+        return self._launch()
+
+    def greedy(self, token: int, position: int, steps: int) -> Iterator[int]:
+        """The greedy tokens after ``token`` (at RoPE ``position``), ``steps`` at most, one step ahead of the caller.
+
+        Each step takes its input from the step before on the device (``_pick``), so step n + 1 is queued
+        before token n reaches the host: the GPU never waits for the host's read and launch, which a step per
+        token (``step`` then ``sample``) costs at every token (int4 7B, compiled: 2.61 ms/token against 2.75 in the
+        same run, H200, session 11). If the caller stops early, the step queued ahead is discarded (its K/V lies past what the
+        next ``load`` keeps). Tokens reach the host through a pinned pair of slots, one per step in flight."""
+        cuda = self.device.type == "cuda"
+        host = torch.zeros(2, dtype=torch.long, pin_memory=cuda)
+        ready = [torch.cuda.Event() if cuda else None for _ in range(2)]
+
+        def queue(i: int) -> None:
+            self._launch()
+            host[i % 2].copy_(self.token.view(()), non_blocking=cuda)
+            if cuda:
+                ready[i % 2].record()
+
+        self._set(token, position)
+        queue(0)
+        for i in range(steps):
+            ahead = i + 1 < steps and self.length < self.capacity
+            if ahead:
+                queue(i + 1)
+            if cuda:
+                ready[i % 2].synchronize()
+            yield int(host[i % 2])
+            if i + 1 < steps and not ahead:
+                raise ValueError("static cache is full")  # where ``step`` would raise it: at the token after

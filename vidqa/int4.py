@@ -129,6 +129,19 @@ if triton is not None:
         return res + y.to(dtype).to(tl.float32)
 
     @triton.jit
+    def _fma_loads(w_ptr, sz_ptr, rn, n_ok, g, G, KW, GW: tl.constexpr, rw):
+        """The FMA kernel's codes [rows, NG, GW] (int32 words) and its ``16 * scale`` and zero [rows, NG] for groups
+        ``g`` (masked past the end)."""
+        g_ok = g < G
+        word = g[:, None] * GW + rw[None, :]  # [NG, GW] word columns of a row
+        w = tl.load(w_ptr + rn[:, None, None] * KW + word[None, :, :], mask=n_ok[:, None, None] & g_ok[None, :, None],
+                    other=0)
+        at = sz_ptr + rn[:, None] * (2 * G) + 2 * g[None, :]
+        sz_ok = n_ok[:, None] & g_ok[None, :]
+        s16 = tl.load(at, mask=sz_ok, other=0.0).to(tl.float32) * 16.0
+        return w, s16, tl.load(at + 1, mask=sz_ok, other=0.0).to(tl.float32)
+
+    @triton.jit
     def _int4_gemv_kernel(x_ptr, w_ptr, sz_ptr, y_ptr, N, KW, stride_xm, stride_ym, MASK, ONE, HIGH, res_ptr,
                           stride_rm, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           RESID: tl.constexpr = False):
@@ -161,12 +174,14 @@ if triton is not None:
         rg = tl.arange(0, NG)
         rw = tl.arange(0, GW)
         acc = tl.zeros([BLOCK_N, NG], dtype=tl.float32)
+        # the codes and scales are loaded a step ahead (``_n``): their DRAM latency passes under a step's work
+        # (Triton's pipeliner stages only loads that feed a dot)
+        w_n, s16_n, z_n = _fma_loads(w_ptr, sz_ptr, rn, n_ok, rg, G, KW, GW, rw)
         for g0 in range(0, G, NG):
             g = g0 + rg  # [NG] groups of this step
             g_ok = g < G
-            word = g[:, None] * GW + rw[None, :]  # [NG, GW] word columns of a row
-            ok = n_ok[:, None, None] & g_ok[None, :, None]
-            w = tl.load(w_ptr + rn[:, None, None] * KW + word[None, :, :], mask=ok, other=0)
+            w, s16, z = w_n, s16_n, z_n
+            w_n, s16_n, z_n = _fma_loads(w_ptr, sz_ptr, rn, n_ok, g + NG, G, KW, GW, rw)
             pair = x_ptr + m * stride_xm + g[:, None] * (GROUP // 2) + rw[None, :]  # [NG, GW]: pair p * GW + j
             pair3 = pair[None, :, :] + 0 * rn[:, None, None]  # the words' tile: x loads in their layout
             x_ok = tl.broadcast_to(g_ok[None, :, None], [BLOCK_N, NG, GW])  # the same for every row
@@ -186,10 +201,6 @@ if triton is not None:
                 fx += ((t & MASK) | ONE).to(tl.float32, bitcast=True) * (xp & HIGH).to(tl.float32, bitcast=True)
                 x2 = tl.load(pair + p * GW, mask=g_ok[:, None], other=0)
                 xsum += (x2 << 16).to(tl.float32, bitcast=True) + (x2 & HIGH).to(tl.float32, bitcast=True)
-            at = sz_ptr + rn[:, None] * (2 * G) + 2 * g[None, :]
-            sz_ok = n_ok[:, None] & g_ok[None, :]
-            s16 = tl.load(at, mask=sz_ok, other=0.0).to(tl.float32) * 16.0
-            z = tl.load(at + 1, mask=sz_ok, other=0.0).to(tl.float32)
             acc += s16 * tl.sum(fx, axis=2) + (z - s16) * tl.sum(xsum, axis=1)[None, :]
         y = tl.sum(acc, axis=1)
         if RESID:
@@ -217,10 +228,18 @@ if triton is not None:
             "=r,=r,=r,=r,r", [b], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
 
     @triton.jit
-    def _mma_groups(w_ptr, sz_ptr, rn, n_ok, g, g_ok, ri, xl, xh, KB, G, H: tl.constexpr, KS: tl.constexpr,
-                    ASM: tl.constexpr):
+    def _scale_zero(sz_ptr, rn, n_ok, g, g_ok, G):
+        """The scales ``s`` and ``z - 128 s`` (the factor of a group's sum of x) of groups ``g`` and rows ``rn``, [KS, rows]."""
+        at = sz_ptr + rn[None, :] * (2 * G) + 2 * g[:, None]
+        sz_ok = g_ok[:, None] & n_ok[None, :]
+        s = tl.load(at, mask=sz_ok, other=0.0).to(tl.float32)
+        z = tl.load(at + 1, mask=sz_ok, other=0.0).to(tl.float32)
+        return s, z - 128.0 * s
+
+    @triton.jit
+    def _mma_groups(w_ptr, rn, n_ok, g, g_ok, ri, xl, xh, s, KB, H: tl.constexpr, KS: tl.constexpr, ASM: tl.constexpr):
         """One step of ``_int4_mma_kernel`` for the rows ``rn``: per group of the step, ``s * sum (128 + q) x``
-        ([KS, rows, 16], every column alike) and ``z - 128 s`` ([KS, rows], the factor of the group's sum of x)."""
+        ([KS, rows, 16], every column alike)."""
         b = tl.load(w_ptr + rn[None, :, None] * KB + g[:, None, None] * H + ri[None, None, :],
                     mask=g_ok[:, None, None] & n_ok[None, :, None], other=0)
         if ASM:
@@ -232,11 +251,7 @@ if triton is not None:
             hi = (b >> 4).to(tl.float32) + 128.0
             c = tl.dot(lo, tl.broadcast_to(xl.to(tl.float32)[:, :, None], [KS, H, 16]), input_precision="ieee")
             c = tl.dot(hi, tl.broadcast_to(xh.to(tl.float32)[:, :, None], [KS, H, 16]), c, input_precision="ieee")
-        at = sz_ptr + rn[None, :] * (2 * G) + 2 * g[:, None]  # [KS, rows]
-        sz_ok = g_ok[:, None] & n_ok[None, :]
-        s = tl.load(at, mask=sz_ok, other=0.0).to(tl.float32)
-        z = tl.load(at + 1, mask=sz_ok, other=0.0).to(tl.float32)
-        return c * s[:, :, None], z - 128.0 * s
+        return c * s[:, :, None]
 
     @triton.jit
     def _int4_mma_kernel(x_ptr, w_ptr, sz_ptr, y_ptr, N, K, stride_xm, stride_ym, nw_ptr, eps, res_ptr, stride_rm,
@@ -286,25 +301,38 @@ if triton is not None:
         if GLU:
             acc2 = tl.zeros([KS, BLOCK_N, 16], dtype=tl.float32)
             zsum2 = tl.zeros([KS, BLOCK_N], dtype=tl.float32)
+        # x and the scales are loaded a step ahead (``_n``): Triton's pipeliner stages the codes, which feed the
+        # dot, through shared memory, but not these, whose latency (the scales come from DRAM) each step waited out
+        xat = rs[:, None] * GROUP + col[None, :]  # [KS, H]
+        xl_n = tl.load(xrow + xat, mask=rs[:, None] < G, other=0.0)
+        xh_n = tl.load(xrow + xat + 1, mask=rs[:, None] < G, other=0.0)
+        s_n, zf_n = _scale_zero(sz_ptr, rn, n_ok, rs, rs < G, G)
+        if GLU:
+            s2_n, zf2_n = _scale_zero(sz_ptr, rn + N, n_ok, rs, rs < G, G)
         for g0 in range(0, G, KS):
             g = g0 + rs  # [KS]
             g_ok = g < G
             xat = g[:, None] * GROUP + col[None, :]  # [KS, H]
-            xl = tl.load(xrow + xat, mask=g_ok[:, None], other=0.0)
-            xh = tl.load(xrow + xat + 1, mask=g_ok[:, None], other=0.0)
+            xl, xh, s, zf = xl_n, xh_n, s_n, zf_n
+            if GLU:
+                s2, zf2 = s2_n, zf2_n
+            gn = g + KS
+            xl_n = tl.load(xrow + xat + KS * GROUP, mask=gn[:, None] < G, other=0.0)
+            xh_n = tl.load(xrow + xat + KS * GROUP + 1, mask=gn[:, None] < G, other=0.0)
+            s_n, zf_n = _scale_zero(sz_ptr, rn, n_ok, gn, gn < G, G)
+            if GLU:
+                s2_n, zf2_n = _scale_zero(sz_ptr, rn + N, n_ok, gn, gn < G, G)
             if NORM:
                 wl = tl.load(nw_ptr + xat, mask=g_ok[:, None], other=0.0).to(tl.float32)
                 wh = tl.load(nw_ptr + xat + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
                 xl = (wl * (xl.to(tl.float32) * r).to(xl.dtype).to(tl.float32)).to(xl.dtype)
                 xh = (wh * (xh.to(tl.float32) * r).to(xh.dtype).to(tl.float32)).to(xh.dtype)
             xs = tl.sum(xl.to(tl.float32) + xh.to(tl.float32), axis=1)  # [KS]
-            cs, zf = _mma_groups(w_ptr, sz_ptr, rn, n_ok, g, g_ok, ri, xl, xh, KB, G, H, KS, ASM)
-            acc += cs
+            acc += _mma_groups(w_ptr, rn, n_ok, g, g_ok, ri, xl, xh, s, KB, H, KS, ASM)
             zsum += zf * xs[:, None]
             if GLU:
-                cs, zf = _mma_groups(w_ptr, sz_ptr, rn + N, n_ok, g, g_ok, ri, xl, xh, KB, G, H, KS, ASM)
-                acc2 += cs
-                zsum2 += zf * xs[:, None]
+                acc2 += _mma_groups(w_ptr, rn + N, n_ok, g, g_ok, ri, xl, xh, s2, KB, H, KS, ASM)
+                zsum2 += zf2 * xs[:, None]
         y = tl.sum(tl.sum(acc, axis=2), axis=0) * 0.0625 + tl.sum(zsum, axis=0)
         if GLU:
             up = tl.sum(tl.sum(acc2, axis=2), axis=0) * 0.0625 + tl.sum(zsum2, axis=0)
