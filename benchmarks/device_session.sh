@@ -314,5 +314,58 @@ x = torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16)
       --out $R/int4_decode10e.json > $R/int4_decode10e.log 2>&1; pack; grep "int4 decode" $R/int4_decode10e.log | cut -c1-900
     timeout "$(left 220)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes --compile \
       --out $R/quant_int4_10e.json > $R/quant_int4_10e.log 2>&1; pack; grep "^int4\|^none" $R/quant_int4_10e.log | cut -c1-300 ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25"; exit 2 ;;
+  s26)  # never run (session 11's s27 measured the branch, as its "fused" variant). For the branch next-fused-layers:
+         # the fused int4 layers with the norm's squares in one pass and the gate/up rows halved per program; GPU tests, then the compiled
+         # step unfused (as shipped) and fused, profiled, then quant_speed (uncompiled: fused; compiled: unfused)
+    end=$((SECONDS + ${DEADLINE:-520}))
+    timeout "$(left 110)" python3 -m pytest -p no:cacheprovider tests/test_int4.py tests/test_generate.py \
+      tests/test_attention.py > $R/gpu_tests11a.log 2>&1; grep -E "passed|failed|^FAILED" $R/gpu_tests11a.log | tail -n 8
+    timeout "$(left 200)" python3 benchmarks/int4_decode.py --variants default,fused --profile \
+      --out $R/int4_decode11a.json > $R/int4_decode11a.log 2>&1; pack; grep "int4 decode" $R/int4_decode11a.log | cut -c1-900
+    timeout "$(left 220)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes --compile \
+      --out $R/quant_int4_11a.json > $R/quant_int4_11a.log 2>&1; pack; grep "^int4\|^none" $R/quant_int4_11a.log | cut -c1-300 ;;
+  s27)  # nvidia-h200, session 11's first call (branch s11): greedy steps pipelined (default) against a step and a host
+         # argmax per token (stepwise), and next-fused-layers' fused int4 layers compiled (fused); GPU tests first,
+         # LLaVA-Mini-8B int4 (compression, 1,000-frame question under a 12 GiB cap) with what time is left
+    end=$((SECONDS + ${DEADLINE:-540}))
+    timeout "$(left 120)" python3 -m pytest -p no:cacheprovider tests/test_generate.py tests/test_int4.py \
+      tests/test_attention.py tests/test_fast.py > $R/gpu_tests11a.log 2>&1; grep -E "passed|failed|^FAILED" $R/gpu_tests11a.log | tail -n 8
+    timeout "$(left 300)" python3 benchmarks/int4_decode.py --variants default,stepwise,fused --profile \
+      --out $R/int4_decode11a.json > $R/int4_decode11a.log 2>&1; pack; grep "int4 decode" $R/int4_decode11a.log | cut -c1-700
+    timeout "$(left 240)" python3 benchmarks/quant_speed.py --no-voco --mini-modes int4 --out $R/mini_int4_11a.json \
+      > $R/mini_int4_11a.log 2>&1; pack; grep "^mini\|^int4" $R/mini_int4_11a.log | cut -c1-600 ;;
+  s28)  # nvidia-h200, session 11's second call (branch s11): the fused int4 layers with the norm's scale deferred to the
+         # GEMV's end, now also compiled (default) against inductor's own fusions (unfused); the argmax in the compiled
+         # step; GPU tests first, then quant_speed's int4 table (uncompiled and compiled graph decode, bf16 beside)
+    end=$((SECONDS + ${DEADLINE:-500}))
+    timeout "$(left 100)" python3 -m pytest -p no:cacheprovider tests/test_int4.py tests/test_generate.py \
+      tests/test_fast.py > $R/gpu_tests11b.log 2>&1; grep -E "passed|failed|^FAILED" $R/gpu_tests11b.log | tail -n 8
+    timeout "$(left 200)" python3 benchmarks/int4_decode.py --variants default,unfused --profile \
+      --out $R/int4_decode11b.json > $R/int4_decode11b.log 2>&1; pack; grep "int4 decode" $R/int4_decode11b.log | cut -c1-700
+    timeout "$(left 220)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes --compile \
+      --out $R/quant_int4_11b.json > $R/quant_int4_11b.log 2>&1; pack; grep "^int4\|^none" $R/quant_int4_11b.log | cut -c1-300 ;;
+  s29)  # nvidia-h200, session 11's third call (branch s11b): the GEMVs load their scales and x (and the FMA kernel its
+         # codes) a step ahead; greedy steps pipelined, the argmax in the compiled step; fused layers uncompiled only.
+         # GPU tests, the compiled step profiled, quant_speed's int4 table, then the GEMVs by shape against tinygemm
+    end=$((SECONDS + ${DEADLINE:-520}))
+    timeout "$(left 100)" python3 -m pytest -p no:cacheprovider tests/test_int4.py tests/test_generate.py \
+      tests/test_fast.py tests/test_attention.py > $R/gpu_tests11c.log 2>&1; grep -E "passed|failed|^FAILED" $R/gpu_tests11c.log | tail -n 8
+    timeout "$(left 120)" python3 benchmarks/int4_decode.py --variants default --profile \
+      --out $R/int4_decode11c.json > $R/int4_decode11c.log 2>&1; pack; grep "int4 decode" $R/int4_decode11c.log | cut -c1-700
+    timeout "$(left 220)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes --compile \
+      --out $R/quant_int4_11c.json > $R/quant_int4_11c.log 2>&1; pack; grep "^int4\|^none" $R/quant_int4_11c.log | cut -c1-300
+    timeout "$(left 90)" python3 benchmarks/int4_gemv.py --impls vidqa,torchao --budget-s 60 \
+      --out $R/int4_gemv11c.json > $R/int4_gemv11c.log 2>&1; pack; grep "int4 gemv" $R/int4_gemv11c.log | cut -c1-300 ;;
+  s30)  # nvidia-h200, session 11's last call (branch s11c): RoPE in the decode step's attention kernel (one kernel a
+         # layer fewer); the GPU tests, then the compiled int4 step profiled
+    end=$((SECONDS + ${DEADLINE:-300}))
+    timeout "$(left 110)" python3 -m pytest -p no:cacheprovider tests/test_attention.py tests/test_generate.py \
+      tests/test_int4.py tests/test_fast.py > $R/gpu_tests11d.log 2>&1; grep -E "passed|failed|^FAILED" $R/gpu_tests11d.log | tail -n 8
+    timeout "$(left 150)" python3 benchmarks/int4_decode.py --variants default --profile \
+      --out $R/int4_decode11d.json > $R/int4_decode11d.log 2>&1; pack; grep "int4 decode" $R/int4_decode11d.log | cut -c1-900 ;;
+  s31)  # nvidia-h200, NOT YET RUN (session 11 had 199 s of device time left, too little to start a machine): the
+         # uncompiled CUDA-graph int4 step with RoPE in the attention kernel and apart (transformers' ops)
+    timeout 150 python3 benchmarks/int4_decode.py --variants eager,eager_rope_apart --out $R/int4_decode11e.json \
+      > $R/int4_decode11e.log 2>&1; pack; grep "int4 decode" $R/int4_decode11e.log | cut -c1-300 ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25|s26|s27|s28|s29|s30|s31"; exit 2 ;;
 esac
