@@ -315,8 +315,9 @@ x = torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16)
     timeout "$(left 220)" python3 benchmarks/quant_speed.py --modes int4 --mini-modes --compile \
       --out $R/quant_int4_10e.json > $R/quant_int4_10e.log 2>&1; pack; grep "^int4\|^none" $R/quant_int4_10e.log | cut -c1-300 ;;
   s26)  # never run (session 11's s27 measured the branch, as its "fused" variant). For the branch next-fused-layers:
-         # the fused int4 layers with the norm's squares in one pass and the gate/up rows halved per program; GPU tests, then the compiled
-         # step unfused (as shipped) and fused, profiled, then quant_speed (uncompiled: fused; compiled: unfused)
+         # the fused int4 layers with the norm's squares in one pass and the gate/up rows halved per program; GPU
+         # tests, then the compiled step unfused (as shipped) and fused, profiled, then quant_speed (uncompiled: fused;
+         # compiled: unfused)
     end=$((SECONDS + ${DEADLINE:-520}))
     timeout "$(left 110)" python3 -m pytest -p no:cacheprovider tests/test_int4.py tests/test_generate.py \
       tests/test_attention.py > $R/gpu_tests11a.log 2>&1; grep -E "passed|failed|^FAILED" $R/gpu_tests11a.log | tail -n 8

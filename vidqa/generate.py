@@ -324,7 +324,7 @@ class StaticDecoder:
             self._launch()
             host[i % 2].copy_(self.token.view(()), non_blocking=cuda)
             if cuda:
-                ready[i % 2].record()
+                ready[i % 2].record(torch.cuda.current_stream(self.device))  # the copy's stream, on any device
 
         self._set(token, position)
         queue(0)
