@@ -248,10 +248,8 @@ def main() -> None:
         for model, dims in sizes["models"].items():
             for capacity in sizes["capacities"]:
                 res["cases"] += run_capacity(model, dims, capacity, sizes, configs, cuda)
-                if args.out:
+                if args.out:  # after each capacity: what a cut-off run measured is kept
                     Path(args.out).write_text(json.dumps(res, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ torchao int4 weight-only (``vidqa.quant``, group 128) on the LLM's layers; the 6
 compressed in bf16 first (the decode step's time does not depend on where the cache came from). Then
 the decode step (``StaticDecoder``, compiled, in a CUDA graph) is timed under each variant:
 ``default`` (what vidqa does), ``stepwise`` (greedy steps not pipelined: a step, then the host's
-argmax, per token, as before session 11), ``eager`` (the CUDA graph of the uncompiled step) and
-``eager_rope_apart`` (the same with RoPE by transformers' ops, not inside the attention kernel), ``fused`` (the same with the fused layers of ``vidqa.int4.linear_fused``,
-which vidqa uses only uncompiled), ``coordinate_descent`` (inductor's coordinate-descent tuning of its
-generated kernels, as gpt-fast sets it) and ``max_autotune`` (``mode="max-autotune-no-cudagraphs"``).
+argmax, per token, as before session 11), ``eager`` (the CUDA graph of the uncompiled step),
+``eager_rope_apart`` (the same with RoPE by transformers' ops, not inside the attention kernel), ``fused``
+(the compiled step with the fused layers of ``vidqa.int4.linear_fused``, which vidqa uses only uncompiled),
+``coordinate_descent`` (inductor's coordinate-descent tuning of its generated kernels, as gpt-fast sets it)
+and ``max_autotune`` (``mode="max-autotune-no-cudagraphs"``).
 Reports ms/token (median of repeats) and the bandwidth floor of the bytes one step reads.
 ``--format tinygemm`` gives the LLM torchao's tinygemm instead of what vidqa ships for VoCo (``vidqa.int4``),
 ``--profile`` adds the GPU time per decode step by kernel (a whole answer's profile less its prefill and

@@ -273,14 +273,20 @@ class StaticDecoder:
         self.token.copy_(token)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.logits = self._run()
-            self.state.add_(1)
+            self.logits = self._run_and_advance()
 
     def _pick(self) -> torch.Tensor:
         """The step, with its greedy token written to the next step's input; the logits ``[V]``. (Inside the
         compiled function inductor writes the argmax as a kernel of its own: PyTorch's took 11 us of a 7B step.)"""
         logits = self._step()
         self.token.copy_(logits.argmax(dim=-1, keepdim=True).view(1, 1))
+        return logits
+
+    def _run_and_advance(self) -> torch.Tensor:
+        """The step, then the position and length one on. The ``add_`` stays outside the compiled function:
+        ``position`` and ``visible``, which the step reads, are views of ``state``."""
+        logits = self._run()
+        self.state.add_(1)
         return logits
 
     def _launch(self) -> torch.Tensor:
@@ -290,9 +296,7 @@ class StaticDecoder:
         self.length += 1
         if not self.use_graph:
             with torch.inference_mode():
-                logits = self._run()
-                self.state.add_(1)
-                return logits
+                return self._run_and_advance()
         if self.graph is None:
             self._capture()
         self.graph.replay()
@@ -314,8 +318,9 @@ class StaticDecoder:
         Each step takes its input from the step before on the device (``_pick``), so step n + 1 is queued
         before token n reaches the host: the GPU never waits for the host's read and launch, which a step per
         token (``step`` then ``sample``) costs at every token (int4 7B, compiled: 2.61 ms/token against 2.75 in the
-        same run, H200, session 11). If the caller stops early, the step queued ahead is discarded (its K/V lies past what the
-        next ``load`` keeps). Tokens reach the host through a pinned pair of slots, one per step in flight."""
+        same run, H200, session 11). If the caller stops early, the step queued ahead is discarded (its K/V lies
+        past what the next ``load`` keeps). Tokens reach the host through a pinned pair of slots, one per step in
+        flight."""
         cuda = self.device.type == "cuda"
         host = torch.zeros(2, dtype=torch.long, pin_memory=cuda)
         ready = [torch.cuda.Event() if cuda else None for _ in range(2)]

@@ -11,10 +11,12 @@ Two GEMV kernels, chosen by shape (``gemv_plan``; H200 timings with cold weights
 ``benchmarks/int4_sweep.py``): ``_int4_mma_kernel`` sums on the tensor cores (about 2.5 instructions per
 weight) and wins where there are many output rows (7B Q/K/V 14.6 us, gate/up 22.9 us); ``_int4_gemv_kernel``
 sums with FMAs (5.6-6.6 instructions per weight) and wins with 4096 output rows, where it keeps more loads
-in flight (o_proj 7.8 us, down 18.4 us). A 7B decode step's matmuls take 1.96 ms (tinygemm's 2.02), and the
-compiled VoCo-7B decode step 2.63 ms/token (session 9: 3.12). ``linear_fused`` adds the decoder's RMSNorm,
-SiLU gate and residual add to the GEMVs, so that the uncompiled CUDA-graph step runs six kernels per layer,
-not about ten (3.40 against 4.29 ms/token); compiled, inductor fuses those itself and does better (2.63).
+in flight (o_proj 7.8 us, down 18.4 us). Both load their scales and x (the FMA kernel also its codes) a step
+ahead. A 7B decode step's matmuls take 1.90 ms in the step's profile (1.99 in ``int4_gemv.py``, where
+tinygemm's take 2.31), and the compiled VoCo-7B decode step 2.50 ms/token (session 11; session 9: 3.12).
+``linear_fused`` adds the decoder's RMSNorm, SiLU gate and residual add to the GEMVs, so that the uncompiled
+CUDA-graph step runs six kernels per layer, not about ten (3.40 against 4.29 ms/token, session 10); compiled,
+inductor fuses those itself and does better (2.58 against 2.77-2.92, session 11).
 
 Format (``Int4Tensor``), for a weight ``w [N, K]`` with ``K`` a multiple of ``group`` (128, 64 or 32):
   ``packed``      uint8 ``[N, K/2]``, read as little-endian int32 words, ``group / 8`` words per group:
@@ -229,7 +231,8 @@ if triton is not None:
 
     @triton.jit
     def _scale_zero(sz_ptr, rn, n_ok, g, g_ok, G):
-        """The scales ``s`` and ``z - 128 s`` (the factor of a group's sum of x) of groups ``g`` and rows ``rn``, [KS, rows]."""
+        """The scales ``s`` and ``z - 128 s`` (the factor of a group's sum of x) of groups ``g`` and rows ``rn``,
+        [KS, rows]."""
         at = sz_ptr + rn[None, :] * (2 * G) + 2 * g[:, None]
         sz_ok = g_ok[:, None] & n_ok[None, :]
         s = tl.load(at, mask=sz_ok, other=0.0).to(tl.float32)

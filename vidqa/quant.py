@@ -15,9 +15,10 @@ pre-fusion layers (the vision tower, projector, compressor, embeddings and ``lm_
     matmul): ``vidqa.int4`` (dequantise + the dtype's matmul; a Triton GEMV at one row). VoCo-7B
     compression 21-25 ms/frame against 249 with torchao's tinygemm, LLaVA-Mini-8B 5-6 against 41.
   - layers that only prefill a question and decode (LLaVA-Mini's LLM): torchao's tinygemm
-    (``tile_packed_to_4d``, group 128, bf16 only). vidqa's GEMV now matches it on a 7B step's matmuls alone
-    (2.22 against 2.31 ms), but the whole compiled decode step is still faster with tinygemm (2.99 against
-    3.12 ms/token), and tinygemm also prefills without dequantising.
+    (``tile_packed_to_4d``, group 128, bf16 only), chosen in session 9, when the whole compiled 7B decode step
+    was faster with it (2.99 against 3.12 ms/token); tinygemm also prefills without dequantising. vidqa's
+    GEMVs have since become faster on a 7B step's matmuls (1.99 against 2.31 ms, session 11); the whole step
+    with tinygemm has not been measured again.
   On the CPU, the torchao version this was built on (0.18) has no 4-bit CPU kernel for a stock torch build
   (its ``plain`` layout needs the ``mslk`` package, ``plain_int32`` is XPU/NPU only), so the CPU uses
   torchao's portable ``IntxWeightOnlyConfig(int4, PerGroup(32))``: the same int4 arithmetic, stored one
