@@ -19,8 +19,15 @@ Parts (``--parts``):
   compress  vidqa's compression with ``VIDQA_COMPILE=1`` for variants of the model:
             ``rowwise`` (as shipped) at batch 16 and 32 with the GPU time per frame by kernel kind;
             ``tensorwise`` (torchao PerTensor); ``rowwise_clip`` (CLIP-L's linears in fp8 as well).
-  stacked   one fp8 model changed step by step (``stacked_variants``): as shipped, + CLIP in fp8, + cuDNN
-            attention; ms/frame and the kernel breakdown after each.
+  stacked   one fp8 model changed step by step (``stacked_variants``): as shipped (cuDNN attention, the next
+            batch staged on the host while the GPU works), with flash attention instead (``vidqa.fast.
+            FIXED_SHAPE_CUDNN`` off), + CLIP-L's linears in fp8; ms/frame, the kernel breakdown and the
+            GPU's idle time per frame after each.
+  reductions the fused kernels around the matmuls alone (SiLU(gate) * up and the RMSNorm, each with its
+            fp8 quantisation), compiled with inductor's reductions and with one-pass ones.
+  trace     one compiled fp8 compression call under the profiler (CPU and CUDA): wall time against the
+            GPU's busy time, the longest idle gaps with the CPU ops running in them, and the Chrome trace
+            (``--out``'s stem + ``_trace.json.gz``).
   attention scaled_dot_product_attention alone at compression's shapes (the LLM's causal 579 rows, CLIP's
             577) under each backend (flash, efficient, cuDNN): ms per frame and TFLOP/s.
 Each part and variant reports an error instead of stopping the others.
@@ -29,7 +36,6 @@ Each part and variant reports an error instead of stopping the others.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -164,44 +170,190 @@ def compress_variant(variant: str, args, pixels, device, dtype) -> dict:
     return res
 
 
+def timeline(qa, frames, batch: int, trace_path: str | None = None) -> dict:
+    """One ``qa.compress`` call under the profiler, CPU and CUDA: its wall time, the GPU's busy time (the
+    union of its kernels' and copies' intervals) and idle time, per frame, and the longest idle gaps with
+    the longest CPU ops that overlap them. ``trace_path``: the Chrome trace, gzipped."""
+    import gzip
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        qa.compress(frames, batch_size=batch)
+        voco_speed.sync()
+        wall = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(raw))
+        text = raw.read_text()
+    if trace_path:
+        with gzip.open(trace_path, "wt") as f:
+            f.write(text)
+    events = [e for e in json.loads(text).get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
+    gpu = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                 if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))
+    cpu = [e for e in events if e.get("cat") in ("cpu_op", "user_annotation", "python_function")]
+    busy, gaps, cur = 0.0, [], None
+    for a, b in gpu:
+        if cur is None:
+            cur = [a, b]
+        elif a > cur[1]:
+            busy += cur[1] - cur[0]
+            gaps.append((cur[1], a))
+            cur = [a, b]
+        else:
+            cur[1] = max(cur[1], b)
+    if cur:
+        busy += cur[1] - cur[0]
+    n = len(frames.pixels)
+    span = (gpu[-1][1] - gpu[0][0]) if gpu else 0.0
+    top = []
+    for a, b in sorted(gaps, key=lambda g: g[0] - g[1])[:8]:
+        over = sorted((e for e in cpu if e["ts"] < b and e["ts"] + e["dur"] > a), key=lambda e: -e["dur"])
+        top.append({"at_ms": round((a - gpu[0][0]) / 1000, 2), "ms": round((b - a) / 1000, 3),
+                    "cpu": [f"{e['name'][:80]} ({e['dur'] / 1000:.2f} ms)" for e in over[:4]]})
+    return {"wall_ms_per_frame": round(1000 * wall / n, 3), "gpu_busy_ms_per_frame": round(busy / 1000 / n, 3),
+            "gpu_idle_in_span_ms_per_frame": round((span - busy) / 1000 / n, 3),
+            "before_first_gpu_op_ms": round((gpu[0][0] - min(e["ts"] for e in events)) / 1000, 2) if gpu else None,
+            "gaps_over_0.1ms": sum(1 for a, b in gaps if b - a > 100), "longest_gaps": top}
+
+
 def stacked_variants(args, pixels, device, dtype) -> dict:
-    """One fp8 (row-wise) model, changed step by step and timed after each: ``rowwise`` (as shipped), ``+clip``
-    (CLIP-L's linears in fp8 too), ``+cudnn`` (that, with cuDNN attention first, compiled again). Steps
-    after the first reuse the compiled LLM graphs, so the three fit one device call."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    """One fp8 (row-wise) model, changed step by step and timed after each: ``shipped`` (cuDNN attention for
+    the LLM and CLIP), ``flash`` (``vidqa.fast.FIXED_SHAPE_CUDNN`` off: a new guard, so new graphs), then
+    ``shipped+clip`` (cuDNN again, CLIP-L's linears in fp8 too). Each: ms/frame, GPU time by kernel kind
+    and the GPU's idle time per frame (``timeline``)."""
+    from vidqa import fast
 
     qa, *_ = voco_speed.build(args.tiny, device, dtype, tokens_per_frame=1)
-    quant.quantize(qa.method, "fp8")
     T = len(pixels)
     frames = SimpleNamespace(pixels=pixels, timestamps=np.arange(T, dtype=np.float64))
+    # the same model's bf16 K/V, uncompiled: each step's relative error against it
+    qa.method.compile_kernels = qa.vision.compile_kernels = False
+    ref = qa.compress(frames, batch_size=16).tensors
+    qa.method.compile_kernels = qa.vision.compile_kernels = None
+    quant.quantize(qa.method, "fp8")
     bs = max(args.batch)
     out: dict = {}
 
-    def step(name, ctx=None):
+    def step(name):
         t0 = time.perf_counter()
-        with ctx or contextlib.nullcontext():
-            qa.compress(frames, batch_size=bs)
-            res = {"first_run_s": round(time.perf_counter() - t0, 1)}
-            s = timed(lambda: qa.compress(frames, batch_size=bs), args.repeats, warmup=1)
-            res[f"ms_per_frame_batch{bs}"] = round(1000 * s / T, 3)
-            res["gpu_ms_per_frame_by_kind"] = profile_compress(qa, frames, bs)
+        got = qa.compress(frames, batch_size=bs).tensors
+        res = {"first_run_s": round(time.perf_counter() - t0, 1)}
+        res["rel_err_vs_bf16"] = {k: round(float((got[k].float() - v.float()).norm() / v.float().norm()), 5)
+                                  for k, v in ref.items()}
+        runs = [timed(lambda: qa.compress(frames, batch_size=bs), 1, warmup=0) for _ in range(args.repeats)]
+        res[f"ms_per_frame_batch{bs}"] = round(1000 * float(np.median(runs)) / T, 3)
+        res["ms_per_frame_runs"] = [round(1000 * r / T, 3) for r in runs]
+        res["gpu_ms_per_frame_by_kind"] = profile_compress(qa, frames, bs)
+        top = sorted(voco_speed.gpu_us_by_kernel(lambda: qa.compress(frames, batch_size=bs)).items(),
+                     key=lambda kv: -kv[1])[:16]
+        res["top_kernels_ms_per_frame"] = {k[:110]: round(us / 1000 / T, 4) for k, us in top}
+        res["timeline"] = timeline(qa, frames, bs)
         out[name] = res
         print("fp8 compress", name, json.dumps(res), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(out, indent=1))
 
-    step("rowwise")
-    res_clip = clip_to_fp8(qa)
-    step("rowwise+clip")
-    out["rowwise+clip"]["clip_linears_fp8"] = res_clip
-    torch.backends.cuda.enable_cudnn_sdp(True)
-    from vidqa import fast
-
-    torch._dynamo.reset()
-    fast._compiled.clear()
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    step("rowwise+clip+cudnn", sdpa_kernel(order, set_priority=True))
+    for name in args.steps.split(","):
+        fast.FIXED_SHAPE_CUDNN = name != "flash"
+        if "clip" in name and "clip_linears_fp8" not in out:
+            out["clip_linears_fp8"] = clip_to_fp8(qa)
+        if "persistent" in name:  # new graphs with one-pass reductions (this process, from now on)
+            persistent_reductions()
+            torch._inductor.config.fx_graph_cache = False  # its key does not see the rule
+            fast._compiled.clear()
+            torch._dynamo.reset()
+        step(name)
+    fast.FIXED_SHAPE_CUDNN = True
     return out
+
+
+def persistent_reductions(limit: int = 16384) -> None:
+    """From now on in this process, inductor reduces rows of up to ``limit`` elements in one pass (a
+    persistent reduction: the row stays in registers) where its own rule stops at 1,024 and loops, reading
+    the row again for each reduction and for the output (RMSNorm's sum of squares, the fp8 activation's
+    row amax, the cast). Its multi-kernel mode, which times both forms, fails on torch 2.11 with Triton 3.6
+    (session 12, s35: ``TypeError`` in ``MultiKernelCall.cache_file_path``)."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.runtime.hints import ReductionHint
+    from torch._inductor.virtualized import V
+
+    class Wide(InductorChoices):
+        @staticmethod
+        def should_use_persistent_reduction(features, cooperative_reduction):
+            if InductorChoices.should_use_persistent_reduction(features, cooperative_reduction):
+                return True
+            return bool(inductor_config.triton.persistent_reductions and not cooperative_reduction
+                        and features.get_reduction_hint() == ReductionHint.INNER
+                        and V.graph.sizevars.statically_known_leq(features.reduction_numel, limit))
+
+    V.set_choices_handler(Wide())
+
+
+def reductions_part(batch: int) -> dict:
+    """The fused kernels around fp8 compression's matmuls alone, at M = batch x 579 rows, compiled with
+    inductor's rule and then with one-pass reductions (``persistent_reductions``): SiLU(gate) * up with its
+    row-wise fp8 quantisation (gate/up from one [M, 22016] output, as the model has them), and the residual
+    add + RMSNorm + quantisation. ms per frame over 32 layers."""
+    from torchao.quantization.utils import recommended_inductor_config_setter
+
+    recommended_inductor_config_setter()  # what quantising the model sets (coordinate descent tuning)
+    # no cached graphs: the two forms compile the same functions, and the caches' keys do not see the rule
+    torch._inductor.config.fx_graph_cache = False
+    if hasattr(torch._functorch.config, "enable_autograd_cache"):
+        torch._functorch.config.enable_autograd_cache = False
+    dev = torch.device("cuda")
+    M = batch * TOKENS
+    g = torch.Generator(device=dev).manual_seed(0)
+    gu = torch.randn(M, 22016, device=dev, dtype=torch.bfloat16, generator=g)
+    h = torch.randn(M, 4096, device=dev, dtype=torch.bfloat16, generator=g)
+    r = torch.randn(M, 4096, device=dev, dtype=torch.bfloat16, generator=g)
+    w = torch.rand(4096, device=dev, dtype=torch.bfloat16, generator=g) + 0.5
+
+    def silu_quant(gu):
+        gate, up = gu.chunk(2, dim=-1)
+        return rowwise(F.silu(gate) * up)
+
+    def norm_quant(h, r, w):
+        x = h + r
+        xf = x.float()
+        n = w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype)
+        return x, rowwise(n)
+
+    out: dict = {}
+    for form in ("looped", "persistent"):
+        if form == "persistent":
+            persistent_reductions()
+        torch._dynamo.reset()
+        row = {}
+        for name, fn, inputs in (("silu_quant", silu_quant, (gu,)), ("add_norm_quant", norm_quant, (h, r, w))):
+            try:
+                c = torch.compile(fn, dynamic=False)
+                ms = cuda_median_ms(lambda: c(*inputs), 20)
+                row[name] = {"ms_per_frame": round(ms * LAYERS / batch, 4)}
+            except Exception as e:
+                row[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        out[form] = row
+        print("fp8 reductions", form, json.dumps(row), flush=True)
+    return out
+
+
+def trace_part(args, pixels, device, dtype) -> dict:
+    """The shipped fp8 compression, compiled and warm, under the profiler (``timeline``)."""
+    qa, *_ = voco_speed.build(args.tiny, device, dtype, tokens_per_frame=1)
+    quant.quantize(qa.method, "fp8")
+    frames = SimpleNamespace(pixels=pixels, timestamps=np.arange(len(pixels), dtype=np.float64))
+    bs = max(args.batch)
+    qa.compress(frames, batch_size=bs)
+    qa.compress(frames, batch_size=bs)
+    path = str(Path(args.out).with_suffix("")) + "_trace.json.gz" if args.out else None
+    res = timeline(qa, frames, bs, path)
+    print("fp8 trace", json.dumps(res), flush=True)
+    return res
 
 
 def attention_part(batch: int) -> dict:
@@ -237,6 +389,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="gemm,compress")
     ap.add_argument("--variants", default="rowwise,tensorwise,rowwise_clip")
+    ap.add_argument("--steps", default="shipped,flash,shipped+clip", help="the stacked part's steps, in order")
     ap.add_argument("--batch", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
@@ -258,10 +411,14 @@ def main(argv=None) -> int:
             Path(args.out).write_text(json.dumps(res, indent=1, default=str))
 
     parts = args.parts.split(",")
-    if "stacked" in parts:
-        g = torch.Generator().manual_seed(0)
-        pixels = torch.randint(0, 256, (args.frames, 336, 336, 3), dtype=torch.uint8, generator=g).numpy()
-        res["stacked"] = stacked_variants(args, pixels, device, dtype)
+    for part, fn in (("stacked", stacked_variants), ("trace", trace_part)):
+        if part in parts and device.type == "cuda":
+            g = torch.Generator().manual_seed(0)
+            pixels = torch.randint(0, 256, (args.frames, 336, 336, 3), dtype=torch.uint8, generator=g).numpy()
+            res[part] = fn(args, pixels, device, dtype)
+            save()
+    if "reductions" in parts and device.type == "cuda":
+        res["reductions"] = reductions_part(max(args.batch))
         save()
     if "attention" in parts and device.type == "cuda":
         res["attention"] = attention_part(max(args.batch))

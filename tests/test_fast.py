@@ -1,5 +1,6 @@
 """The static-cache decode step equals transformers' decode step (float32, CPU; the CUDA graph replays it)."""
 
+import pytest
 import torch
 
 from vidqa.methods.base import FrameCache
@@ -125,6 +126,46 @@ def test_encoder_equals_the_clip_layers():
             ref = ref[0] if isinstance(ref, tuple) else ref
         assert (encoder(layers, h) - ref).abs().max() < 1e-5
 
+
+
+def test_cudnn_attention_only_where_it_was_measured(monkeypatch):
+    """cuDNN's kernel is asked for only on CUDA in bf16/fp16 without grouped K/V heads; never on the CPU."""
+    x = torch.zeros(1, 2, 3, 64, dtype=torch.bfloat16)
+    assert not fast.cudnn_attention_ok(x, 2, 2, 64)
+    monkeypatch.setattr(fast, "FIXED_SHAPE_CUDNN", False)
+    if torch.cuda.is_available():
+        assert not fast.cudnn_attention_ok(x.cuda(), 2, 2, 64)
+
+
+@torch.no_grad()
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="cuDNN attention is used on Hopper or later")
+def test_cudnn_attention_matches_flash_in_compression_and_clip(monkeypatch):
+    """Compression's layers and CLIP's encoder with cuDNN's attention give flash's result (bf16 rounding)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    llm = _tiny_llama(layers=3).cuda().to(torch.bfloat16)
+    h = torch.randn(4, 579, 64, device="cuda", dtype=torch.bfloat16)
+    assert fast.cudnn_attention_ok(h, 4, 4, 16)
+    cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=28, patch_size=7, hidden_act="quick_gelu")
+    cfg._attn_implementation = "sdpa"
+    tower = CLIPVisionModel(cfg).cuda().to(torch.bfloat16).eval()
+    layers = getattr(tower, "vision_model", tower).encoder.layers
+    x = torch.randn(4, 577, 64, device="cuda", dtype=torch.bfloat16)
+    runs = {}
+    for on in (True, False):
+        monkeypatch.setattr(fast, "FIXED_SHAPE_CUDNN", on)
+        out, keys, values = fast.causal_prefix(llm.model.layers, llm.model.rotary_emb, h.clone(), compile=False)
+        _, kept, _ = fast.causal_prefix(llm.model.layers, llm.model.rotary_emb, h.clone(), keep=slice(577, 579),
+                                        output=False, compile=False)
+        runs[on] = (out, *keys, *values, *kept, fast.encoder(layers, x.clone(), compile=False))
+    monkeypatch.setattr(fast, "FIXED_SHAPE_CUDNN", True)  # compiled: the graph calls cuDNN's kernel too
+    out, keys, values = fast.causal_prefix(llm.model.layers, llm.model.rotary_emb, h.clone(), compile=True)
+    runs["compiled"] = (out, *keys, *values, *runs[True][7:10], fast.encoder(layers, x.clone(), compile=True))
+    for a, b in [*zip(runs[True], runs[False]), *zip(runs["compiled"], runs[False])]:
+        assert torch.isfinite(a).all()
+        assert (a.float() - b.float()).abs().max() <= 0.02 * b.float().abs().max() + 1e-3
 
 
 @torch.no_grad()

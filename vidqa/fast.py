@@ -125,12 +125,39 @@ def heads(x, cos, sin, n_heads: int, n_kv: int, head_dim: int):
     return q, k, v
 
 
+# cuDNN attention for the fixed-shape paths below (compression, LLaVA-Mini's pre-fusion, CLIP): their
+# shapes repeat batch after batch, so cuDNN's per-shape plan is built once, unlike a question's
+# (``plan_free_attention`` keeps it out of everything else). H200, torch 2.11, batch 32
+# (benchmarks/fp8_compress.py --parts attention, session 9): Vicuna-7B's causal 579 rows 0.313 ms/frame
+# against flash's 0.658, CLIP-L's 577 rows 0.140 against 0.170. False: flash everywhere.
+FIXED_SHAPE_CUDNN = True
+
+
+def cudnn_attention_ok(q: torch.Tensor, n_heads: int, n_kv: int, head_dim: int) -> bool:
+    """Whether ``attend(..., cudnn=True)`` may run for these heads: CUDA bf16/fp16 on Hopper or later (where
+    it was measured), no grouped K/V heads, head size a multiple of 8 up to 128, and ``FIXED_SHAPE_CUDNN``."""
+    return bool(FIXED_SHAPE_CUDNN and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+                and n_kv == n_heads and head_dim % 8 == 0 and head_dim <= 128
+                and torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(q.device) >= (9, 0))
+
+
+def attend(q, k, v, scale: float, causal: bool, cudnn: bool, gqa: bool = False) -> torch.Tensor:
+    """``scaled_dot_product_attention`` over ``[B, heads, L, head_dim]``; with ``cudnn``, cuDNN's kernel called
+    directly. Direct, because SDPA picks its kernel from process-wide flags, and ``plan_free_attention``
+    turns cuDNN off for the variable shapes of questions; a compiled graph also keeps whichever kernel
+    SDPA picked when it was traced (session 9 saw a recompiled model keep flash)."""
+    if cudnn:
+        return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, False, 0.0, causal, False,
+                                                                  scale=scale)[0]
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
+
+
 def _block(h, cos, sin, ln1, eps1, w_qkv, b_qkv, w_o, b_o, ln2, eps2, w_gu, b_gu, w_down, b_down,
-           n_heads: int, n_kv: int, head_dim: int, scaling: float, act):
+           n_heads: int, n_kv: int, head_dim: int, scaling: float, act, cudnn: bool = False):
     """One Llama decoder layer over full causal sequences; returns (output, k, v)."""
     B, L, _ = h.shape
     q, k, v = qkv(h, cos, sin, ln1, eps1, w_qkv, b_qkv, n_heads, n_kv, head_dim)
-    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=n_kv != n_heads)
+    o = attend(q, k, v, scaling, True, cudnn, n_kv != n_heads)
     h = h + F.linear(o.transpose(1, 2).reshape(B, L, -1), w_o, b_o)
     gate, up = F.linear(rms_norm(h, ln2, eps2), w_gu, b_gu).chunk(2, dim=-1)
     return h + F.linear(act(gate) * up, w_down, b_down), k, v
@@ -177,12 +204,12 @@ def _act(module):
 
 
 def _encoder_block(h, ln1_w, ln1_b, eps1: float, wq, bq, wk, bk, wv, bv, wo, bo, ln2_w, ln2_b, eps2: float,
-                   w1, b1, w2, b2, n_heads: int, scale: float, act):
+                   w1, b1, w2, b2, n_heads: int, scale: float, act, cudnn: bool = False):
     """One pre-norm ViT encoder layer (CLIP's): full, non-causal attention."""
     B, L, D = h.shape
     x = F.layer_norm(h, (D,), ln1_w, ln1_b, eps1)
     q, k, v = (F.linear(x, w, b).view(B, L, n_heads, -1).transpose(1, 2) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
-    o = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    o = attend(q, k, v, scale, False, cudnn)
     h = h + F.linear(o.transpose(1, 2).reshape(B, L, D), wo, bo)
     x = F.layer_norm(h, (D,), ln2_w, ln2_b, eps2)
     return h + F.linear(act(F.linear(x, w1, b1)), w2, b2)
@@ -213,11 +240,13 @@ def encoder(layers, h: torch.Tensor, compile: bool | None = None) -> torch.Tenso
     if compile and h.device.type == "cuda":
         _kernels(True)
         fn = _compiled["encoder"]
+    a = layers[0].self_attn
+    cudnn = cudnn_attention_ok(h, a.num_heads, a.num_heads, a.head_dim)
     for layer in layers:
         a, m, n1, n2 = layer.self_attn, layer.mlp, layer.layer_norm1, layer.layer_norm2
         h = fn(h, n1.weight, n1.bias, n1.eps, a.q_proj.weight, a.q_proj.bias, a.k_proj.weight, a.k_proj.bias,
                a.v_proj.weight, a.v_proj.bias, a.out_proj.weight, a.out_proj.bias, n2.weight, n2.bias, n2.eps,
-               m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, a.num_heads, a.scale, _act(m.activation_fn))
+               m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, a.num_heads, a.scale, _act(m.activation_fn), cudnn)
     return h
 
 
@@ -271,10 +300,11 @@ def causal_prefix(layers, rotary_emb, h: torch.Tensor, keep: slice | None = None
             values.append(v.clone())
             return None, tuple(keys), tuple(values)
         # the layer before that: only the kept positions' outputs are read (by the last layer's K/V)
-        fn, extra = (rows, (keep,)) if i == last - 1 and not output else (block, ())
+        fn, extra, more = ((rows, (keep,), ()) if i == last - 1 and not output
+                           else (block, (), (cudnn_attention_ok(h, n_heads, n_kv, head_dim),)))
         h, k, v = fn(h, *extra, cos, sin, ln1.weight, ln1.variance_epsilon, w_qkv, b_qkv, a.o_proj.weight,
                      a.o_proj.bias, ln2.weight, ln2.variance_epsilon, w_gu, b_gu, layer.mlp.down_proj.weight,
-                     layer.mlp.down_proj.bias, n_heads, n_kv, head_dim, a.scaling, _act(layer.mlp.act_fn))
+                     layer.mlp.down_proj.bias, n_heads, n_kv, head_dim, a.scaling, _act(layer.mlp.act_fn), *more)
         # copies: k and v are views into the layer's whole Q/K/V output, which must not stay alive
         keys.append(k[:, :, keep].clone())
         values.append(v[:, :, keep].clone())

@@ -196,9 +196,13 @@ class StaticDecoder:
         self.fuse_int4 = not compile
         # RoPE inside the attention kernel (vidqa.attention.decode_step). Compiled it takes the time inductor's own
         # RoPE kernel took (int4 7B: 2.500 ms/token, 2.504 before, separate runs; H200, session 11); uncompiled it
-        # replaces transformers' ops, about ten small kernels a layer (not yet measured: benchmarks/int4_decode.py
-        # --variants eager,eager_rope_apart)
+        # replaces transformers' ops, about ten small kernels a layer: 2.65 against 3.29 ms/token in one run
+        # (session 12, benchmarks/int4_decode.py --variants eager,eager_rope_apart)
         self.rope_in_attention = True
+        # EXPERIMENT (off; not yet measured: session 12's run was cut while it compiled): compiled, SiLU(gate) * up
+        # in the int4 gate/up GEMV's epilogue (no norm in its loop), to remove inductor's SiLU kernel (37 us of a 7B
+        # step). benchmarks/int4_decode.py --variants default,glu measures it
+        self.glu_in_gemv = False
         self.use_graph = (self.device.type == "cuda") if graph is None else graph
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
@@ -245,8 +249,14 @@ class StaticDecoder:
             o = decode_step(q, k, v, self.keys[i], self.values[i], self.visible, self.counters, attn.scaling,
                             rope)
             h = h + attn.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
-            gate, up = F.linear(fast.rms_norm(h, ln2.weight, ln2.variance_epsilon), w_gu, b_gu).chunk(2, dim=-1)
-            h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+            x = fast.rms_norm(h, ln2.weight, ln2.variance_epsilon)
+            if (self.glu_in_gemv and b_gu is None and int4.fused_ok(x, w_gu)
+                    and fast._act(layer.mlp.act_fn) is F.silu):
+                a = int4.linear_fused(x, w_gu, glu=True)
+            else:
+                gate, up = F.linear(x, w_gu, b_gu).chunk(2, dim=-1)
+                a = layer.mlp.act_fn(gate) * up
+            h = h + layer.mlp.down_proj(a)
         return self.llm.lm_head(m.norm(h))[0, -1]
 
     def _int4_fused(self, h: torch.Tensor, layer) -> bool:

@@ -7,13 +7,13 @@ here (one Triton kernel) and running bf16 matmuls takes 20.6 ms/frame (benchmark
 10). Those layers still decode one row at a time (VoCo's LLM), hence the GEMVs; inductor could not fuse a
 plain-torch dequantisation into one (6.8-8.6 ms for a 7B step's matmuls, ``benchmarks/int4_gemv.py``).
 
-Two GEMV kernels, chosen by shape (``gemv_plan``; H200 timings with cold weights, session 10,
+Two GEMV kernels, chosen by shape (``gemv_plan``; H200 timings with cold weights, session 12,
 ``benchmarks/int4_sweep.py``): ``_int4_mma_kernel`` sums on the tensor cores (about 2.5 instructions per
-weight) and wins where there are many output rows (7B Q/K/V 14.6 us, gate/up 22.9 us); ``_int4_gemv_kernel``
-sums with FMAs (5.6-6.6 instructions per weight) and wins with 4096 output rows, where it keeps more loads
-in flight (o_proj 7.8 us, down 18.4 us). Both load their scales and x (the FMA kernel also its codes) a step
-ahead. A 7B decode step's matmuls take 1.90 ms in the step's profile (1.99 in ``int4_gemv.py``, where
-tinygemm's take 2.31), and the compiled VoCo-7B decode step 2.50 ms/token (session 11; session 9: 3.12).
+weight) and wins where there are many output rows or a long reduction (7B Q/K/V 13.6 us, gate/up 21.6 us,
+down 16.2 us); ``_int4_gemv_kernel`` sums with FMAs (5.6-6.6 instructions per weight) and wins for a square
+weight (o_proj 7.65 us). Both load their scales and x (the FMA kernel also its codes) a step ahead. A 7B
+decode step's matmuls take 1.81 ms in the step's profile, and the compiled VoCo-7B decode step 2.44 ms/token
+(session 12; session 11: 2.50, session 9: 3.12).
 ``linear_fused`` adds the decoder's RMSNorm, SiLU gate and residual add to the GEMVs, so that the uncompiled
 CUDA-graph step runs six kernels per layer, not about ten (3.40 against 4.29 ms/token, session 10); compiled,
 inductor fuses those itself and does better (2.58 against 2.77-2.92, session 11).
@@ -119,10 +119,11 @@ if triton is not None:
         by Triton's autotuner, which times one weight over and over from the L2 (50 MB holds a 7B layer's
         largest) and picked configurations 5% slower on the weights of a real step; it also costs nothing
         at start-up. Many output rows: 16 rows x 1024 columns, 4 warps (Q/K/V 16.3 us, gate/up 26.4 us);
-        otherwise 4 x 2048, 4 warps (o_proj 7.8 us, down 18.4 us)."""
+        otherwise, since its loads run a step ahead, 2 x 1024 and one warp (session 12: o_proj 7.65 us
+        against 7.99 for session 9's 4 x 2048 and 4 warps)."""
         if n >= 8192 and k <= 8192:
             return {"BLOCK_N": 16, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2}
-        return {"BLOCK_N": 4, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 1}
+        return {"BLOCK_N": 2, "BLOCK_K": 1024, "num_warps": 1, "num_stages": 1}
 
     @triton.jit
     def _add_residual(y, res_row, rn, n_ok, dtype: tl.constexpr):
@@ -349,21 +350,21 @@ if triton is not None:
     def mma_config(n: int, k: int) -> dict:
         """Rows per program, groups per step (``KS``, split between the warps), warps and stages of the
         tensor-core kernel for an ``[n, k]`` weight: the fastest of 16 configurations per shape with cold weights
-        (``benchmarks/int4_sweep.py --kernel mma``, H200, session 10): gate/up 22.9 us, Q/K/V 14.6 us, o_proj
-        9.5 us, down 21.8 us."""
+        (``benchmarks/int4_sweep.py --kernel mma``, H200; session 12, with its loads a step ahead): gate/up
+        21.6 us, Q/K/V 13.6 us, o_proj 8.0 us, down 16.2 us."""
         if n >= 16384 and k <= 8192:
             return {"BLOCK_N": 32, "KS": 2, "num_warps": 2, "num_stages": 3}
         if n >= 8192 and k <= 8192:
             return {"BLOCK_N": 32, "KS": 4, "num_warps": 4, "num_stages": 3}
-        return {"BLOCK_N": 16, "KS": 8, "num_warps": 8, "num_stages": 3}
+        return {"BLOCK_N": 32, "KS": 8, "num_warps": 8, "num_stages": 3}
 
     def gemv_plan(n: int, k: int) -> tuple[str, dict]:
         """The kernel (``KERNEL``; by shape when "auto") and its launch configuration for an ``[n, k]`` weight.
-        By shape: the tensor cores for many output rows (7B Q/K/V 14.6 us against the FMA kernel's 16.3,
-        gate/up 22.9 against 26.4), the FMA kernel for the rest (o_proj 7.8 against 9.5, down 18.4 against
-        21.8): the tensor-core kernel issues fewer instructions but, with 4096 output rows, keeps fewer loads
-        in flight (H200, session 10, ``benchmarks/int4_sweep.py``)."""
-        kernel = KERNEL if KERNEL != "auto" else ("mma" if n >= 8192 and k <= 8192 else "fma")
+        By shape (H200, session 12, ``benchmarks/int4_sweep.py``, both kernels loading a step ahead): the tensor
+        cores for many output rows (7B Q/K/V 13.6 us against the FMA kernel's 17.3, gate/up 21.6 against
+        26.9) or a long reduction (down, 11008 columns: 16.2 against 17.1); the FMA kernel for a square
+        weight (o_proj 7.65 against 8.0)."""
+        kernel = KERNEL if KERNEL != "auto" else ("mma" if (n >= 8192 and k <= 8192) or k >= 2 * n else "fma")
         return kernel, (mma_config(n, k) if kernel == "mma" else launch_config(n, k))
 
     def _launch(x, packed, scale_zero, y, kernel: str, meta: dict, wrap, norm_weight=None, eps: float = 0.0,

@@ -168,10 +168,13 @@ class VoCo(Method):
         B = features.shape[0]
         embed = self.llm.get_input_embeddings()
         image = self.projector(features.to(embed.weight.dtype))
-        ids = torch.tensor(self.pre_voco_ids + [self.voco_id] * self.tokens_per_frame, device=image.device)
-        text = embed(ids)
-        bos = embed(torch.tensor([self.bos_id], device=image.device))
-        return torch.cat([bos.expand(B, 1, -1), image, text.expand(B, -1, -1)], dim=1)
+        # the ids from pinned memory, asynchronously: a tensor made on the GPU from a list waits for the
+        # GPU (here, for the whole vision tower), and the LLM's first kernels would wait for the host
+        ids = torch.tensor([self.bos_id, *self.pre_voco_ids] + [self.voco_id] * self.tokens_per_frame)
+        if image.is_cuda:
+            ids = ids.pin_memory()
+        text = embed(ids.to(image.device, non_blocking=True))
+        return torch.cat([text[:1].expand(B, 1, -1), image, text[1:].expand(B, -1, -1)], dim=1)
 
     @torch.inference_mode()
     def compress(self, features: torch.Tensor, compact: bool = False) -> dict[str, torch.Tensor]:
