@@ -6,12 +6,12 @@ The weights stay the model's own. ``fuse_projections`` concatenates each layer's
 gate/up weights into one tensor (the original modules become views into it, so no memory is added):
 one GEMM instead of three and one instead of two, which matters most for one-token decoding.
 
-``causal_prefix`` runs decoder layers over a batch of prefixes with ``is_causal`` attention (flash
-kernels) and returns the per-layer K/V of chosen positions. It is written out here, rather than
-calling the transformers layers, because (1) with only K/V wanted, the last layer's attention output
-and MLP are skipped, (2) the fused GEMMs apply, and (3) the per-layer function takes tensors only, so
-``torch.compile`` compiles it once for all layers. ``tests/test_fast.py`` checks it against the
-transformers layers.
+``causal_prefix`` runs decoder layers over a batch of prefixes with causal attention (cuDNN's kernel on
+Hopper where the heads allow, ``attend``; flash otherwise) and returns the per-layer K/V of chosen
+positions. It is written out here, rather than calling the transformers layers, because (1) with only
+K/V wanted, the last layer's attention output and MLP are skipped, (2) the fused GEMMs apply, and (3)
+the per-layer function takes tensors only, so ``torch.compile`` compiles it once for all layers.
+``tests/test_fast.py`` checks it against the transformers layers.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def plan_free_attention(device) -> None:
     pair (its own prompt length, its own number of frames). Measured on an H200 at 7B shapes
     (benchmarks/serve_profile.py, torch 2.11): the LLM's forward at a prompt length it had not run took
     61-66 ms against 21-24 ms the second time, and one new shape 703 ms. Flash and memory-efficient
-    attention need no plan; they take the same inputs and give the same result.
+    attention need no plan; they take the same inputs and give the same result. Compression and CLIP,
+    whose shapes repeat, still call cuDNN's kernel directly (``attend``).
     """
     if torch.device(device).type == "cuda" and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
         torch.backends.cuda.enable_cudnn_sdp(False)
@@ -127,9 +128,10 @@ def heads(x, cos, sin, n_heads: int, n_kv: int, head_dim: int):
 
 # cuDNN attention for the fixed-shape paths below (compression, LLaVA-Mini's pre-fusion, CLIP): their
 # shapes repeat batch after batch, so cuDNN's per-shape plan is built once, unlike a question's
-# (``plan_free_attention`` keeps it out of everything else). H200, torch 2.11, batch 32
-# (benchmarks/fp8_compress.py --parts attention, session 9): Vicuna-7B's causal 579 rows 0.313 ms/frame
-# against flash's 0.658, CLIP-L's 577 rows 0.140 against 0.170. False: flash everywhere.
+# (``plan_free_attention`` keeps it out of everything else). H200, torch 2.11, batch 32: alone
+# (benchmarks/fp8_compress.py --parts attention, session 9), Vicuna-7B's causal 579 rows 0.313 ms/frame
+# against flash's 0.658, CLIP-L's 577 rows 0.140 against 0.170; in VoCo-7B's compiled fp8 compression
+# (--parts stacked, session 12), attention 0.59 against 1.14 ms/frame. False: flash everywhere.
 FIXED_SHAPE_CUDNN = True
 
 
