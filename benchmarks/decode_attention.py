@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from int4_gemv import cuda_median_ms, graph_of  # noqa: E402
+from int4_gemv import cuda_median_ms, graph_of, overridden  # noqa: E402
 
 from vidqa import attention  # noqa: E402
 
@@ -221,12 +221,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None, help="distinct caches per case (32; tiny 2)")
     ap.add_argument("--repeats", type=int, default=None, help="timed graph replays, median (50; tiny 3)")
     args = ap.parse_args()
-    sizes = dict(TINY if args.tiny else FULL)
-    for key in ("layers", "repeats"):
-        if getattr(args, key) is not None:
-            if getattr(args, key) < 1:
-                sys.exit(f"error: --{key} must be at least 1")
-            sizes[key] = getattr(args, key)
+    sizes = overridden(TINY if args.tiny else FULL, args, ("layers", "repeats"))
     try:
         configs = {text: parse_config(text) for text in args.config}
     except ValueError as e:

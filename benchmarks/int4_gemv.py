@@ -218,6 +218,17 @@ def torchao_description(device: torch.device, k: int) -> str:
 
 # ---- timing -------------------------------------------------------------------------------------
 
+def overridden(defaults: dict, args, keys) -> dict:
+    """``defaults`` with each of ``keys`` that ``args`` sets (a count, at least 1: else one error line)."""
+    sizes = dict(defaults)
+    for key in keys:
+        if getattr(args, key) is not None:
+            if getattr(args, key) < 1:
+                sys.exit(f"error: --{key} must be at least 1")
+            sizes[key] = getattr(args, key)
+    return sizes
+
+
 def cuda_median_ms(fn, repeats: int) -> float:
     """Median milliseconds of fn() between two CUDA events (after two warm-up calls)."""
     for _ in range(2):
@@ -482,12 +493,7 @@ def main() -> None:
                     help="start no implementation after this many seconds (the rest: skipped, said so)")
     args = ap.parse_args()
     t0 = time.monotonic()
-    sizes = dict(TINY if args.tiny else FULL)
-    for key in ("layers", "repeats"):
-        if getattr(args, key) is not None:
-            if getattr(args, key) < 1:
-                sys.exit(f"error: --{key} must be at least 1")
-            sizes[key] = getattr(args, key)
+    sizes = overridden(TINY if args.tiny else FULL, args, ("layers", "repeats"))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     impls = (args.impls.split(",") if args.impls else

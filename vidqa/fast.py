@@ -289,6 +289,8 @@ def causal_prefix(layers, rotary_emb, h: torch.Tensor, keep: slice | None = None
     cos, sin = rotary_emb(h, positions)
     keys, values = [], []
     last = len(layers) - 1
+    a = layers[0].self_attn  # the layers share one config (as ``supports_layers`` reads it)
+    cudnn = cudnn_attention_ok(h, a.config.num_attention_heads, a.config.num_key_value_heads, a.head_dim)
     for i, layer in enumerate(layers):
         a = layer.self_attn
         (w_qkv, b_qkv), (w_gu, b_gu) = layer._vidqa_fused
@@ -302,8 +304,7 @@ def causal_prefix(layers, rotary_emb, h: torch.Tensor, keep: slice | None = None
             values.append(v.clone())
             return None, tuple(keys), tuple(values)
         # the layer before that: only the kept positions' outputs are read (by the last layer's K/V)
-        fn, extra, more = ((rows, (keep,), ()) if i == last - 1 and not output
-                           else (block, (), (cudnn_attention_ok(h, n_heads, n_kv, head_dim),)))
+        fn, extra, more = (rows, (keep,), ()) if i == last - 1 and not output else (block, (), (cudnn,))
         h, k, v = fn(h, *extra, cos, sin, ln1.weight, ln1.variance_epsilon, w_qkv, b_qkv, a.o_proj.weight,
                      a.o_proj.bias, ln2.weight, ln2.variance_epsilon, w_gu, b_gu, layer.mlp.down_proj.weight,
                      layer.mlp.down_proj.bias, n_heads, n_kv, head_dim, a.scaling, _act(layer.mlp.act_fn), *more)
