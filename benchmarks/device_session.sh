@@ -418,6 +418,14 @@ x = torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16)
     timeout "$(left 300)" python3 benchmarks/fp8_compress.py --parts stacked --steps persistent+clip \
       --batch 32 --repeats 5 --out $R/fp8_stacked12e.json > $R/fp8_stacked12e.log 2>&1; pack
     grep -E "^fp8 compress|Error" $R/fp8_stacked12e.log | cut -c1-1200 ;;
+  s37)  # nvidia-h200, for the branch next-fp8 (written in session 12, not yet run): the one-pass SiLU * up float8
+         # quantisation (vidqa.fp8) against torchao's own down_proj in fp8 compression, then with CLIP-L in fp8
+    end=$((SECONDS + ${DEADLINE:-540}))
+    timeout "$(left 90)" python3 -m pytest -p no:cacheprovider tests/test_fp8.py tests/test_fast.py \
+      > $R/gpu_tests13a.log 2>&1; grep -E "passed|failed|^FAILED|Error" $R/gpu_tests13a.log | tail -n 8
+    timeout "$(left 440)" python3 benchmarks/fp8_compress.py --parts stacked --steps torchao_mlp,shipped,shipped+clip \
+      --batch 32 --repeats 5 --out $R/fp8_stacked13a.json > $R/fp8_stacked13a.log 2>&1; pack
+    grep -E "^fp8 compress|Error" $R/fp8_stacked13a.log | cut -c1-700 ;;
   s38)  # nvidia-h200: the compiled int4 step with SiLU(gate) * up in the gate/up GEMV (glu) against as shipped (s32 ran
          # out of time compiling it), and the uncompiled step with session 12's GEMV plans
     end=$((SECONDS + ${DEADLINE:-540}))
@@ -425,5 +433,5 @@ x = torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16)
       --out $R/int4_decode13a.json > $R/int4_decode13a.log 2>&1; pack; grep "int4 decode" $R/int4_decode13a.log | cut -c1-700
     timeout "$(left 150)" python3 benchmarks/int4_decode.py --variants eager \
       --out $R/int4_decode13b.json > $R/int4_decode13b.log 2>&1; pack; grep "int4 decode" $R/int4_decode13b.log | cut -c1-300 ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25|s26|s27|s28|s29|s30|s31|s32|s33|s34|s35|s36|s38 (s37: branch next-fp8)"; exit 2 ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25|s26|s27|s28|s29|s30|s31|s32|s33|s34|s35|s36|s37|s38"; exit 2 ;;
 esac
