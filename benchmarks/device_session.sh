@@ -433,5 +433,19 @@ x = torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16)
       --out $R/int4_decode13a.json > $R/int4_decode13a.log 2>&1; pack; grep "int4 decode" $R/int4_decode13a.log | cut -c1-700
     timeout "$(left 150)" python3 benchmarks/int4_decode.py --variants eager \
       --out $R/int4_decode13b.json > $R/int4_decode13b.log 2>&1; pack; grep "int4 decode" $R/int4_decode13b.log | cut -c1-300 ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25|s26|s27|s28|s29|s30|s31|s32|s33|s34|s35|s36|s37|s38"; exit 2 ;;
+  s39)  # nvidia-h200 (session 13, branch next-fp8): the fp8 GPU tests by name, the one-pass kernel's launch
+         # sweep alone (fp8_mlp.py), then compression with CLIP in fp8 and the sweep's fastest launch
+    end=$((SECONDS + ${DEADLINE:-540}))
+    timeout "$(left 150)" python3 -m pytest -p no:cacheprovider -o addopts="" -v -rfE tests/test_fp8.py tests/test_fast.py \
+      > $R/gpu_tests13b.log 2>&1; grep -E "FAILED|ERROR|passed|failed|Error" $R/gpu_tests13b.log | tail -n 12
+    timeout "$(left 60)" python3 benchmarks/fp8_mlp.py --out $R/fp8_mlp13b.json > $R/fp8_mlp13b.log 2>&1; pack
+    cut -c1-200 $R/fp8_mlp13b.log
+    best=$(python3 -c 'import json, re; v = json.load(open("/tmp/r/fp8_mlp13b.json"))["variants"]
+k = min((n for n in v if re.match(r"kernel_w", n) and v[n]["same_as_shipped"]), key=lambda n: v[n]["ms"])
+w = re.match(r"kernel_w(\d+)", k).group(1); print(w + (",hold16" if "hold16" in k else ""))' 2>/dev/null || echo 16)
+    echo "launch $best"
+    timeout "$(left 330)" python3 benchmarks/fp8_compress.py --parts stacked --steps shipped+clip --launch "$best" \
+      --batch 32 --repeats 5 --out $R/fp8_stacked13b.json > $R/fp8_stacked13b.log 2>&1; pack
+    grep -E "^fp8 compress|Error" $R/fp8_stacked13b.log | cut -c1-600 ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25|s26|s27|s28|s29|s30|s31|s32|s33|s34|s35|s36|s37|s38|s39"; exit 2 ;;
 esac

@@ -392,8 +392,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile-all", action="store_true", help="a kernel breakdown for every variant")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU: the compress plumbing only")
+    ap.add_argument("--launch", default=None, help="WARPS[,hold16]: the one-pass MLP kernel's launch (fp8.LAUNCH)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.launch:
+        from vidqa import fp8
+        warps, *rest = args.launch.split(",")
+        fp8.LAUNCH.update(num_warps=int(warps), hold16="hold16" in rest)
     os.environ.setdefault("VIDQA_COMPILE", "1")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -401,7 +406,7 @@ def main(argv=None) -> int:
         args.batch, args.frames, args.repeats = [4], 4, 1
         os.environ["VIDQA_COMPILE"] = "0"
     res: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                 "torch": torch.__version__, "batch": args.batch, "frames": args.frames}
+                 "torch": torch.__version__, "batch": args.batch, "frames": args.frames, "launch": args.launch}
 
     def save():
         if args.out:

@@ -57,8 +57,11 @@ def test_a_row_of_zeros_gets_scale_one():
 @pytest.mark.skipif(not (fp8.triton is not None and (fp8.INTERPRET or torch.cuda.is_available())),
                     reason="needs Triton on CUDA or its interpreter (TRITON_INTERPRET=1)")
 @pytest.mark.parametrize("rows,n", [(5, 300), (3, 1024), (2, 11008)])
-def test_kernel_equals_the_reference(rows, n):
-    """The reference's result to the roundings (``_close``); a zero row, and a width that is not a power of 2."""
+@pytest.mark.parametrize("launch", [{}, {"hold16": True, "num_warps": 8}])
+def test_kernel_equals_the_reference(monkeypatch, rows, n, launch):
+    """The reference's result to the roundings (``_close``); a zero row, and a width that is not a power of 2;
+    with the shipped launch and with the product held in bf16 (``fp8.LAUNCH``)."""
+    monkeypatch.setattr(fp8, "LAUNCH", {**fp8.LAUNCH, **launch})
     device = "cuda" if torch.cuda.is_available() and not fp8.INTERPRET else "cpu"
     gu = _gu(rows, n).to(device)
     gu[0, n:] = 0
@@ -69,13 +72,14 @@ def test_kernel_equals_the_reference(rows, n):
     _close(q, scale, rq, rscale, exact=device == "cuda")
 
 
-def _float8_weight(n: int, k: int, seed: int = 1):
+def _float8_weight(n: int, k: int, device: str = "cpu", seed: int = 1):
     pytest.importorskip("torchao")
     from torchao.quantization.granularity import PerRow
     from torchao.quantization.quantize_.workflows.float8.float8_tensor import Float8Tensor
 
     g = torch.Generator().manual_seed(seed)
-    return Float8Tensor.from_hp((torch.randn(n, k, generator=g) * 0.05).to(torch.bfloat16), granularity=PerRow())
+    w = (torch.randn(n, k, generator=g) * 0.05).to(torch.bfloat16).to(device)
+    return Float8Tensor.from_hp(w, granularity=PerRow())
 
 
 def test_weight_parts_reads_row_wise_float8_weights_only():
@@ -85,19 +89,38 @@ def test_weight_parts_reads_row_wise_float8_weights_only():
     assert fp8.weight_parts(torch.randn(16, 32)) is None
 
 
-def test_block_with_the_one_pass_mlp_is_the_dequantised_arithmetic():
+def _cpu_scaled_mm_ok() -> bool:
+    """Whether this torch runs row-wise ``torch._scaled_mm`` on the CPU (2.13 does; vidqa calls it on CUDA only)."""
+    a = torch.ones(2, 16).to(fp8.FP8)
+    try:
+        fp8.scaled_linear(a, torch.ones(2, 1), a, torch.ones(2, 1), True, None, torch.bfloat16)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+_DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(not _cpu_scaled_mm_ok(),
+                                                         reason="this torch has no row-wise _scaled_mm on the CPU")),
+            pytest.param("cuda", marks=pytest.mark.skipif(
+                not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                reason="float8 matmuls need a CUDA GPU of compute capability 8.9+"))]
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+def test_block_with_the_one_pass_mlp_is_the_dequantised_arithmetic(device):
     """``fast._block`` with ``fp8_down``: the layer's output is h + (q * scale) @ (codes * w_scale).T + bias,
-    with q the float8 form of SiLU(gate) * up (float32 reference, bf16 rounding of the output)."""
+    with q the float8 form of SiLU(gate) * up (float32 reference, bf16 rounding of the output). On CUDA the
+    Triton kernel quantises; on the CPU the reference does."""
     torch.manual_seed(0)
     B, L, D, n_heads, hd, inter = 2, 7, 64, 4, 16, 96
     bf = torch.bfloat16
-    h = torch.randn(B, L, D).to(bf)
-    cos, sin = torch.ones(1, L, hd, dtype=bf), torch.zeros(1, L, hd, dtype=bf)
-    ln1, ln2 = torch.ones(D, dtype=bf), torch.ones(D, dtype=bf)
-    w_qkv, w_o = (torch.randn(3 * D, D) * 0.05).to(bf), (torch.randn(D, D) * 0.05).to(bf)
-    w_gu = (torch.randn(2 * inter, D) * 0.05).to(bf)
-    w_down = _float8_weight(D, inter)
-    b_down = (torch.randn(D) * 0.1).to(bf)
+    h = torch.randn(B, L, D).to(bf).to(device)
+    cos, sin = torch.ones(1, L, hd, dtype=bf, device=device), torch.zeros(1, L, hd, dtype=bf, device=device)
+    ln1, ln2 = torch.ones(D, dtype=bf, device=device), torch.ones(D, dtype=bf, device=device)
+    w_qkv, w_o = (torch.randn(3 * D, D) * 0.05).to(bf).to(device), (torch.randn(D, D) * 0.05).to(bf).to(device)
+    w_gu = (torch.randn(2 * inter, D) * 0.05).to(bf).to(device)
+    w_down = _float8_weight(D, inter, device)
+    b_down = (torch.randn(D) * 0.1).to(bf).to(device)
     parts = fp8.weight_parts(w_down)
     args = (h, cos, sin, ln1, 1e-5, w_qkv, None, w_o, None, ln2, 1e-5, w_gu, None, w_down, b_down, n_heads, n_heads,
             hd, hd ** -0.5, F.silu)
