@@ -447,5 +447,11 @@ w = re.match(r"kernel_w(\d+)", k).group(1); print(w + (",hold16" if "hold16" in 
     timeout "$(left 330)" python3 benchmarks/fp8_compress.py --parts stacked --steps shipped+clip --launch "$best" \
       --batch 32 --repeats 5 --out $R/fp8_stacked13b.json > $R/fp8_stacked13b.log 2>&1; pack
     grep -E "^fp8 compress|Error" $R/fp8_stacked13b.log | cut -c1-600 ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25|s26|s27|s28|s29|s30|s31|s32|s33|s34|s35|s36|s37|s38|s39"; exit 2 ;;
+  s40)  # nvidia-h200 (session 13, branch next-fp8): fp8 compression eager (VIDQA_COMPILE=0), torchao's down_proj
+         # against the one-pass MLP, then with CLIP in fp8 (the README's eager figure)
+    end=$((SECONDS + ${DEADLINE:-540}))
+    VIDQA_COMPILE=0 timeout "$(left 400)" python3 benchmarks/fp8_compress.py --parts stacked \
+      --steps torchao_mlp,shipped,shipped+clip --batch 32 --repeats 5 --out $R/fp8_stacked13c.json \
+      > $R/fp8_stacked13c.log 2>&1; pack; grep -E "^fp8 compress|Error" $R/fp8_stacked13c.log | cut -c1-400 ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25|s26|s27|s28|s29|s30|s31|s32|s33|s34|s35|s36|s37|s38|s39|s40"; exit 2 ;;
 esac

@@ -79,8 +79,9 @@ if triton is not None:
         q = torch.empty(M, n, device=gu.device, dtype=FP8)
         scale = torch.empty(M, 1, device=gu.device, dtype=torch.float32)
         block = triton.next_power_of_2(n)
-        # a row in registers: 16 warps hold 11,008 values (Vicuna-7B) at 32 per thread and tensor
-        warps = LAUNCH["num_warps"] or (16 if block >= 8192 else (8 if block >= 2048 else 4))
+        # a row in registers: 8 warps hold 11,008 values (Vicuna-7B) at 64 per thread and tensor. At 18,528 rows
+        # (32 frames), H200: 0.384 ms with 8 warps, 0.400 with 16 or 32, 0.62 with 4 (benchmarks/fp8_mlp.py)
+        warps = LAUNCH["num_warps"] or (8 if block >= 2048 else 4)
         torch.library.wrap_triton(_silu_mul_quant_kernel)[(M,)](gu, q, scale, n, gu.stride(0), q.stride(0),
                                                                BLOCK=block, HOLD16=LAUNCH["hold16"],
                                                                num_warps=warps)
