@@ -453,5 +453,13 @@ w = re.match(r"kernel_w(\d+)", k).group(1); print(w + (",hold16" if "hold16" in 
     VIDQA_COMPILE=0 timeout "$(left 400)" python3 benchmarks/fp8_compress.py --parts stacked \
       --steps torchao_mlp,shipped,shipped+clip --batch 32 --repeats 5 --out $R/fp8_stacked13c.json \
       > $R/fp8_stacked13c.log 2>&1; pack; grep -E "^fp8 compress|Error" $R/fp8_stacked13c.log | cut -c1-400 ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25|s26|s27|s28|s29|s30|s31|s32|s33|s34|s35|s36|s37|s38|s39|s40"; exit 2 ;;
+  s41)  # nvidia-h200 (session 13, next-fp8 as merged: 8 warps, CLIP stays bf16): compiled fp8 compression as
+         # shipped, then CLIP-L in fp8 (not shipped) in the same process; then the GPU tests of fp8 and int4
+    end=$((SECONDS + ${DEADLINE:-540}))
+    timeout "$(left 360)" python3 benchmarks/fp8_compress.py --parts stacked --steps shipped,shipped+clip \
+      --batch 32 --repeats 5 --out $R/fp8_stacked13d.json > $R/fp8_stacked13d.log 2>&1; pack
+    grep -E "^fp8 compress|Error" $R/fp8_stacked13d.log | cut -c1-300
+    timeout "$(left 170)" python3 -m pytest -p no:cacheprovider -o addopts="" -v -rfE tests/test_fp8.py tests/test_int4.py \
+      > $R/gpu_tests13d.log 2>&1; pack; grep -E "FAILED|ERROR|passed|failed" $R/gpu_tests13d.log | tail -n 12 ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25|s26|s27|s28|s29|s30|s31|s32|s33|s34|s35|s36|s37|s38|s39|s40|s41"; exit 2 ;;
 esac

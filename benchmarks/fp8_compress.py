@@ -122,9 +122,14 @@ def gemm_part(batch: int) -> dict:
 
 
 def clip_to_fp8(qa) -> int:
-    """CLIP-L's encoder linears as torchao fp8 (row-wise) weights, in place (``quant.quantize_vision``, as
-    ``--quantize fp8`` does on the branch next-fp8); how many."""
-    return quant.quantize_vision(qa.vision, qa.method, "fp8")
+    """CLIP-L's encoder linears as torchao fp8 (row-wise) weights, in place; how many."""
+    n = 0
+    for layer in qa.vision.layers:
+        for mod in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
+                    layer.mlp.fc1, layer.mlp.fc2):
+            mod.weight = torch.nn.Parameter(quant.quantize_weight(mod.weight, "fp8"), requires_grad=False)
+            n += 1
+    return n
 
 
 def compress_variant(variant: str, args, pixels, device, dtype) -> dict:

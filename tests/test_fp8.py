@@ -190,32 +190,3 @@ def test_compression_with_the_one_pass_mlp_matches_torchaos(monkeypatch, compile
     for a, b in zip(runs[True], runs[False]):
         assert torch.isfinite(a).all()
         assert (a.float() - b.float()).norm() <= 0.05 * b.float().norm()
-
-
-@torch.no_grad()
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
-                    reason="float8 matmuls need a CUDA GPU of compute capability 8.9+")
-@pytest.mark.parametrize("compile", [False, True])
-def test_clip_in_fp8_stays_close_to_bf16(compile):
-    """``quant.quantize_vision`` (``--quantize fp8``): CLIP's encoder with float8 linears, eager and compiled,
-    within float8's error of the same tower in bf16."""
-    pytest.importorskip("torchao")
-    from types import SimpleNamespace
-
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    from vidqa import quant
-
-    cfg = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=28, patch_size=7, hidden_act="quick_gelu")
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    tower = CLIPVisionModel(cfg).cuda().to(torch.bfloat16).eval()
-    layers = getattr(tower, "vision_model", tower).encoder.layers
-    x = torch.randn(4, 577, 128, device="cuda", dtype=torch.bfloat16)
-    ref = fast.encoder(layers, x.clone(), compile=False)
-    vision, method = SimpleNamespace(layers=layers), SimpleNamespace()
-    assert quant.quantize_vision(vision, method, "fp8") == 12 and method._vidqa_quant_format == "fp8-vision"
-    out = fast.encoder(layers, x.clone(), compile=compile)
-    assert torch.isfinite(out).all()
-    assert (out.float() - ref.float()).norm() <= 0.05 * ref.float().norm()

@@ -92,29 +92,6 @@ def test_quantize_is_idempotent_and_refuses_a_second_mode():
         quant.quantize(qa.method, "int4")
 
 
-def test_fp8_quantises_the_vision_towers_linears_and_keys_the_store_on_it(monkeypatch):
-    """``quantize_vision`` (fp8 only): every linear of the kept encoder layers, the method's format
-    ``fp8-vision`` (the store's key), idempotent; the other modes and ``VISION_FP8 = False`` leave the tower.
-    On the CPU the fp8 check is bypassed and the weights become torchao's float8 tensors all the same."""
-    from torchao.quantization.granularity import PerRow
-    from torchao.quantization.quantize_.workflows.float8.float8_tensor import Float8Tensor
-
-    qa = load("tiny-voco")
-    linears = [m for m in qa.vision.layers.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and quant.quantize_vision(qa.vision, qa.method, "int8") == 0
-    monkeypatch.setattr(quant, "VISION_FP8", False)
-    assert quant.quantize_vision(qa.vision, qa.method, "fp8") == 0
-    monkeypatch.setattr(quant, "VISION_FP8", True)
-    monkeypatch.setattr(quant, "check", lambda mode, device, dtype=None: mode)
-    monkeypatch.setattr(quant, "quantize_weight",
-                        lambda w, mode, wide=False: Float8Tensor.from_hp(w, granularity=PerRow()))
-    assert quant.quantize_vision(qa.vision, qa.method, "fp8") == len(linears)
-    assert all(isinstance(m.weight, Float8Tensor) for m in linears)
-    assert quant.quantized_format(qa.method) == "fp8-vision"
-    assert quant.cache_settings("fp8", qa.method)["quantize_format"] == "fp8-vision"
-    assert quant.quantize_vision(qa.vision, qa.method, "fp8") == 0  # already done
-
-
 def test_quantised_fused_weights_serve_the_static_decoder_step():
     """The CUDA-graph decoder's step (run here without a graph) reads the quantised fused weights."""
     from vidqa.generate import StaticDecoder

@@ -1,12 +1,13 @@
 """fp8 compression's MLP tail in one pass: SiLU(gate) * up with its row-wise float8 quantisation
 (``silu_mul_quant``), then the down projection on torchao's float8 weight codes (``scaled_linear``).
 
-EXPERIMENT (branch next-fp8, session 12; not yet measured on a GPU). Why: compiled, ``--quantize fp8``
-compression runs SiLU(gate) * up and the activation quantisation of torchao's down_proj as one inductor
-kernel that takes 0.63 ms of a VoCo-7B frame's 7.3 ms of GPU time on an H200, three times its floor (44 KB
-read and 11 KB written per row of 11,008 values; benchmarks/NOTES.md, session 12). Inductor makes it a
-looped reduction, which reads each row twice, and its one-pass form did not take (session 12, s36). Here
-one program holds a whole row in registers: read once, written once.
+Why: ``--quantize fp8`` compression ran SiLU(gate) * up and the activation quantisation of torchao's down_proj
+as one inductor kernel (compiled) taking 0.63 ms of a VoCo-7B frame's 7.3 ms of GPU time on an H200, three
+times its floor (44 KB read and 11 KB written per row of 11,008 values), and as a dozen eager ops uncompiled.
+Inductor makes it a looped reduction, which reads each row twice, and its one-pass form did not take
+(benchmarks/NOTES.md, session 12). Here one program holds a whole row in registers: read once, written once. At
+18,528 rows (32 frames), H200: 0.384 ms, against 0.69 for inductor's kernel and a 0.21 ms floor
+(benchmarks/fp8_mlp.py, session 13).
 
 The arithmetic is torchao 0.18's dynamic row-wise activation quantisation (``Float8Tensor.from_hp`` with
 ``PerRow``), on the values eager PyTorch computes: SiLU in float32 rounded to the input's dtype, the product

@@ -79,7 +79,6 @@ class VideoQA:
         if compute is not None:
             method.compile_kernels = vision.compile_kernels = compute.compile
             quant.quantize(method, compute.quantize)  # after loading, before any decoder fuses weights
-            quant.quantize_vision(vision, method, compute.quantize)  # fp8: the vision tower's linears too
         self.quantize = quant.quantized_mode(method)
         self.device = vision.device
         fast.plan_free_attention(self.device)  # no per-shape cuDNN plans: a new question is not a slow one

@@ -2,8 +2,7 @@
 (``--cache-dtype fp8``).
 
 Modes (``MODES``), each applied to the decoder layers of the LLM and, for LLaVA-Mini, of its
-pre-fusion layers (the projector, compressor, embeddings and ``lm_head`` stay as loaded; the vision
-tower too, except with fp8, ``quantize_vision``):
+pre-fusion layers (the vision tower, projector, compressor, embeddings and ``lm_head`` stay as loaded):
 
 - ``fp8``: dynamic-activation, per-row-weight float8 (e4m3) matmuls, for compression and prefill
   (compute-bound). Needs a CUDA GPU of compute capability 8.9 or more (L4, H100, H200); elsewhere a
@@ -254,37 +253,6 @@ def quantize(method: nn.Module, mode: str | None) -> str:
     if any(own_int4(mode, param.device, wide) for _, wide in groups):
         method._vidqa_quant_format = "vidqa-int4"  # its frame caches differ from tinygemm's: the store keys on it
     return mode
-
-
-# EXPERIMENT (branch next-fp8, the integration not measured): ``--quantize fp8`` puts the vision tower's encoder
-# linears in fp8 too. Compiled, CLIP-L's in fp8 took VoCo-7B fp8 compression from 7.87 to 7.56 ms/frame in one
-# process (H200, session 12, benchmarks/fp8_compress.py clip_to_fp8); K/V error against bf16 0.241.
-VISION_FP8 = True
-
-
-def quantize_vision(vision: nn.Module, method: nn.Module, mode: str | None) -> int:
-    """With ``fp8`` (and ``VISION_FP8``), the vision encoder's layers' linears (CLIP's attention projections
-    and MLP) as torchao fp8 weights, in place, and the method's format marked ``fp8-vision`` (its frame caches
-    differ: the store keys on it). Other modes leave the tower as loaded. How many weights changed."""
-    mode = check_mode(mode)
-    if mode != "fp8" or not VISION_FP8 or getattr(vision, "_vidqa_quantize", "none") == mode:
-        return 0
-    layers = getattr(vision, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or not len(layers):
-        return 0
-    param = next(layers.parameters())
-    check(mode, param.device, param.dtype)
-    done = 0
-    with torch.inference_mode():
-        for mod in list(layers.modules()):
-            if isinstance(mod, nn.Linear):
-                qw = quantize_weight(mod.weight, mode)
-                done += qw is not mod.weight
-                _set(mod, qw)
-    vision._vidqa_quantize = mode
-    if done:
-        method._vidqa_quant_format = "fp8-vision"
-    return done
 
 
 def quantized_mode(method: nn.Module) -> str:
