@@ -418,6 +418,14 @@ x = torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16)
     timeout "$(left 300)" python3 benchmarks/fp8_compress.py --parts stacked --steps persistent+clip \
       --batch 32 --repeats 5 --out $R/fp8_stacked12e.json > $R/fp8_stacked12e.log 2>&1; pack
     grep -E "^fp8 compress|Error" $R/fp8_stacked12e.log | cut -c1-1200 ;;
+  s37)  # nvidia-h200, for the branch next-fp8 (written in session 12, not yet run): the one-pass SiLU * up float8
+         # quantisation (vidqa.fp8) against torchao's own down_proj in fp8 compression, then with CLIP-L in fp8
+    end=$((SECONDS + ${DEADLINE:-540}))
+    timeout "$(left 90)" python3 -m pytest -p no:cacheprovider tests/test_fp8.py tests/test_fast.py \
+      > $R/gpu_tests13a.log 2>&1; grep -E "passed|failed|^FAILED|Error" $R/gpu_tests13a.log | tail -n 8
+    timeout "$(left 440)" python3 benchmarks/fp8_compress.py --parts stacked --steps torchao_mlp,shipped,shipped+clip \
+      --batch 32 --repeats 5 --out $R/fp8_stacked13a.json > $R/fp8_stacked13a.log 2>&1; pack
+    grep -E "^fp8 compress|Error" $R/fp8_stacked13a.log | cut -c1-700 ;;
   s38)  # nvidia-h200: the compiled int4 step with SiLU(gate) * up in the gate/up GEMV (glu) against as shipped (s32 ran
          # out of time compiling it), and the uncompiled step with session 12's GEMV plans
     end=$((SECONDS + ${DEADLINE:-540}))
@@ -425,5 +433,33 @@ x = torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16)
       --out $R/int4_decode13a.json > $R/int4_decode13a.log 2>&1; pack; grep "int4 decode" $R/int4_decode13a.log | cut -c1-700
     timeout "$(left 150)" python3 benchmarks/int4_decode.py --variants eager \
       --out $R/int4_decode13b.json > $R/int4_decode13b.log 2>&1; pack; grep "int4 decode" $R/int4_decode13b.log | cut -c1-300 ;;
-  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25|s26|s27|s28|s29|s30|s31|s32|s33|s34|s35|s36|s38 (s37: branch next-fp8)"; exit 2 ;;
+  s39)  # nvidia-h200 (session 13, branch next-fp8): the fp8 GPU tests by name, the one-pass kernel's launch
+         # sweep alone (fp8_mlp.py), then compression with CLIP in fp8 and the sweep's fastest launch
+    end=$((SECONDS + ${DEADLINE:-540}))
+    timeout "$(left 150)" python3 -m pytest -p no:cacheprovider -o addopts="" -v -rfE tests/test_fp8.py tests/test_fast.py \
+      > $R/gpu_tests13b.log 2>&1; grep -E "FAILED|ERROR|passed|failed|Error" $R/gpu_tests13b.log | tail -n 12
+    timeout "$(left 60)" python3 benchmarks/fp8_mlp.py --out $R/fp8_mlp13b.json > $R/fp8_mlp13b.log 2>&1; pack
+    cut -c1-200 $R/fp8_mlp13b.log
+    best=$(python3 -c 'import json, re; v = json.load(open("/tmp/r/fp8_mlp13b.json"))["variants"]
+k = min((n for n in v if re.match(r"kernel_w", n) and v[n]["same_as_shipped"]), key=lambda n: v[n]["ms"])
+w = re.match(r"kernel_w(\d+)", k).group(1); print(w + (",hold16" if "hold16" in k else ""))' 2>/dev/null || echo 16)
+    echo "launch $best"
+    timeout "$(left 330)" python3 benchmarks/fp8_compress.py --parts stacked --steps shipped+clip --launch "$best" \
+      --batch 32 --repeats 5 --out $R/fp8_stacked13b.json > $R/fp8_stacked13b.log 2>&1; pack
+    grep -E "^fp8 compress|Error" $R/fp8_stacked13b.log | cut -c1-600 ;;
+  s40)  # nvidia-h200 (session 13, branch next-fp8): fp8 compression eager (VIDQA_COMPILE=0), torchao's down_proj
+         # against the one-pass MLP, then with CLIP in fp8 (the README's eager figure)
+    end=$((SECONDS + ${DEADLINE:-540}))
+    VIDQA_COMPILE=0 timeout "$(left 400)" python3 benchmarks/fp8_compress.py --parts stacked \
+      --steps torchao_mlp,shipped,shipped+clip --batch 32 --repeats 5 --out $R/fp8_stacked13c.json \
+      > $R/fp8_stacked13c.log 2>&1; pack; grep -E "^fp8 compress|Error" $R/fp8_stacked13c.log | cut -c1-400 ;;
+  s41)  # nvidia-h200 (session 13, next-fp8 as merged: 8 warps, CLIP stays bf16): compiled fp8 compression as
+         # shipped, then CLIP-L in fp8 (not shipped) in the same process; then the GPU tests of fp8 and int4
+    end=$((SECONDS + ${DEADLINE:-540}))
+    timeout "$(left 360)" python3 benchmarks/fp8_compress.py --parts stacked --steps shipped,shipped+clip \
+      --batch 32 --repeats 5 --out $R/fp8_stacked13d.json > $R/fp8_stacked13d.log 2>&1; pack
+    grep -E "^fp8 compress|Error" $R/fp8_stacked13d.log | cut -c1-300
+    timeout "$(left 170)" python3 -m pytest -p no:cacheprovider -o addopts="" -v -rfE tests/test_fp8.py tests/test_int4.py \
+      > $R/gpu_tests13d.log 2>&1; pack; grep -E "FAILED|ERROR|passed|failed" $R/gpu_tests13d.log | tail -n 12 ;;
+  *) echo "usage: device_session.sh quant|serve|train2|s6|s7|s8|s9|s10|s11|s12|s13|s14|s15|s16|s17|s18|s19|s20|s21|s22|s23|s24|s25|s26|s27|s28|s29|s30|s31|s32|s33|s34|s35|s36|s37|s38|s39|s40|s41"; exit 2 ;;
 esac

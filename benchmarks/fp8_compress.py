@@ -21,8 +21,9 @@ Parts (``--parts``):
             ``tensorwise`` (torchao PerTensor); ``rowwise_clip`` (CLIP-L's linears in fp8 as well).
   stacked   one fp8 model changed step by step (``stacked_variants``): as shipped (cuDNN attention, the next
             batch staged on the host while the GPU works), with flash attention instead (``vidqa.fast.
-            FIXED_SHAPE_CUDNN`` off), + CLIP-L's linears in fp8; ms/frame, the kernel breakdown and the
-            GPU's idle time per frame after each.
+            FIXED_SHAPE_CUDNN`` off), + CLIP-L's linears in fp8; a step named ``torchao_mlp...`` runs
+            torchao's own down_proj instead of the one-pass SiLU * up quantisation (``vidqa.fp8``); ms/frame,
+            the kernel breakdown and the GPU's idle time per frame after each.
   reductions the fused kernels around the matmuls alone (SiLU(gate) * up and the RMSNorm, each with its
             fp8 quantisation), compiled with inductor's reductions and with one-pass ones.
   trace     one compiled fp8 compression call under the profiler (CPU and CUDA): wall time against the
@@ -259,6 +260,7 @@ def stacked_variants(args, pixels, device, dtype) -> dict:
 
     for name in args.steps.split(","):
         fast.FIXED_SHAPE_CUDNN = name != "flash"
+        fast.FP8_ONE_PASS_MLP = "torchao_mlp" not in name  # torchao's own down_proj (new graphs: a new argument)
         if "clip" in name and "clip_linears_fp8" not in out:
             out["clip_linears_fp8"] = clip_to_fp8(qa)
         if "persistent" in name:  # new graphs with one-pass reductions (this process, from now on)
@@ -267,7 +269,7 @@ def stacked_variants(args, pixels, device, dtype) -> dict:
             fast._compiled.clear()
             torch._dynamo.reset()
         step(name)
-    fast.FIXED_SHAPE_CUDNN = True
+    fast.FIXED_SHAPE_CUDNN = fast.FP8_ONE_PASS_MLP = True
     return out
 
 
@@ -395,8 +397,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile-all", action="store_true", help="a kernel breakdown for every variant")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU: the compress plumbing only")
+    ap.add_argument("--launch", default=None, help="WARPS[,hold16]: the one-pass MLP kernel's launch (fp8.LAUNCH)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.launch:
+        from vidqa import fp8
+        warps, *rest = args.launch.split(",")
+        fp8.LAUNCH.update(num_warps=int(warps), hold16="hold16" in rest)
     os.environ.setdefault("VIDQA_COMPILE", "1")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -404,7 +411,7 @@ def main(argv=None) -> int:
         args.batch, args.frames, args.repeats = [4], 4, 1
         os.environ["VIDQA_COMPILE"] = "0"
     res: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                 "torch": torch.__version__, "batch": args.batch, "frames": args.frames}
+                 "torch": torch.__version__, "batch": args.batch, "frames": args.frames, "launch": args.launch}
 
     def save():
         if args.out:

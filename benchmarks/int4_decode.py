@@ -10,7 +10,6 @@ the decode step (``StaticDecoder``, compiled, in a CUDA graph) is timed under ea
 argmax, per token, as before session 11), ``eager`` (the CUDA graph of the uncompiled step),
 ``eager_rope_apart`` (the same with RoPE by transformers' ops, not inside the attention kernel), ``fused``
 (the compiled step with the fused layers of ``vidqa.int4.linear_fused``, which vidqa uses only uncompiled),
-``glu`` (the compiled step with SiLU(gate) * up in the gate/up GEMV, ``StaticDecoder.glu_in_gemv``),
 ``coordinate_descent`` (inductor's coordinate-descent tuning of its generated kernels, as gpt-fast sets it)
 and ``max_autotune`` (``mode="max-autotune-no-cudagraphs"``).
 Reports ms/token (median of repeats) and the bandwidth floor of the bytes one step reads.
@@ -102,7 +101,6 @@ def main() -> None:
                 d.fuse_int4 = name == "fused"
                 if name == "stepwise":
                     d.greedy = stepwise(d)
-                d.glu_in_gemv = name == "glu"
             run(d)
             ms = statistics.median(run(d).ms_per_token for _ in range(args.repeats))
             res["variants"][name] = {"ms_per_token": ms, "share_of_bandwidth": res["floor_ms_per_token"] / ms}

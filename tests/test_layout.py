@@ -34,6 +34,7 @@ LAYERS = {
     "vidqa.checkpoint": 2, "vidqa.store": 2, "vidqa.quant": 2,
     "vidqa.options": 1, "vidqa.video": 1, "vidqa.vision": 1, "vidqa.fast": 1, "vidqa.synthetic": 1,
     "vidqa.int4": 1,  # the 4-bit weight format and its kernels (vidqa.quant picks it)
+    "vidqa.fp8": 1,  # fp8 compression's one-pass MLP kernel (vidqa.fast runs it)
     "vidqa.attention": 1,  # the decode step's attention kernels (vidqa.generate runs them)
     "vidqa.framecache": 1,  # the per-frame cache type that methods make and the store keeps
     "vidqa.errors": 0,

@@ -199,10 +199,6 @@ class StaticDecoder:
         # replaces transformers' ops, about ten small kernels a layer: 2.65 against 3.29 ms/token in one run
         # (session 12, benchmarks/int4_decode.py --variants eager,eager_rope_apart)
         self.rope_in_attention = True
-        # EXPERIMENT (off; not yet measured: session 12's run was cut while it compiled): compiled, SiLU(gate) * up
-        # in the int4 gate/up GEMV's epilogue (no norm in its loop), to remove inductor's SiLU kernel (37 us of a 7B
-        # step). benchmarks/int4_decode.py --variants default,glu measures it
-        self.glu_in_gemv = False
         self.use_graph = (self.device.type == "cuda") if graph is None else graph
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
@@ -249,14 +245,10 @@ class StaticDecoder:
             o = decode_step(q, k, v, self.keys[i], self.values[i], self.visible, self.counters, attn.scaling,
                             rope)
             h = h + attn.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
-            x = fast.rms_norm(h, ln2.weight, ln2.variance_epsilon)
-            if (self.glu_in_gemv and b_gu is None and int4.fused_ok(x, w_gu)
-                    and fast._act(layer.mlp.act_fn) is F.silu):
-                a = int4.linear_fused(x, w_gu, glu=True)
-            else:
-                gate, up = F.linear(x, w_gu, b_gu).chunk(2, dim=-1)
-                a = layer.mlp.act_fn(gate) * up
-            h = h + layer.mlp.down_proj(a)
+            # (SiLU(gate) * up in the int4 gate/up GEMV instead of inductor's kernel: 2.45 against 2.44 ms/token
+            # compiled, one run, H200, session 13: not taken)
+            gate, up = F.linear(fast.rms_norm(h, ln2.weight, ln2.variance_epsilon), w_gu, b_gu).chunk(2, dim=-1)
+            h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
         return self.llm.lm_head(m.norm(h))[0, -1]
 
     def _int4_fused(self, h: torch.Tensor, layer) -> bool:
