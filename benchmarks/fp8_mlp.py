@@ -19,33 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
+from pathlib import Path
 
 import torch
 
-from vidqa import fp8
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from int4_gemv import cpu_median_ms, cuda_median_ms  # noqa: E402
+
+from vidqa import fp8  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
-    """Median ms per call (CUDA events; wall clock on the CPU)."""
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            import time
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    """Median ms per call: CUDA events on a GPU, the wall clock on the CPU."""
+    return (cuda_median_ms if torch.cuda.is_available() else cpu_median_ms)(fn, repeats)
 
 
 def main() -> None:

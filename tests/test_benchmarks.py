@@ -26,7 +26,7 @@ NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?"
 SCRIPTS = {"voco_speed.py": [], "mini_speed.py": [], "mini_long.py": [], "index_speed.py": ["--work", "{dir}"],
            "quant_speed.py": ["--modes", "int8"], "serve_profile.py": ["--profile-rows", "3"],
            "int4_decode.py": ["--variants", "default", "--tokens", "3", "--repeats", "1"], "search_hot.py": [], "int4_gemv.py": [],
-           "fp8_compress.py": [], "decode_attention.py": []}
+           "fp8_compress.py": [], "decode_attention.py": [], "fp8_mlp.py": []}
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # torch.cuda.is_available() is False in the benchmark's process
 
 
@@ -216,6 +216,15 @@ def test_fp8_compress_tiny_runs_the_compression_plumbing(started):
     assert res["device"] == "cpu" and "gemm" not in res
     assert res["compress"]["bf16"]["ms_per_frame_batch4"] > 0
     assert line(out, "fp8 compress bf16")
+
+
+def test_fp8_mlp_tiny_times_the_reference_against_its_floor(started):
+    """On a CPU without Triton's interpreter there is no kernel to launch: the eager reference is timed, with the
+    bandwidth floor of the bytes it moves."""
+    out, res = run(started, "fp8_mlp.py")
+    assert (res["rows"], res["n"]) == (64, 1024) and res["floor_ms"] > 0
+    assert list(res["variants"]) == ["reference_eager"] and res["variants"]["reference_eager"]["ms"] > 0
+    assert line(out, "fp8 mlp reference_eager")
 
 
 def test_search_hot_times_finding_held_caches(started):
