@@ -48,15 +48,13 @@ def kernel_ok(x: torch.Tensor) -> bool:
     return triton is not None and (x.is_cuda or INTERPRET) and x.dtype in (torch.bfloat16, torch.float16)
 
 
-# the kernel's launch: warps per row (None: by the row's length) and HOLD16; benchmarks/fp8_mlp.py sweeps them
-LAUNCH = {"num_warps": None, "hold16": False}
+# the kernel's launch: warps per row (None: by the row's length); benchmarks/fp8_mlp.py sweeps it
+LAUNCH = {"num_warps": None}
 
 if triton is not None:
     @triton.jit
-    def _silu_mul_quant_kernel(gu_ptr, q_ptr, s_ptr, N, stride_gu, stride_q, BLOCK: tl.constexpr,
-                               HOLD16: tl.constexpr):
-        """One row: gate at columns [0, N), up at [N, 2N); the codes and the row's scale. ``HOLD16``: the
-        product stays in the input's dtype between the max and the division (fewer registers, same values)."""
+    def _silu_mul_quant_kernel(gu_ptr, q_ptr, s_ptr, N, stride_gu, stride_q, BLOCK: tl.constexpr):
+        """One row: gate at columns [0, N), up at [N, 2N); the codes and the row's scale."""
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         ok = cols < N
@@ -64,12 +62,10 @@ if triton is not None:
         up = tl.load(base + N + cols, mask=ok, other=0.0)
         g = tl.load(base + cols, mask=ok, other=0.0).to(tl.float32)
         act = (g / (1.0 + tl.exp(-g))).to(up.dtype)  # F.silu: float32 inside, rounded to the dtype
-        a = (act.to(tl.float32) * up.to(tl.float32)).to(up.dtype)  # the dtype's product
-        if not HOLD16:
-            a = a.to(tl.float32)
-        scale = (tl.max(tl.abs(a), axis=0).to(tl.float32) / 448.0).to(up.dtype).to(tl.float32)  # FP8_MAX (literal)
+        a = (act.to(tl.float32) * up.to(tl.float32)).to(up.dtype).to(tl.float32)  # the dtype's product
+        scale = (tl.max(tl.abs(a), axis=0) / 448.0).to(up.dtype).to(tl.float32)  # FP8_MAX (a literal in @jit)
         scale = tl.where(scale > 0, scale, 1.0)
-        q = tl.clamp(a.to(tl.float32) / scale, -448.0, 448.0).to(tl.float8e4nv)
+        q = tl.clamp(a / scale, -448.0, 448.0).to(tl.float8e4nv)
         tl.store(q_ptr + row * stride_q + cols, q, mask=ok)
         tl.store(s_ptr + row, scale)
 
@@ -84,8 +80,7 @@ if triton is not None:
         # (32 frames), H200: 0.384 ms with 8 warps, 0.400 with 16 or 32, 0.62 with 4 (benchmarks/fp8_mlp.py)
         warps = LAUNCH["num_warps"] or (8 if block >= 2048 else 4)
         torch.library.wrap_triton(_silu_mul_quant_kernel)[(M,)](gu, q, scale, n, gu.stride(0), q.stride(0),
-                                                               BLOCK=block, HOLD16=LAUNCH["hold16"],
-                                                               num_warps=warps)
+                                                               BLOCK=block, num_warps=warps)
         return q, scale
 else:  # pragma: no cover - depends on the torch build
     silu_mul_fp8 = None
