@@ -7,6 +7,10 @@ import torch.nn.functional as F
 from vidqa import fast, fp8
 
 
+needs_fp8_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                                   reason="float8 matmuls need a CUDA GPU of compute capability 8.9+")
+
+
 def _gu(rows: int, n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(rows, 2 * n, generator=g) * 3).to(torch.bfloat16)
@@ -101,9 +105,7 @@ def _cpu_scaled_mm_ok() -> bool:
 
 _DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(not _cpu_scaled_mm_ok(),
                                                          reason="this torch has no row-wise _scaled_mm on the CPU")),
-            pytest.param("cuda", marks=pytest.mark.skipif(
-                not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
-                reason="float8 matmuls need a CUDA GPU of compute capability 8.9+"))]
+            pytest.param("cuda", marks=needs_fp8_gpu)]
 
 
 @pytest.mark.parametrize("device", _DEVICES)
@@ -162,8 +164,7 @@ def test_fp8_down_only_where_the_kernel_runs(monkeypatch):
 
 
 @torch.no_grad()
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
-                    reason="float8 matmuls need a CUDA GPU of compute capability 8.9+")
+@needs_fp8_gpu
 @pytest.mark.parametrize("compile", [False, True])
 def test_compression_with_the_one_pass_mlp_matches_torchaos(monkeypatch, compile):
     """``fast.causal_prefix`` on a float8 model (``quant.quantize_layers``): the one-pass MLP against torchao's own

@@ -31,8 +31,6 @@ from vidqa.options import ComputeOptions, ModelOptions
 from vidqa.vision import Preprocess, VisionEncoder, fit
 
 if TYPE_CHECKING:  # annotations only: video decoding is not needed to answer from a cache
-    import numpy as np
-
     from vidqa.video import Frames, Sampling
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
