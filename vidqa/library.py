@@ -29,7 +29,7 @@ from vidqa.methods.base import FrameCache
 from vidqa.options import CacheOptions, ComputeOptions, ModelOptions
 from vidqa.pipeline import Timings, VideoQA
 from vidqa.store import CacheError, CacheLocked, CacheWarning, Store
-from vidqa.video import Sampling, VideoInfo, load_frames, plan
+from vidqa.video import Sampling, VideoInfo, plan
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
                     ".3gp", ".ogv", ".gif"}

@@ -28,7 +28,7 @@ import typer
 
 from vidqa import __version__
 from vidqa.cli import ask, bench, cache, chat, index, search, serve, synthetic, train
-from vidqa.cli.writers import err, error_line, note
+from vidqa.cli.writers import error_line, note
 from vidqa.errors import VidqaError
 from vidqa.options import debug
 
