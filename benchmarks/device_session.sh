@@ -442,7 +442,7 @@ x = torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16)
     cut -c1-200 $R/fp8_mlp13b.log
     best=$(python3 -c 'import json, re; v = json.load(open("/tmp/r/fp8_mlp13b.json"))["variants"]
 k = min((n for n in v if re.match(r"kernel_w", n) and v[n]["same_as_shipped"]), key=lambda n: v[n]["ms"])
-w = re.match(r"kernel_w(\d+)", k).group(1); print(w + (",hold16" if "hold16" in k else ""))' 2>/dev/null || echo 16)
+print(re.match(r"kernel_w(\d+)", k).group(1))' 2>/dev/null || echo 16)
     echo "launch $best"
     timeout "$(left 330)" python3 benchmarks/fp8_compress.py --parts stacked --steps shipped+clip --launch "$best" \
       --batch 32 --repeats 5 --out $R/fp8_stacked13b.json > $R/fp8_stacked13b.log 2>&1; pack

@@ -397,12 +397,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile-all", action="store_true", help="a kernel breakdown for every variant")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU: the compress plumbing only")
-    ap.add_argument("--launch", default=None, help="WARPS: the one-pass MLP kernel's warps per row (fp8.LAUNCH)")
+    ap.add_argument("--launch", type=int, default=None, metavar="WARPS",
+                    help="the one-pass MLP kernel's warps per row (fp8.LAUNCH)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.launch:
         from vidqa import fp8
-        fp8.LAUNCH.update(num_warps=int(args.launch.split(",")[0]))
+        fp8.LAUNCH.update(num_warps=args.launch)
     os.environ.setdefault("VIDQA_COMPILE", "1")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -5,8 +5,8 @@ VoCo-7B's shape: a batch of 32 frames x 579 positions, Vicuna-7B's 11,008 interm
     python benchmarks/fp8_mlp.py --tiny --out t.json          # a small shape (TRITON_INTERPRET=1 on a CPU)
 
 Why: in session 13's compiled fp8 compression (H200) the kernel took 0.38 ms of a frame's 7.4 ms of GPU time,
-against a 0.21 ms bandwidth floor; one program holds a whole row (16 warps, 32 values per thread), which may
-leave too few warps resident per SM to hide the loads. Variants (``fp8.LAUNCH``): warps per row, 4-32 (session
+against a 0.21 ms bandwidth floor; one program holds a whole row (its first launch: 16 warps, 32 values per
+thread), which may leave too few warps resident per SM to hide the loads. Variants (``fp8.LAUNCH``): warps per row, 4-32 (session
 13 also tried holding the product in bf16 between the row's max and the division: no change). Also timed: the float32
 reference compiled by inductor (what torchao's down_proj runs) and eager.
 
